@@ -1,0 +1,14 @@
+//! Mayfly's domain types. Nothing here performs I/O: profiles are parsed from
+//! strings that callers read, and limits carry their units in their types.
+
+#![forbid(unsafe_code)]
+
+pub mod end;
+pub mod limits;
+pub mod profile;
+pub mod units;
+
+pub use end::{EndReason, ExitCode};
+pub use limits::{LimitOverrides, Limits};
+pub use profile::{Kind, Landlock, Profile, ProfileError, ProfileMount};
+pub use units::{ByteSize, Ttl, UnitError};

@@ -1,0 +1,400 @@
+//! Session profiles: TOML templates that fix a session's kind, lifetime,
+//! limits, environment and required protections.
+//!
+//! Parsing is strict. An unknown key, a wrong type or a value outside its
+//! range is an error that names the key, so a typo can never silently
+//! weaken a profile.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{self, LimitError, Limits};
+use crate::units::{ByteSize, Ttl};
+
+/// The profile used when `--profile` is not given.
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// Built-in profiles, compiled into the binary: (name, TOML text).
+pub const BUILT_IN: &[(&str, &str)] = &[(DEFAULT_PROFILE, include_str!("../profiles/default.toml"))];
+
+/// The shortest and longest maximum TTL a profile may set.
+pub const TTL_RANGE: limits::Range<Ttl> = limits::Range { key: "ttl.max", min: Ttl::from_secs(1), max: Ttl::from_secs(7 * 86_400) };
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("invalid profile name {name:?}: use 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit")]
+    InvalidName { name: String },
+    #[error("profile {name:?} not found: the built-in profiles are {built_in}{directory}")]
+    NotFound { name: String, built_in: String, directory: String },
+    #[error("invalid profile {name:?}: {message}")]
+    Syntax { name: String, message: String },
+    #[error("invalid profile {name:?}: {source}")]
+    Limit { name: String, source: LimitError },
+    #[error("invalid profile {name:?}: {key} {message}")]
+    InvalidValue { name: String, key: String, message: String },
+    #[error("--ttl {requested} is above the maximum of {max} that profile {name:?} allows; request at most {max}")]
+    TtlAboveMax { name: String, requested: Ttl, max: Ttl },
+    #[error("--ttl {requested} is too short: the minimum is 1s")]
+    TtlTooShort { requested: Ttl },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Job,
+}
+
+/// Whether a profile needs Landlock. `required` refuses to start a session on a
+/// kernel without it; `if-available` applies it where present and records in
+/// the session report whether it was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Landlock {
+    Required,
+    IfAvailable,
+}
+
+/// A read-only bind of a host path into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    kind: Kind,
+    #[serde(default)]
+    description: String,
+    ttl: RawTtl,
+    limits: RawLimits,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    #[serde(default)]
+    sandbox: RawSandbox,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTtl {
+    default: Ttl,
+    max: Ttl,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: ByteSize,
+    cpus: Cpus,
+    pids: u32,
+    tmp: ByteSize,
+    shm: ByteSize,
+    work: ByteSize,
+    open_files: u32,
+    inputs: ByteSize,
+    artifacts: ByteSize,
+}
+
+/// A core count, written as an integer or a float in TOML.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Cpus {
+    Whole(u32),
+    Fraction(f64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    #[serde(default = "default_hostname")]
+    hostname: String,
+    #[serde(default = "default_timezone")]
+    timezone: String,
+    #[serde(default = "default_landlock")]
+    landlock: Landlock,
+    #[serde(default)]
+    mounts: Vec<ProfileMount>,
+}
+
+impl Default for RawSandbox {
+    fn default() -> Self {
+        RawSandbox { hostname: default_hostname(), timezone: default_timezone(), landlock: default_landlock(), mounts: Vec::new() }
+    }
+}
+
+fn default_hostname() -> String {
+    "mayfly".into()
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn default_landlock() -> Landlock {
+    Landlock::Required
+}
+
+/// A validated profile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Profile {
+    pub name: String,
+    pub kind: Kind,
+    pub description: String,
+    pub default_ttl: Ttl,
+    pub max_ttl: Ttl,
+    pub limits: Limits,
+    pub environment: BTreeMap<String, String>,
+    pub hostname: String,
+    pub timezone: String,
+    pub landlock: Landlock,
+    pub mounts: Vec<ProfileMount>,
+}
+
+/// Checks a profile name: lowercase letters, digits and dashes, 1 to 63 long.
+pub fn validate_name(name: &str) -> Result<(), ProfileError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ProfileError::InvalidName { name: name.to_string() })
+    }
+}
+
+/// Checks an environment variable name: a letter or underscore, then letters,
+/// digits and underscores, as POSIX shells accept.
+pub fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A timezone name as found under /usr/share/zoneinfo: letters, digits and
+/// `_+-/`, with no `..` component and no leading slash.
+fn valid_timezone(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('/')
+        && name.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-/".contains(&b))
+}
+
+impl Profile {
+    /// Parses and validates a profile from its TOML text.
+    pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
+        validate_name(name)?;
+        let raw: RawProfile =
+            toml::from_str(text).map_err(|error| ProfileError::Syntax { name: name.into(), message: error.to_string() })?;
+        let invalid = |key: &str, message: String| ProfileError::InvalidValue { name: name.into(), key: key.into(), message };
+        let limit_error = |source| ProfileError::Limit { name: name.into(), source };
+
+        let max_ttl = TTL_RANGE.check(raw.ttl.max).map_err(limit_error)?;
+        if raw.ttl.default > max_ttl || raw.ttl.default < Ttl::from_secs(1) {
+            return Err(invalid("ttl.default", format!("= {} must be between 1s and ttl.max ({max_ttl})", raw.ttl.default)));
+        }
+
+        let cpu_millis = match raw.limits.cpus {
+            Cpus::Whole(cores) => cores.saturating_mul(1000),
+            Cpus::Fraction(cores) => limits::cpus_to_millis(cores),
+        };
+        let limits = Limits {
+            memory: limits::MEMORY.check(raw.limits.memory).map_err(limit_error)?,
+            cpu_millis: limits::CPU_MILLIS.check(cpu_millis).map_err(|_| {
+                invalid("limits.cpus", "is out of range: allowed is 0.01 to 1024 cores".to_string())
+            })?,
+            pids: limits::PIDS.check(raw.limits.pids).map_err(limit_error)?,
+            tmp: limits::TMP.check(raw.limits.tmp).map_err(limit_error)?,
+            shm: limits::SHM.check(raw.limits.shm).map_err(limit_error)?,
+            work: limits::WORK.check(raw.limits.work).map_err(limit_error)?,
+            open_files: limits::OPEN_FILES.check(raw.limits.open_files).map_err(limit_error)?,
+            inputs: limits::INPUTS.check(raw.limits.inputs).map_err(limit_error)?,
+            artifacts: limits::ARTIFACTS.check(raw.limits.artifacts).map_err(limit_error)?,
+        };
+        if limits.inputs > limits.work {
+            return Err(invalid("limits.inputs", format!("= {} must not exceed limits.work ({})", limits.inputs, limits.work)));
+        }
+
+        for (key, value) in &raw.environment {
+            if !valid_env_name(key) {
+                return Err(invalid(&format!("environment.{key}"), "is not a valid variable name: use letters, digits and underscores, not starting with a digit".into()));
+            }
+            if value.contains('\0') {
+                return Err(invalid(&format!("environment.{key}"), "contains a NUL byte".into()));
+            }
+        }
+        if !valid_hostname(&raw.sandbox.hostname) {
+            return Err(invalid("sandbox.hostname", format!("= {:?} is not a valid hostname: use 1 to 63 letters, digits and inner dashes", raw.sandbox.hostname)));
+        }
+        if !valid_timezone(&raw.sandbox.timezone) {
+            return Err(invalid("sandbox.timezone", format!("= {:?} is not a timezone name such as UTC or Europe/Berlin", raw.sandbox.timezone)));
+        }
+        for (index, mount) in raw.sandbox.mounts.iter().enumerate() {
+            check_mount(mount).map_err(|message| invalid(&format!("sandbox.mounts[{index}]"), message))?;
+        }
+
+        Ok(Profile {
+            name: name.into(),
+            kind: raw.kind,
+            description: raw.description,
+            default_ttl: raw.ttl.default,
+            max_ttl,
+            limits,
+            environment: raw.environment,
+            hostname: raw.sandbox.hostname,
+            timezone: raw.sandbox.timezone,
+            landlock: raw.sandbox.landlock,
+            mounts: raw.sandbox.mounts,
+        })
+    }
+
+    /// Returns the TTL for a session: the requested one if it is within the
+    /// profile's maximum, the profile default if none was requested.
+    pub fn resolve_ttl(&self, requested: Option<Ttl>) -> Result<Ttl, ProfileError> {
+        let Some(ttl) = requested else { return Ok(self.default_ttl) };
+        if ttl > self.max_ttl {
+            return Err(ProfileError::TtlAboveMax { name: self.name.clone(), requested: ttl, max: self.max_ttl });
+        }
+        if ttl < Ttl::from_secs(1) {
+            return Err(ProfileError::TtlTooShort { requested: ttl });
+        }
+        Ok(ttl)
+    }
+}
+
+/// Paths the sandbox builds itself; a profile mount may not cover them.
+const RESERVED_TARGETS: &[&str] = &["/", "/proc", "/dev", "/etc", "/tmp", "/work", "/usr", "/bin", "/sbin", "/lib", "/lib64"];
+
+fn check_mount(mount: &ProfileMount) -> Result<(), String> {
+    for (field, path) in [("source", &mount.source), ("target", &mount.target)] {
+        let text = path.to_string_lossy();
+        if !path.is_absolute() {
+            return Err(format!("{field} {text:?} must be an absolute path"));
+        }
+        if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) || text.contains('\0') {
+            return Err(format!("{field} {text:?} must not contain '..' or a NUL byte"));
+        }
+    }
+    let target = mount.target.to_string_lossy();
+    let reserved = RESERVED_TARGETS
+        .iter()
+        .any(|r| target == *r || (*r != "/" && target.starts_with(&format!("{r}/"))));
+    if reserved {
+        return Err(format!(
+            "target {target:?} is inside a path the sandbox builds itself ({}); mount elsewhere, such as under /opt",
+            RESERVED_TARGETS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_text() -> &'static str {
+        BUILT_IN[0].1
+    }
+
+    #[test]
+    fn built_in_profiles_parse() {
+        for (name, text) in BUILT_IN {
+            let profile = Profile::parse(name, text).unwrap();
+            assert_eq!(profile.kind, Kind::Job);
+            assert!(profile.default_ttl <= profile.max_ttl);
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = default_text().replace("[limits]", "[limits]\nmemroy = \"1GiB\"");
+        let message = Profile::parse("typo", &text).unwrap_err().to_string();
+        assert!(message.contains("memroy"), "{message}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let text = format!("{}\n[netwrok]\nallow = []\n", default_text());
+        let message = Profile::parse("typo", &text).unwrap_err().to_string();
+        assert!(message.contains("netwrok"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_range() {
+        let text = default_text().replace("pids = 256", "pids = 1000000");
+        let message = Profile::parse("big", &text).unwrap_err().to_string();
+        assert!(message.contains("limits.pids"), "{message}");
+        assert!(message.contains("4 to 65536"), "{message}");
+    }
+
+    #[test]
+    fn memory_below_minimum_is_rejected() {
+        let text = default_text().replace("memory = \"512MiB\"", "memory = \"1MiB\"");
+        let message = Profile::parse("tiny", &text).unwrap_err().to_string();
+        assert!(message.contains("limits.memory"), "{message}");
+        assert!(message.contains("16MiB to 1TiB"), "{message}");
+    }
+
+    #[test]
+    fn ttl_above_max_names_max() {
+        let profile = Profile::parse("default", default_text()).unwrap();
+        let message = profile.resolve_ttl(Some(Ttl::from_secs(100 * 86_400))).unwrap_err().to_string();
+        assert!(message.contains(&profile.max_ttl.to_string()), "{message}");
+    }
+
+    #[test]
+    fn ttl_defaults_to_profile_default() {
+        let profile = Profile::parse("default", default_text()).unwrap();
+        assert_eq!(profile.resolve_ttl(None).unwrap(), profile.default_ttl);
+        assert_eq!(profile.resolve_ttl(Some(Ttl::from_secs(5))).unwrap(), Ttl::from_secs(5));
+    }
+
+    #[test]
+    fn profile_names_are_checked() {
+        for bad in ["", "Upper", "../etc", "a b", "-lead", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["default", "ci-job", "a1"] {
+            assert!(validate_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn mount_into_reserved_path_is_rejected() {
+        let text = format!("{}\n[[sandbox.mounts]]\nsource = \"/opt/x\"\ntarget = \"/etc/x\"\n", default_text());
+        let message = Profile::parse("m", &text).unwrap_err().to_string();
+        assert!(message.contains("sandbox.mounts[0]"), "{message}");
+        let relative = format!("{}\n[[sandbox.mounts]]\nsource = \"opt/x\"\ntarget = \"/opt/x\"\n", default_text());
+        assert!(Profile::parse("m", &relative).unwrap_err().to_string().contains("absolute"));
+        let fine = format!("{}\n[[sandbox.mounts]]\nsource = \"/opt/x\"\ntarget = \"/opt/x\"\n", default_text());
+        assert_eq!(Profile::parse("m", &fine).unwrap().mounts.len(), 1);
+    }
+
+    #[test]
+    fn bad_environment_name_is_rejected() {
+        let text = default_text().replace("[environment]", "[environment]\n\"1BAD\" = \"x\"");
+        let message = Profile::parse("env", &text).unwrap_err().to_string();
+        assert!(message.contains("environment.1BAD"), "{message}");
+    }
+
+    #[test]
+    fn fractional_cpus_are_accepted() {
+        let text = default_text().replace("cpus = 1", "cpus = 0.5");
+        assert_eq!(Profile::parse("half", &text).unwrap().limits.cpu_millis, 500);
+        let zero = default_text().replace("cpus = 1", "cpus = 0");
+        assert!(Profile::parse("zero", &zero).unwrap_err().to_string().contains("limits.cpus"));
+    }
+}
