@@ -1,1 +1,31 @@
-fn main() {}
+//! The `mayfly` command.
+
+mod bench;
+mod cli;
+mod doctor;
+mod profiles;
+mod reap;
+mod run;
+mod state;
+
+use clap::Parser;
+
+fn main() {
+    // The sandbox init is this same binary, started by the launcher with a
+    // hidden argument. It must run before anything else touches the process.
+    if std::env::args_os().nth(1).is_some_and(|a| a == mayfly_sandbox::INIT_ARGUMENT) {
+        mayfly_sandbox::init::main();
+    }
+
+    let cli = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAYFLY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+
+    let code = match cli.command {
+        cli::Command::Run(args) => run::main(args),
+        cli::Command::Doctor(args) => doctor::main(args),
+        cli::Command::Reap(args) => reap::main(args),
+        cli::Command::Bench(args) => bench::main(args),
+    };
+    std::process::exit(code);
+}

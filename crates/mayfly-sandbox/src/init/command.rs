@@ -1,0 +1,167 @@
+//! The last steps before the session's command runs, executed in the child
+//! that init forks: drop to the sandbox user, lose every capability, then
+//! apply no_new_privs, Landlock and seccomp, and exec.
+//!
+//! A failure is written to the error pipe as one JSON line before the child
+//! exits; a successful exec closes the pipe (it is close-on-exec), which is
+//! how init learns that the command started.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::unistd::{setresgid, setresuid, setsid, Gid, Uid};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{InitSpec, LandlockStatus, SANDBOX_GID, SANDBOX_UID, WORK_DIR};
+use crate::{caps, landlock_policy, seccomp};
+
+/// What the child writes to the error pipe.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChildMessage {
+    /// Sent right before exec, so init can report the Landlock result.
+    Confined { landlock: LandlockStatus },
+    NotFound { command: String },
+    NotExecutable { command: String, error: String },
+    SetupFailed { step: String, error: String },
+}
+
+fn send(pipe: &mut std::fs::File, message: &ChildMessage) {
+    if let Ok(mut line) = serde_json::to_vec(message) {
+        line.push(b'\n');
+        let _ = pipe.write_all(&line);
+    }
+}
+
+/// Finds the command the way a shell would: a name with a slash is used as
+/// it is, any other name is looked up in the PATH the session will have.
+fn resolve(command: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    if command.contains('/') {
+        return Some(PathBuf::from(command));
+    }
+    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':').filter(|dir| !dir.is_empty()).map(|dir| Path::new(dir).join(command)).find(|candidate| {
+        let Ok(c_path) = CString::new(candidate.as_os_str().as_encoded_bytes()) else { return false };
+        // SAFETY: access(2) reads a NUL-terminated path that outlives the call.
+        unsafe { libc::access(c_path.as_ptr(), libc::X_OK) == 0 }
+    })
+}
+
+/// Runs the numbered steps and execs the command. Returns only on failure,
+/// with the message to send.
+fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File) -> ChildMessage {
+    let fail = |step: &str, error: String| ChildMessage::SetupFailed { step: step.into(), error };
+
+    // 1. Restore default signal handling: init blocks and ignores signals that
+    //    the command must receive normally.
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator() {
+        if signal != Signal::SIGKILL && signal != Signal::SIGSTOP {
+            // SAFETY: installing SIG_DFL runs no code in a handler.
+            let _ = unsafe { sigaction(signal, &default) };
+        }
+    }
+    if let Err(errno) = SigSet::empty().thread_set_mask() {
+        return fail("reset the signal mask", errno.to_string());
+    }
+
+    // 2. A session of its own, so the command is a process group leader
+    //    without a controlling terminal.
+    if let Err(errno) = setsid() {
+        return fail("setsid", errno.to_string());
+    }
+
+    // 3. Resource limits that cgroups do not cover: open files, and no core
+    //    dumps, which would write process memory into the session's tmpfs.
+    let open_files = u64::from(spec.open_files);
+    if let Err(errno) = setrlimit(Resource::RLIMIT_NOFILE, open_files, open_files) {
+        return fail("set RLIMIT_NOFILE", errno.to_string());
+    }
+    if let Err(errno) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        return fail("set RLIMIT_CORE", errno.to_string());
+    }
+
+    // 4. Drop the bounding and ambient sets while CAP_SETPCAP is still held.
+    if let Err(error) = caps::drop_bounding_set() {
+        return fail("drop the capability bounding set", error.to_string());
+    }
+
+    // 5. Become the unprivileged sandbox user. Leaving uid 0 clears the
+    //    permitted and effective sets; clear_sets makes that explicit.
+    if let Err(errno) = nix::unistd::setgroups(&[]) {
+        return fail("clear supplementary groups", errno.to_string());
+    }
+    let gid = Gid::from_raw(SANDBOX_GID);
+    if let Err(errno) = setresgid(gid, gid, gid) {
+        return fail("switch to the sandbox group", errno.to_string());
+    }
+    let uid = Uid::from_raw(SANDBOX_UID);
+    if let Err(errno) = setresuid(uid, uid, uid) {
+        return fail("switch to the sandbox user", errno.to_string());
+    }
+    if let Err(error) = caps::clear_sets().and_then(|()| caps::verify_none()) {
+        return fail("clear capabilities", error.to_string());
+    }
+
+    // 6. Start in /work and find the command as the sandbox user would.
+    if let Err(errno) = nix::unistd::chdir(WORK_DIR) {
+        return fail("enter /work", errno.to_string());
+    }
+    let command = spec.argv[0].clone();
+    let Some(path) = resolve(&command, &spec.env) else { return ChildMessage::NotFound { command } };
+
+    // 7. no_new_privs: exec can never grant privilege again, not even through
+    //    a set-user-ID file. Landlock and seccomp both rely on it.
+    // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return fail("set no_new_privs", std::io::Error::last_os_error().to_string());
+    }
+
+    // 8. Landlock, then the seccomp allow list, which must come last because
+    //    it forbids the calls that the earlier steps make.
+    let extra: Vec<PathBuf> = spec.mounts.iter().map(|m| m.target.clone()).collect();
+    let landlock = match landlock_policy::restrict(spec.landlock, &extra) {
+        Ok(status) => status,
+        Err(error) => return fail("apply Landlock", error.to_string()),
+    };
+    let filters = match seccomp::command_filters() {
+        Ok(filters) => filters,
+        Err(error) => return fail("build the seccomp filter", error.to_string()),
+    };
+    let argv: Vec<CString> = spec.argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
+    let envp: Vec<CString> = spec.env.iter().map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default()).collect();
+    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return ChildMessage::NotFound { command };
+    };
+    send(pipe, &ChildMessage::Confined { landlock });
+    if let Err(error) = seccomp::install(&filters) {
+        return fail("install the seccomp filter", error.to_string());
+    }
+
+    // 9. Exec. On success the error pipe closes and nothing more is sent.
+    let errno = match nix::unistd::execve(&c_path, &argv, &envp) {
+        Err(errno) => errno,
+        Ok(never) => match never {},
+    };
+    match errno {
+        nix::errno::Errno::ENOENT => ChildMessage::NotFound { command },
+        other => ChildMessage::NotExecutable { command, error: other.desc().to_string() },
+    }
+}
+
+/// Entry point of the command child. Never returns.
+pub fn run(spec: &InitSpec, pipe: OwnedFd) -> ! {
+    // Every descriptor above stderr, the error pipe included, closes at exec.
+    // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let mut pipe = std::fs::File::from(pipe);
+    let message = confine_and_exec(spec, &mut pipe);
+    send(&mut pipe, &message);
+    // SAFETY: _exit ends the process without running atexit handlers that
+    // belong to init.
+    unsafe { libc::_exit(125) }
+}

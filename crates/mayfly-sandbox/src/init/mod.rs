@@ -1,0 +1,316 @@
+//! The sandbox's init: PID 1 of the session's PID namespace.
+//!
+//! It builds the root filesystem, copies the inputs, starts the command, then
+//! reaps zombies, forwards signals and ends the session: when the command
+//! exits (every other process is killed with it) or at the deadline, which it
+//! enforces on its own so that the deadline holds even when the supervisor
+//! that started it is gone. Before exiting it streams the artifacts out.
+
+mod command;
+mod network;
+pub mod rootfs;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use mayfly_core::EndReason;
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::spec::{fd, monotonic_now_ns, InitReport, InitSpec, LandlockStatus, ARTIFACTS_DIR, SANDBOX_GID, SANDBOX_UID};
+use crate::transfer;
+use command::ChildMessage;
+
+/// A failed setup step: which step, and the error it got.
+#[derive(Debug)]
+pub struct SetupError {
+    pub step: String,
+    pub error: String,
+}
+
+impl SetupError {
+    pub fn new(step: impl Into<String>, error: impl Into<String>) -> Self {
+        SetupError { step: step.into(), error: error.into() }
+    }
+}
+
+/// Signals that init passes on to the command.
+const FORWARDED: &[Signal] =
+    &[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
+
+fn report(out: &mut File, message: &InitReport) {
+    if let Ok(mut line) = serde_json::to_vec(message) {
+        line.push(b'\n');
+        // The supervisor may be gone; the session goes on to its end regardless.
+        let _ = out.write_all(&line);
+    }
+}
+
+fn read_spec() -> Result<InitSpec, SetupError> {
+    // SAFETY: the launcher placed the spec pipe at this descriptor and nothing
+    // else in init owns it.
+    let mut pipe = unsafe { File::from_raw_fd(fd::SPEC) };
+    let mut text = Vec::new();
+    pipe.read_to_end(&mut text).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
+    serde_json::from_slice(&text).map_err(|e| SetupError::new("parse the session spec", e.to_string()))
+}
+
+/// Copies each input from its inherited descriptor into /work, owned by the
+/// sandbox user, reading no more than the size the supervisor checked.
+fn copy_inputs(spec: &InitSpec) -> Result<(), SetupError> {
+    for (index, input) in spec.inputs.iter().enumerate() {
+        let step = || format!("copy input {:?}", input.name);
+        // SAFETY: the launcher placed input `index` at FIRST_INPUT + index.
+        let source = unsafe { File::from_raw_fd(fd::FIRST_INPUT + index as i32) };
+        let target = Path::new("/work").join(&input.name);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| SetupError::new(step(), e.to_string()))?;
+            chown_tree(Path::new("/work"), parent);
+        }
+        let mut file = File::options()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(input.mode & 0o777)
+            .open(&target)
+            .map_err(|e| SetupError::new(step(), e.to_string()))?;
+        let copied = io::copy(&mut source.take(input.size), &mut file).map_err(|e| SetupError::new(step(), e.to_string()))?;
+        if copied != input.size {
+            return Err(SetupError::new(step(), format!("the file changed size while it was copied ({copied} of {} bytes)", input.size)));
+        }
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(input.mode & 0o777))
+            .map_err(|e| SetupError::new(step(), e.to_string()))?;
+        nix::unistd::chown(&target, Some(SANDBOX_UID.into()), Some(SANDBOX_GID.into()))
+            .map_err(|e| SetupError::new(step(), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Gives the sandbox user every directory from `dir` up to (not including) `top`.
+fn chown_tree(top: &Path, dir: &Path) {
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        if path == top {
+            break;
+        }
+        let _ = nix::unistd::chown(path, Some(SANDBOX_UID.into()), Some(SANDBOX_GID.into()));
+        current = path.parent();
+    }
+}
+
+/// Runs every setup step in order, stopping at the first failure.
+fn setup(spec: &InitSpec) -> Result<(), SetupError> {
+    // 1. A cgroup namespace rooted at the session cgroup, which the supervisor
+    //    placed init in before it started.
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::new("create the cgroup namespace", e.to_string()))?;
+
+    // 2. Stop mount events from reaching the host, then build the new root.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| SetupError::new("make the mount tree private", e.to_string()))?;
+    rootfs::build(spec)?;
+
+    // 3. Hostname and the session's own loopback interface.
+    nix::unistd::sethostname(&spec.hostname).map_err(|e| SetupError::new("set the hostname", e.to_string()))?;
+    network::bring_up_loopback().map_err(|e| SetupError::new("bring up the loopback interface", e.to_string()))?;
+
+    // 4. Inputs and the artifact directory, then seal the root read-only.
+    copy_inputs(spec)?;
+    std::fs::create_dir(ARTIFACTS_DIR).map_err(|e| SetupError::new("create /work/artifacts", e.to_string()))?;
+    nix::unistd::chown(ARTIFACTS_DIR, Some(SANDBOX_UID.into()), Some(SANDBOX_GID.into()))
+        .map_err(|e| SetupError::new("create /work/artifacts", e.to_string()))?;
+    rootfs::seal_root()?;
+    Ok(())
+}
+
+fn signal_name(signal: i32) -> String {
+    Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {signal}"))
+}
+
+/// Sends a signal to every process in the PID namespace but init itself.
+fn kill_all(signal: Signal) {
+    let _ = kill(Pid::from_raw(-1), signal);
+}
+
+/// Reaps every child that has exited. Returns the command's status if it was among them.
+fn reap(command: Pid) -> Option<WaitStatus> {
+    let mut command_status = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return command_status,
+            Ok(status) => {
+                if status.pid() == Some(command) && matches!(status, WaitStatus::Exited(..) | WaitStatus::Signaled(..)) {
+                    command_status = Some(status);
+                }
+            }
+        }
+    }
+}
+
+/// Kills everything left and waits until init has no child.
+fn kill_and_reap_all() {
+    kill_all(Signal::SIGKILL);
+    loop {
+        match waitpid(None, None) {
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+/// Waits for one of the blocked signals until `timeout`, or returns `None`.
+fn wait_signal(set: &SigSet, timeout: Duration) -> Option<i32> {
+    let spec = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    // SAFETY: sigtimedwait reads the signal set and timeout, both valid for
+    // the duration of the call, and ignores the null info pointer.
+    let signal = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &spec) };
+    (signal > 0).then_some(signal)
+}
+
+/// Starts the command and supervises it until the session ends.
+fn supervise(spec: &InitSpec, reports: &mut File) -> EndReason {
+    let (error_read, error_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(pair) => pair,
+        Err(e) => return EndReason::SetupFailed { step: "create the error pipe".into(), error: e.to_string() },
+    };
+    // SAFETY: init is single-threaded, so the child may run ordinary code.
+    let command = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop(error_read);
+            command::run(spec, error_write)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() },
+    };
+    drop(error_write);
+
+    // Only the command holds the session's stdio from now on, so the
+    // supervisor sees end-of-file when the command's processes are gone.
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for target in 0..=2 {
+            // SAFETY: dup2 over the standard descriptors, which init owns and
+            // no Rust object in init wraps.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) };
+        }
+    }
+
+    // The error pipe carries the Landlock result, then either closes (exec
+    // succeeded) or carries the reason the command could not start.
+    let mut landlock = LandlockStatus::NotEnforced;
+    let mut text = String::new();
+    let _ = File::from(error_read).read_to_string(&mut text);
+    for line in text.lines() {
+        match serde_json::from_str::<ChildMessage>(line) {
+            Ok(ChildMessage::Confined { landlock: status }) => landlock = status,
+            Ok(ChildMessage::NotFound { command }) => return EndReason::CommandNotFound { command },
+            Ok(ChildMessage::NotExecutable { command, error }) => return EndReason::CommandNotExecutable { command, error },
+            Ok(ChildMessage::SetupFailed { step, error }) => return EndReason::SetupFailed { step, error },
+            Err(e) => return EndReason::SetupFailed { step: "read the command's setup result".into(), error: e.to_string() },
+        }
+    }
+    report(reports, &InitReport::Started { landlock });
+
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGCHLD);
+    for signal in FORWARDED {
+        signals.add(*signal);
+    }
+    let grace_ns = spec.kill_grace_ms * 1_000_000;
+    let mut deadline_reached = false;
+    loop {
+        let now = monotonic_now_ns();
+        let wake_at = if deadline_reached { spec.deadline_monotonic_ns + grace_ns } else { spec.deadline_monotonic_ns };
+        if now >= wake_at {
+            if deadline_reached {
+                // The grace period is over: nothing may outlive it.
+                kill_all(Signal::SIGKILL);
+                if reap(command).is_some() {
+                    return EndReason::Deadline;
+                }
+                // The command is killed but not yet reaped; wait for its SIGCHLD.
+                let _ = wait_signal(&signals, Duration::from_millis(50));
+                continue;
+            }
+            // The deadline: ask every process to stop, and stop them for good
+            // after the grace period.
+            deadline_reached = true;
+            kill_all(Signal::SIGTERM);
+            kill_all(Signal::SIGCONT);
+            continue;
+        }
+        match wait_signal(&signals, Duration::from_nanos(wake_at - now)) {
+            Some(signal) if signal == libc::SIGCHLD => {
+                if let Some(status) = reap(command) {
+                    if deadline_reached {
+                        return EndReason::Deadline;
+                    }
+                    return match status {
+                        WaitStatus::Exited(_, code) => EndReason::Exited { code },
+                        WaitStatus::Signaled(_, signal, _) => {
+                            EndReason::Signaled { signal: signal as i32, name: signal_name(signal as i32) }
+                        }
+                        _ => unreachable!("reap returns only exit and kill statuses"),
+                    };
+                }
+            }
+            Some(signal) => {
+                if let Ok(signal) = Signal::try_from(signal) {
+                    let _ = kill(command, signal);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// Entry point of init. Never returns: the exit status carries no meaning,
+/// because the end reason travels on the report pipe.
+pub fn main() -> ! {
+    // SAFETY: the launcher placed the report pipe at this descriptor.
+    let mut reports = unsafe { File::from_raw_fd(fd::REPORT) };
+
+    // Block the signals init waits for; give SIGPIPE to no one, so a vanished
+    // supervisor cannot kill init before the deadline.
+    let mut blocked = SigSet::empty();
+    blocked.add(Signal::SIGCHLD);
+    for signal in FORWARDED {
+        blocked.add(*signal);
+    }
+    let _ = blocked.thread_block();
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN runs no code in a handler.
+    let _ = unsafe { sigaction(Signal::SIGPIPE, &ignore) };
+
+    let spec = match read_spec() {
+        Ok(spec) => spec,
+        Err(error) => {
+            report(&mut reports, &InitReport::Ended { end: EndReason::SetupFailed { step: error.step, error: error.error }, artifacts_truncated: false });
+            std::process::exit(0);
+        }
+    };
+    let end = match setup(&spec) {
+        Ok(()) => supervise(&spec, &mut reports),
+        Err(error) => EndReason::SetupFailed { step: error.step, error: error.error },
+    };
+    kill_and_reap_all();
+
+    // Every session process is dead, so nothing can change /work/artifacts
+    // while it is read.
+    let mut artifacts_truncated = false;
+    if let Some(limit) = spec.artifacts_max_bytes {
+        // SAFETY: the launcher placed the artifact pipe at this descriptor.
+        let pipe = unsafe { OwnedFd::from_raw_fd(fd::ARTIFACTS) };
+        let mut out = io::BufWriter::new(File::from(pipe));
+        artifacts_truncated = transfer::write_artifacts(Path::new(ARTIFACTS_DIR), limit, &mut out).unwrap_or(false);
+    }
+    report(&mut reports, &InitReport::Ended { end, artifacts_truncated });
+    std::process::exit(0);
+}

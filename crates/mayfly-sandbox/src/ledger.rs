@@ -1,0 +1,131 @@
+//! The crash ledger: one record per session, written before any host
+//! resource of the session exists, so that a later run can find and destroy
+//! what a crashed supervisor left behind.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{Layout, SessionCgroup};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub session_id: String,
+    /// PID and start time (clock ticks since boot) of the supervising process,
+    /// which together identify it even after PID reuse.
+    pub supervisor_pid: i32,
+    pub supervisor_start: u64,
+    pub init_pid: Option<i32>,
+    pub deadline_unix_ms: u64,
+    pub cgroup_paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("failed to write ledger record {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("failed to remove ledger record {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+}
+
+fn directory(state_dir: &Path) -> PathBuf {
+    state_dir.join("sessions")
+}
+
+fn path(state_dir: &Path, session_id: &str) -> PathBuf {
+    directory(state_dir).join(format!("{session_id}.json"))
+}
+
+/// Returns the start time of a process in clock ticks since boot, or `None`
+/// when no such process exists.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+}
+
+/// Writes a record durably: to a temporary file, fsynced, then renamed.
+pub fn write(state_dir: &Path, record: &Record) -> Result<(), LedgerError> {
+    let target = path(state_dir, &record.session_id);
+    let fail = |source| LedgerError::Write { path: target.clone(), source };
+    fs::create_dir_all(directory(state_dir)).map_err(fail)?;
+    let temporary = target.with_extension("json.tmp");
+    let mut file = fs::File::create(&temporary).map_err(fail)?;
+    file.write_all(&serde_json::to_vec_pretty(record).expect("records serialize")).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    fs::rename(&temporary, &target).map_err(fail)?;
+    Ok(())
+}
+
+pub fn remove(state_dir: &Path, session_id: &str) -> Result<(), LedgerError> {
+    let target = path(state_dir, session_id);
+    match fs::remove_file(&target) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LedgerError::Remove { path: target, source }),
+    }
+}
+
+pub fn exists(state_dir: &Path, session_id: &str) -> bool {
+    path(state_dir, session_id).exists()
+}
+
+pub fn list(state_dir: &Path) -> Vec<Record> {
+    let Ok(entries) = fs::read_dir(directory(state_dir)) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| fs::read(e.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        .collect()
+}
+
+/// What a reap found and did for one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reaped {
+    pub session_id: String,
+    pub killed_processes: usize,
+    pub error: Option<String>,
+}
+
+fn supervisor_alive(record: &Record) -> bool {
+    process_start_time(record.supervisor_pid) == Some(record.supervisor_start)
+}
+
+/// Destroys what sessions with a dead supervisor left: sessions past their
+/// deadline are killed, and the cgroups and records of ended sessions are
+/// removed. A session whose supervisor died before its deadline keeps
+/// running: its init enforces the deadline, and a later reap cleans up.
+pub fn reap(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
+    let now = unix_ms(SystemTime::now());
+    let mut reaped = Vec::new();
+    for record in list(state_dir) {
+        if supervisor_alive(&record) {
+            continue;
+        }
+        let cgroup = SessionCgroup::existing(layout, &record.session_id);
+        let processes = cgroup.processes();
+        if !processes.is_empty() && now < record.deadline_unix_ms {
+            continue;
+        }
+        let mut error = None;
+        if let Err(e) = cgroup.kill_all(Duration::from_secs(5)).and_then(|()| cgroup.remove(Duration::from_secs(5))) {
+            error = Some(e.to_string());
+        }
+        if error.is_none() {
+            if let Err(e) = remove(state_dir, &record.session_id) {
+                error = Some(e.to_string());
+            }
+        }
+        reaped.push(Reaped { session_id: record.session_id, killed_processes: processes.len(), error });
+    }
+    reaped
+}

@@ -1,0 +1,314 @@
+//! One sandboxed session from start to verified teardown, as the supervisor
+//! sees it. Used by `mayfly run`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use mayfly_core::EndReason;
+use serde::Serialize;
+
+use crate::cgroup::{CgroupLimits, Layout, SessionCgroup, Usage};
+use crate::spec::{monotonic_now_ns, BindMount, InitReport, InitSpec, InputFile, LandlockMode, LandlockStatus};
+use crate::teardown::{self, Evidence};
+use crate::transfer::{self, ExportSummary, OpenedInput};
+use crate::{ids, launch, ledger};
+
+/// Time init waits between SIGTERM and SIGKILL at the deadline.
+pub const KILL_GRACE: Duration = Duration::from_millis(500);
+/// Extra time the supervisor allows past deadline and grace before it kills
+/// the session's cgroup itself.
+const SUPERVISOR_SLACK: Duration = Duration::from_millis(250);
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct SessionConfig {
+    pub session_id: String,
+    pub state_dir: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub hostname: String,
+    pub timezone: String,
+    pub ttl: Duration,
+    pub limits: CgroupLimits,
+    pub tmp_bytes: u64,
+    pub shm_bytes: u64,
+    pub work_bytes: u64,
+    pub open_files: u32,
+    pub inputs: Vec<OpenedInput>,
+    /// Where to export /work/artifacts, and the size cap.
+    pub artifacts: Option<(PathBuf, u64)>,
+    pub mounts: Vec<BindMount>,
+    pub landlock: LandlockMode,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("invalid session: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Ids(#[from] ids::IdError),
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error("failed to create the session cgroup: {0}")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("failed to start the sandbox: {0}")]
+    Launch(#[from] launch::LaunchError),
+}
+
+/// Who ended the session at its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadlineEnforcer {
+    Init,
+    Supervisor,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionOutcome {
+    pub session_id: String,
+    pub end: EndReason,
+    pub exit_code: i32,
+    pub landlock: Option<LandlockStatus>,
+    pub deadline_enforced_by: Option<DeadlineEnforcer>,
+    pub started_at_unix_ms: u64,
+    pub ended_at_unix_ms: u64,
+    pub deadline_unix_ms: u64,
+    pub usage: Usage,
+    pub artifacts: Option<ExportSummary>,
+    pub artifacts_error: Option<String>,
+    pub namespaces: BTreeMap<String, String>,
+    pub teardown: Evidence,
+    pub teardown_ms: u64,
+}
+
+fn copy_thread(mut from: File, mut to: Box<dyn Write + Send>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buffer[..n]).and_then(|()| to.flush()).is_err() {
+                        // The reader is gone; keep draining so the command is not blocked.
+                        to = Box::new(io::sink());
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// Waits until the pidfd becomes readable (the process exited) or `timeout` passes.
+fn wait_exit(pidfd: &impl AsRawFd, timeout: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        let mut poll = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let millis = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: poll reads and writes one pollfd that lives on this stack.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        if ready > 0 {
+            return true;
+        }
+        if ready == 0 || started.elapsed() >= timeout {
+            return false;
+        }
+    }
+}
+
+/// Interprets the kernel's OOM counter: a command killed by SIGKILL, or one
+/// that failed after a process of the session was OOM-killed, ran out of memory.
+fn apply_oom(end: EndReason, usage: &Usage) -> EndReason {
+    if usage.oom_kills == 0 {
+        return end;
+    }
+    match end {
+        EndReason::Signaled { signal, .. } if signal == libc::SIGKILL => EndReason::OutOfMemory,
+        EndReason::Exited { code } if code != 0 => EndReason::OutOfMemory,
+        other => other,
+    }
+}
+
+/// Runs one session: claims ids, records it in the ledger, creates its
+/// cgroups, starts init, relays stdio, waits for the end, exports artifacts
+/// and tears everything down with evidence.
+pub fn run(
+    mut config: SessionConfig,
+    layout: &Layout,
+    stdin: Box<dyn Read + Send>,
+    stdout: Box<dyn Write + Send>,
+    stderr: Box<dyn Write + Send>,
+) -> Result<SessionOutcome, SessionError> {
+    if config.argv.is_empty() {
+        return Err(SessionError::Invalid("the command is empty".into()));
+    }
+    let started_wall = SystemTime::now();
+    let deadline_wall = started_wall + config.ttl;
+
+    // 1. A host id range of its own, held until every session process is gone.
+    let id_range = ids::claim(&config.state_dir)?;
+
+    // 2. The ledger record comes before any host resource, so a crash at any
+    //    later point leaves something that `reap` can find.
+    let supervisor_pid = std::process::id() as i32;
+    let mut record = ledger::Record {
+        session_id: config.session_id.clone(),
+        supervisor_pid,
+        supervisor_start: ledger::process_start_time(supervisor_pid).unwrap_or(0),
+        init_pid: None,
+        deadline_unix_ms: ledger::unix_ms(deadline_wall),
+        cgroup_paths: layout.session_paths(&config.session_id),
+    };
+    ledger::write(&config.state_dir, &record)?;
+
+    // 3. The cgroups, with limits in place before any process joins.
+    let cgroup = match SessionCgroup::create(layout, &config.session_id, config.limits) {
+        Ok(cgroup) => cgroup,
+        Err(error) => {
+            let _ = ledger::remove(&config.state_dir, &config.session_id);
+            return Err(error.into());
+        }
+    };
+
+    // 4. Init, in its namespaces and cgroups.
+    let deadline_ns = monotonic_now_ns() + config.ttl.as_nanos() as u64;
+    let spec = InitSpec {
+        session_id: config.session_id.clone(),
+        argv: config.argv.clone(),
+        env: config.env.clone(),
+        hostname: config.hostname.clone(),
+        timezone: config.timezone.clone(),
+        deadline_monotonic_ns: deadline_ns,
+        kill_grace_ms: KILL_GRACE.as_millis() as u64,
+        tmp_bytes: config.tmp_bytes,
+        shm_bytes: config.shm_bytes,
+        work_bytes: config.work_bytes,
+        open_files: config.open_files,
+        inputs: config.inputs.iter().map(|i| InputFile { name: i.name.clone(), mode: i.mode, size: i.size }).collect(),
+        artifacts_max_bytes: config.artifacts.as_ref().map(|(_, limit)| *limit),
+        mounts: config.mounts.clone(),
+        landlock: config.landlock,
+    };
+    let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
+    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup) {
+        Ok(launched) => launched,
+        Err(error) => {
+            let _ = cgroup.kill_all(KILL_TIMEOUT);
+            let _ = cgroup.remove(KILL_TIMEOUT);
+            let _ = ledger::remove(&config.state_dir, &config.session_id);
+            return Err(error.into());
+        }
+    };
+    drop(id_range);
+    record.init_pid = Some(launched.pid);
+    let _ = ledger::write(&config.state_dir, &record);
+    let namespaces = teardown::namespace_ids(launched.pid);
+
+    // 5. Relay stdio and collect reports and artifacts on their own threads.
+    let stdout_thread = copy_thread(launched.stdout, stdout);
+    let stderr_thread = copy_thread(launched.stderr, stderr);
+    let mut stdin = stdin;
+    let mut stdin_pipe = launched.stdin;
+    thread::spawn(move || {
+        let _ = io::copy(&mut stdin, &mut stdin_pipe);
+    });
+    let artifacts_pipe = launched.artifacts;
+    let artifacts_thread = config.artifacts.clone().map(|(dir, limit)| {
+        thread::spawn(move || transfer::read_artifacts(artifacts_pipe, &dir, limit))
+    });
+    let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
+    let reports = launched.reports;
+    let report_thread = thread::spawn(move || {
+        for line in io::BufReader::new(reports).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(report) = serde_json::from_str::<InitReport>(&line) {
+                let _ = report_sender.send(report);
+            }
+        }
+    });
+
+    // 6. Wait for init. Init enforces the deadline itself; the supervisor
+    //    steps in only if init has not ended the session shortly after it.
+    let mut enforcer = None;
+    let limit = config.ttl + KILL_GRACE + SUPERVISOR_SLACK;
+    let exited = wait_exit(&launched.pidfd, limit.saturating_sub(started_wall.elapsed().unwrap_or_default()));
+    if !exited {
+        let _ = cgroup.kill_all(KILL_TIMEOUT);
+        enforcer = Some(DeadlineEnforcer::Supervisor);
+    }
+    // SAFETY: waitpid on the init process this supervisor started.
+    unsafe { libc::waitpid(launched.pid, std::ptr::null_mut(), 0) };
+    let _ = report_thread.join();
+
+    let mut landlock = None;
+    let mut end = None;
+    for report in report_receiver.try_iter() {
+        match report {
+            InitReport::Started { landlock: status } => landlock = Some(status),
+            InitReport::Ended { end: reason, .. } => end = Some(reason),
+        }
+    }
+    let end = match (end, enforcer) {
+        (_, Some(DeadlineEnforcer::Supervisor)) => EndReason::Deadline,
+        (Some(end), _) => end,
+        (None, _) => EndReason::SetupFailed { step: "run init".into(), error: "init exited without reporting how the session ended".into() },
+    };
+    if end == EndReason::Deadline && enforcer.is_none() {
+        enforcer = Some(DeadlineEnforcer::Init);
+    }
+
+    // 7. Usage, then the kill and verified teardown.
+    let teardown_started = Instant::now();
+    let usage = cgroup.usage();
+    let end = apply_oom(end, &usage);
+    let mut evidence = Evidence::default();
+    if let Err(error) = cgroup.kill_all(KILL_TIMEOUT) {
+        evidence.errors.push(error.to_string());
+    }
+    let _ = stdout_thread.join();
+    let _ = stderr_thread.join();
+    let (artifacts, artifacts_error) = match artifacts_thread.map(|t| t.join()) {
+        None => (None, None),
+        Some(Ok(Ok(summary))) => (Some(summary), None),
+        Some(Ok(Err(error))) => (None, Some(error.to_string())),
+        Some(Err(_)) => (None, Some("the artifact reader panicked".to_string())),
+    };
+    if let Err(error) = cgroup.remove(KILL_TIMEOUT) {
+        evidence.errors.push(error.to_string());
+    }
+    evidence.processes_remaining = cgroup.processes();
+    evidence.cgroups_remaining = cgroup.remaining_paths();
+    evidence.namespaces_remaining = teardown::find_namespace_holders(&namespaces);
+    if evidence.processes_remaining.is_empty() && evidence.cgroups_remaining.is_empty() {
+        if let Err(error) = ledger::remove(&config.state_dir, &config.session_id) {
+            evidence.errors.push(error.to_string());
+        }
+    }
+    evidence.ledger_record_removed = !ledger::exists(&config.state_dir, &config.session_id);
+    let evidence = evidence.finish();
+
+    Ok(SessionOutcome {
+        session_id: config.session_id,
+        exit_code: end.exit_code(),
+        end,
+        landlock,
+        deadline_enforced_by: enforcer,
+        started_at_unix_ms: ledger::unix_ms(started_wall),
+        ended_at_unix_ms: ledger::unix_ms(SystemTime::now()),
+        deadline_unix_ms: ledger::unix_ms(deadline_wall),
+        usage,
+        artifacts,
+        artifacts_error,
+        namespaces,
+        teardown: evidence,
+        teardown_ms: teardown_started.elapsed().as_millis() as u64,
+    })
+}

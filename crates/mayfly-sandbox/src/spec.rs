@@ -1,0 +1,102 @@
+//! What the supervisor tells the in-sandbox init, and what init reports back.
+//!
+//! Both travel as JSON over pipes that the supervisor sets up at fixed file
+//! descriptor numbers before init starts.
+
+use std::path::PathBuf;
+
+use mayfly_core::EndReason;
+use serde::{Deserialize, Serialize};
+
+/// File descriptors of init, fixed by the launcher.
+pub mod fd {
+    /// Read end of the pipe that carries the [`InitSpec`].
+    pub const SPEC: i32 = 3;
+    /// Write end of the pipe for [`InitReport`] lines.
+    pub const REPORT: i32 = 4;
+    /// Write end of the artifact stream.
+    pub const ARTIFACTS: i32 = 5;
+    /// The session's uid-range lock, held open for init's lifetime.
+    pub const UID_LOCK: i32 = 6;
+    /// First input file; input `i` is at `FIRST_INPUT + i`.
+    pub const FIRST_INPUT: i32 = 7;
+}
+
+/// Inside the sandbox, the uid and gid of the command. Init runs as 0, which
+/// maps to an unprivileged host uid like every other sandbox uid.
+pub const SANDBOX_UID: u32 = 1000;
+pub const SANDBOX_GID: u32 = 1000;
+
+/// Directory of the command's writable working space inside the sandbox.
+pub const WORK_DIR: &str = "/work";
+/// Directory inside the sandbox whose files `--artifacts` exports.
+pub const ARTIFACTS_DIR: &str = "/work/artifacts";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LandlockMode {
+    Required,
+    IfAvailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// Relative path under /work, already checked by [`crate::transfer::check_name`].
+    pub name: String,
+    pub mode: u32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitSpec {
+    pub session_id: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub hostname: String,
+    pub timezone: String,
+    /// Absolute deadline on CLOCK_MONOTONIC, in nanoseconds. The PID namespace
+    /// shares the host's monotonic clock, so init and supervisor agree on it.
+    pub deadline_monotonic_ns: u64,
+    /// Time between SIGTERM and SIGKILL at the deadline.
+    pub kill_grace_ms: u64,
+    pub tmp_bytes: u64,
+    pub shm_bytes: u64,
+    pub work_bytes: u64,
+    pub open_files: u32,
+    pub inputs: Vec<InputFile>,
+    /// Size cap of the artifact export, or `None` when nothing is exported.
+    pub artifacts_max_bytes: Option<u64>,
+    pub mounts: Vec<BindMount>,
+    pub landlock: LandlockMode,
+}
+
+/// Which Landlock protection the command actually got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandlockStatus {
+    FullyEnforced,
+    PartiallyEnforced,
+    NotEnforced,
+}
+
+/// One line from init to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum InitReport {
+    /// The command passed every setup step and is about to run.
+    Started { landlock: LandlockStatus },
+    /// The session is over and every process in it has been killed.
+    Ended { end: EndReason, artifacts_truncated: bool },
+}
+
+/// Returns the current CLOCK_MONOTONIC time in nanoseconds.
+pub fn monotonic_now_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}

@@ -1,0 +1,91 @@
+//! Verified teardown: after the kill, look for anything of the session that
+//! survived and report what was found as evidence.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// Namespace kinds whose identity is recorded when a session starts.
+pub const NAMESPACE_KINDS: &[&str] = &["user", "pid", "mnt", "net", "ipc", "uts"];
+
+/// Evidence that nothing of a session remains on the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    /// Processes still in the session's cgroups after the kill.
+    pub processes_remaining: Vec<i32>,
+    /// Session cgroup directories that still exist.
+    pub cgroups_remaining: Vec<PathBuf>,
+    /// Session namespaces still referenced by a process, an open descriptor
+    /// or a bind mount, with the holder.
+    pub namespaces_remaining: Vec<String>,
+    /// Whether the crash-ledger record of the session is gone.
+    pub ledger_record_removed: bool,
+    /// Errors met while tearing down, if any.
+    pub errors: Vec<String>,
+    /// True when every list above is empty and the record is removed.
+    pub clean: bool,
+}
+
+impl Evidence {
+    pub fn finish(mut self) -> Evidence {
+        self.clean = self.processes_remaining.is_empty()
+            && self.cgroups_remaining.is_empty()
+            && self.namespaces_remaining.is_empty()
+            && self.ledger_record_removed
+            && self.errors.is_empty();
+        self
+    }
+}
+
+/// Reads the namespace identities (`net:[4026532001]`) of a process.
+pub fn namespace_ids(pid: i32) -> BTreeMap<String, String> {
+    NAMESPACE_KINDS
+        .iter()
+        .filter_map(|kind| {
+            let link = fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?;
+            Some((kind.to_string(), link.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// Finds every holder of any of `ids`: a process living in the namespace, an
+/// open descriptor to it, or an nsfs bind mount of it.
+pub fn find_namespace_holders(ids: &BTreeMap<String, String>) -> Vec<String> {
+    let wanted: Vec<&String> = ids.values().collect();
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else { return found };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        for kind in NAMESPACE_KINDS {
+            if let Ok(link) = fs::read_link(format!("/proc/{pid}/ns/{kind}")) {
+                let link = link.to_string_lossy().into_owned();
+                if wanted.contains(&&link) {
+                    found.push(format!("{link} is the namespace of pid {pid}"));
+                }
+            }
+        }
+        if let Ok(descriptors) = fs::read_dir(format!("/proc/{pid}/fd")) {
+            for descriptor in descriptors.filter_map(Result::ok) {
+                if let Ok(link) = fs::read_link(descriptor.path()) {
+                    let link = link.to_string_lossy().into_owned();
+                    if wanted.contains(&&link) {
+                        found.push(format!("{link} is open as descriptor {} of pid {pid}", descriptor.file_name().to_string_lossy()));
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") {
+        for line in mountinfo.lines().filter(|l| l.contains(" - nsfs ")) {
+            for id in &wanted {
+                if line.contains(id.as_str()) {
+                    found.push(format!("{id} is bind-mounted: {line}"));
+                }
+            }
+        }
+    }
+    found
+}

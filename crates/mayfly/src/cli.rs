@@ -1,0 +1,114 @@
+//! Command-line arguments, as parsed by clap. Values here are raw; each
+//! command validates them into richer types before use.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "mayfly", version, about = "Remote, ephemeral, isolated sessions", max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a fresh sandbox that is destroyed when it ends or at its deadline.
+    Run(RunArgs),
+    /// Report what this host supports and what each profile needs.
+    Doctor(DoctorArgs),
+    /// Destroy what crashed sessions left behind (cgroups, ledger records).
+    Reap(StateArgs),
+    /// Measure cold session start against bubblewrap and runc, side by side.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StateArgs {
+    /// Directory for the crash ledger and id-range locks.
+    #[arg(long, env = "MAYFLY_STATE_DIR", default_value = "/var/lib/mayfly")]
+    pub state_dir: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ProfileArgs {
+    /// Directory of profile files (NAME.toml); they take precedence over the built-in profiles.
+    #[arg(long, env = "MAYFLY_PROFILES_DIR")]
+    pub profiles_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Profile to run under.
+    #[arg(long, default_value = mayfly_core::profile::DEFAULT_PROFILE)]
+    pub profile: String,
+    #[command(flatten)]
+    pub profiles: ProfileArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Session lifetime, such as 30s, 15m or 1h30m; at most the profile's maximum.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Memory limit including swap, such as 256MiB; may only lower the profile's.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU quota in cores, such as 0.5 or 2; may only lower the profile's.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads; may only lower the profile's.
+    #[arg(long)]
+    pub pids: Option<u32>,
+    /// Size of /tmp, such as 64MiB; may only lower the profile's.
+    #[arg(long)]
+    pub tmp: Option<String>,
+    /// Size of /dev/shm; may only lower the profile's.
+    #[arg(long)]
+    pub shm: Option<String>,
+    /// Size of /work, the working directory; may only lower the profile's.
+    #[arg(long)]
+    pub work: Option<String>,
+    /// Maximum open files per process; may only lower the profile's.
+    #[arg(long)]
+    pub open_files: Option<u32>,
+    /// Environment variable for the command, as KEY=VALUE; repeatable. The host's environment is never passed.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// File to copy into /work before the command starts, as SOURCE or SOURCE:NAME; repeatable.
+    #[arg(long = "input", value_name = "SOURCE[:NAME]")]
+    pub inputs: Vec<String>,
+    /// Directory to export /work/artifacts into when the command ends.
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// Write the session report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub profiles: ProfileArgs,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Number of measured runs per runtime, alternating between runtimes.
+    #[arg(long, default_value_t = 50)]
+    pub runs: u32,
+    /// Directory for the crash ledger and id-range locks of the measured sessions.
+    #[arg(long, env = "MAYFLY_STATE_DIR", default_value = "/var/lib/mayfly")]
+    pub state_dir: PathBuf,
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,81 @@
+//! `mayfly doctor`: what this host supports and what each profile needs.
+
+use mayfly_core::{ExitCode, Landlock};
+use mayfly_sandbox::host::{self, Check};
+use mayfly_sandbox::spec::LandlockMode;
+use serde_json::json;
+
+use crate::cli::DoctorArgs;
+use crate::profiles;
+
+fn line(name: &str, check: &Check) -> String {
+    let mark = if check.available { "ok     " } else { "MISSING" };
+    format!("  {mark} {name:<16} {}", check.detail)
+}
+
+pub fn main(args: DoctorArgs) -> i32 {
+    let report = host::inspect();
+    let directory = args.profiles.profiles_dir.as_deref();
+    let mut profile_results = Vec::new();
+    let mut any_missing = false;
+    for name in profiles::names(directory) {
+        match profiles::load(&name, directory) {
+            Ok(profile) => {
+                let mode = match profile.landlock {
+                    Landlock::Required => LandlockMode::Required,
+                    Landlock::IfAvailable => LandlockMode::IfAvailable,
+                };
+                let missing = host::missing_for_job(&report, mode);
+                any_missing |= !missing.is_empty();
+                profile_results.push(json!({
+                    "name": name,
+                    "source": profiles::source(&name, directory),
+                    "kind": profile.kind,
+                    "landlock": profile.landlock,
+                    "ready": missing.is_empty(),
+                    "missing": missing,
+                }));
+            }
+            Err(error) => {
+                any_missing = true;
+                profile_results.push(json!({ "name": name, "source": profiles::source(&name, directory), "ready": false, "error": error.to_string() }));
+            }
+        }
+    }
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "host": report, "profiles": profile_results })).expect("serializes"));
+    } else {
+        println!("host: Linux {} on {}", report.kernel, report.architecture);
+        println!("{}", line("namespaces", &report.namespaces));
+        println!("{}", line("cgroups", &report.cgroups));
+        println!("{}", line("swap accounting", &report.swap_accounting));
+        println!("{}", line("seccomp", &report.seccomp));
+        println!("{}", line("landlock", &report.landlock));
+        println!("{}", line("kvm", &report.kvm));
+        println!("{}", line("chromium", &report.chromium));
+        let root = Check { available: report.running_as_root, detail: "the native backend needs root".into() };
+        println!("{}", line("root", &root));
+        println!("profiles:");
+        for profile in &profile_results {
+            let name = profile["name"].as_str().unwrap_or_default();
+            let source = profile["source"].as_str().unwrap_or_default();
+            if let Some(error) = profile.get("error") {
+                println!("  INVALID {name} ({source}): {}", error.as_str().unwrap_or_default());
+            } else if profile["ready"].as_bool() == Some(true) {
+                println!("  ready   {name} ({source})");
+            } else {
+                let missing: Vec<String> = profile["missing"]
+                    .as_array()
+                    .map(|items| items.iter().filter_map(|m| m["protection"].as_str().map(String::from)).collect())
+                    .unwrap_or_default();
+                println!("  BLOCKED {name} ({source}): needs {}", missing.join(", "));
+            }
+        }
+    }
+    if any_missing {
+        ExitCode::PROTECTION_MISSING
+    } else {
+        0
+    }
+}

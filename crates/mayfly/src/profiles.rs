@@ -1,0 +1,64 @@
+//! Loading profiles: the built-in ones and a directory the user points at.
+
+use std::path::Path;
+
+use mayfly_core::profile::{validate_name, BUILT_IN};
+use mayfly_core::{Profile, ProfileError};
+
+/// Where a profile came from.
+pub fn source(name: &str, directory: Option<&Path>) -> String {
+    match directory.map(|d| d.join(format!("{name}.toml"))) {
+        Some(path) if path.exists() => path.display().to_string(),
+        _ => "built-in".into(),
+    }
+}
+
+/// Loads a profile by name. A file `NAME.toml` in `directory` takes precedence
+/// over a built-in profile of the same name.
+pub fn load(name: &str, directory: Option<&Path>) -> Result<Profile, ProfileError> {
+    validate_name(name)?;
+    if let Some(directory) = directory {
+        let path = directory.join(format!("{name}.toml"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                return Profile::parse(name, &text).map_err(|error| match error {
+                    ProfileError::Syntax { name, message } => ProfileError::Syntax { name, message: format!("{}: {message}", path.display()) },
+                    other => other,
+                })
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(ProfileError::Syntax { name: name.into(), message: format!("failed to read {}: {error}", path.display()) })
+            }
+        }
+    }
+    if let Some((_, text)) = BUILT_IN.iter().find(|(built_in, _)| *built_in == name) {
+        return Profile::parse(name, text);
+    }
+    Err(ProfileError::NotFound {
+        name: name.into(),
+        built_in: BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+        directory: match directory {
+            Some(d) => format!(", and {} has no {name}.toml", d.display()),
+            None => "; use --profiles-dir to load profiles from a directory".into(),
+        },
+    })
+}
+
+/// Lists the names of every profile: built-in ones and those in `directory`.
+pub fn names(directory: Option<&Path>) -> Vec<String> {
+    let mut names: Vec<String> = BUILT_IN.iter().map(|(n, _)| n.to_string()).collect();
+    if let Some(entries) = directory.and_then(|d| std::fs::read_dir(d).ok()) {
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                    names.push(stem.to_string());
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}

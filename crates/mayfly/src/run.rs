@@ -1,0 +1,186 @@
+//! `mayfly run`: one job session from the command line, with no server.
+
+use std::io::Write;
+
+use mayfly_core::limits::cpus_to_millis;
+use mayfly_core::profile::valid_env_name;
+use mayfly_core::{ByteSize, ExitCode, Landlock, LimitOverrides, Profile, Ttl};
+use mayfly_sandbox::cgroup::{CgroupLimits, Layout};
+use mayfly_sandbox::session::{self, SessionConfig, SessionOutcome};
+use mayfly_sandbox::spec::{BindMount, LandlockMode};
+use mayfly_sandbox::{host, ledger, transfer};
+
+use crate::cli::RunArgs;
+use crate::{profiles, state};
+
+/// A failure before the session started, with the exit code it maps to.
+struct Refusal {
+    code: i32,
+    message: String,
+}
+
+fn usage(message: impl Into<String>) -> Refusal {
+    Refusal { code: ExitCode::USAGE, message: message.into() }
+}
+
+fn parse_size(flag: &str, value: &Option<String>) -> Result<Option<ByteSize>, Refusal> {
+    value
+        .as_deref()
+        .map(|text| ByteSize::parse(text).map_err(|e| usage(format!("{flag}: {e}"))))
+        .transpose()
+}
+
+/// Builds the command's environment: the profile's variables, then `--env`.
+fn environment(profile: &Profile, flags: &[String]) -> Result<Vec<(String, String)>, Refusal> {
+    let mut env = profile.environment.clone();
+    for flag in flags {
+        let Some((key, value)) = flag.split_once('=') else {
+            return Err(usage(format!("--env {flag:?} is missing '=': write KEY=VALUE")));
+        };
+        if !valid_env_name(key) {
+            return Err(usage(format!("--env: {key:?} is not a valid variable name; use letters, digits and underscores, not starting with a digit")));
+        }
+        if value.contains('\0') {
+            return Err(usage(format!("--env {key}: the value contains a NUL byte")));
+        }
+        env.insert(key.to_string(), value.to_string());
+    }
+    Ok(env.into_iter().collect())
+}
+
+fn landlock_mode(profile: &Profile) -> LandlockMode {
+    match profile.landlock {
+        Landlock::Required => LandlockMode::Required,
+        Landlock::IfAvailable => LandlockMode::IfAvailable,
+    }
+}
+
+/// Validates everything and builds the session configuration, before any
+/// host resource exists.
+fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
+    let profile = profiles::load(&args.profile, args.profiles.profiles_dir.as_deref()).map_err(|e| usage(e.to_string()))?;
+    let ttl = args.ttl.as_deref().map(Ttl::parse).transpose().map_err(|e| usage(format!("--ttl: {e}")))?;
+    let ttl = profile.resolve_ttl(ttl).map_err(|e| usage(e.to_string()))?;
+    let overrides = LimitOverrides {
+        memory: parse_size("--memory", &args.memory)?,
+        cpu_millis: args.cpus.map(cpus_to_millis),
+        pids: args.pids,
+        tmp: parse_size("--tmp", &args.tmp)?,
+        shm: parse_size("--shm", &args.shm)?,
+        work: parse_size("--work", &args.work)?,
+        open_files: args.open_files,
+    };
+    let limits = profile.limits.lowered_by(&overrides).map_err(|e| usage(e.to_string()))?;
+    let env = environment(&profile, &args.env)?;
+    let inputs = transfer::open_inputs(&args.inputs, limits.inputs.as_bytes()).map_err(|e| usage(e.to_string()))?;
+    if let Some(dir) = &args.artifacts {
+        if dir.exists() && !dir.is_dir() {
+            return Err(usage(format!("--artifacts {}: not a directory", dir.display())));
+        }
+    }
+    for mount in &profile.mounts {
+        if !mount.source.exists() {
+            return Err(usage(format!("profile {:?}: sandbox.mounts source {} does not exist", profile.name, mount.source.display())));
+        }
+    }
+
+    // Fail closed: refuse when the host lacks a protection the profile needs.
+    let report = host::inspect();
+    let landlock = landlock_mode(&profile);
+    let missing = host::missing_for_job(&report, landlock);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|m| format!("{}: {}", m.protection, m.detail)).collect();
+        return Err(Refusal {
+            code: ExitCode::PROTECTION_MISSING,
+            message: format!("profile {:?} needs protections this host lacks:\n  {}\nrun `mayfly doctor` for details", profile.name, list.join("\n  ")),
+        });
+    }
+    let layout = report.cgroup_layout.expect("a host without missing protections has a cgroup layout");
+
+    let config = SessionConfig {
+        session_id: state::new_session_id(),
+        state_dir: args.state.state_dir.clone(),
+        argv: args.command.clone(),
+        env,
+        hostname: profile.hostname.clone(),
+        timezone: profile.timezone.clone(),
+        ttl: ttl.as_duration(),
+        limits: CgroupLimits { memory_bytes: limits.memory.as_bytes(), cpu_millis: limits.cpu_millis, pids: limits.pids },
+        tmp_bytes: limits.tmp.as_bytes(),
+        shm_bytes: limits.shm.as_bytes(),
+        work_bytes: limits.work.as_bytes(),
+        open_files: limits.open_files,
+        inputs,
+        artifacts: args.artifacts.clone().map(|dir| (dir, limits.artifacts.as_bytes())),
+        mounts: profile.mounts.iter().map(|m| BindMount { source: m.source.clone(), target: m.target.clone() }).collect(),
+        landlock,
+    };
+    Ok((config, layout))
+}
+
+fn print_outcome(outcome: &SessionOutcome) {
+    let mut stderr = std::io::stderr().lock();
+    if let Some(reason) = outcome.end.describe() {
+        let _ = writeln!(stderr, "mayfly: session {} ended: {reason} (exit code {})", outcome.session_id, outcome.exit_code);
+    }
+    if let Some(error) = &outcome.artifacts_error {
+        let _ = writeln!(stderr, "mayfly: artifact export failed: {error}");
+    }
+    if let Some(summary) = &outcome.artifacts {
+        if summary.truncated {
+            let _ = writeln!(stderr, "mayfly: artifacts were truncated at the size limit (limits.artifacts)");
+        }
+        for skipped in &summary.skipped {
+            let _ = writeln!(stderr, "mayfly: artifact not exported: {skipped}");
+        }
+    }
+    if !outcome.teardown.clean {
+        let _ = writeln!(stderr, "mayfly: teardown of session {} is incomplete: {:?}", outcome.session_id, outcome.teardown);
+    }
+}
+
+pub fn main(args: RunArgs) -> i32 {
+    if let Err(message) = state::prepare(&args.state.state_dir) {
+        eprintln!("mayfly: {message}");
+        return ExitCode::USAGE;
+    }
+    let (config, layout) = match prepare(&args) {
+        Ok(prepared) => prepared,
+        Err(refusal) => {
+            eprintln!("mayfly: {}", refusal.message);
+            return refusal.code;
+        }
+    };
+    for reaped in ledger::reap(&args.state.state_dir, &layout) {
+        tracing::info!(session_id = %reaped.session_id, killed = reaped.killed_processes, error = ?reaped.error, "reaped a session left by a crashed supervisor");
+    }
+    let session_id = config.session_id.clone();
+    tracing::info!(session_id = %session_id, profile = %args.profile, "starting session");
+    let outcome = match session::run(
+        config,
+        &layout,
+        Box::new(std::io::stdin()),
+        Box::new(std::io::stdout()),
+        Box::new(std::io::stderr()),
+    ) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("mayfly: session {session_id} could not start: {error}");
+            return ExitCode::SETUP_FAILED;
+        }
+    };
+    print_outcome(&outcome);
+    let json = serde_json::to_string(&outcome).expect("the outcome serializes");
+    if let Some(path) = &args.report {
+        if let Err(error) = std::fs::write(path, format!("{json}\n")) {
+            eprintln!("mayfly: failed to write the report to {}: {error}", path.display());
+        }
+    }
+    if args.state.json {
+        eprintln!("{json}");
+    }
+    if !outcome.teardown.clean || outcome.artifacts_error.is_some() {
+        return ExitCode::SETUP_FAILED;
+    }
+    outcome.exit_code
+}
