@@ -8,7 +8,8 @@
 //! fresh, /dev minimal, and /tmp, /dev/shm and /work are sized tmpfs mounts.
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -141,6 +142,18 @@ fn etc_files(spec: &InitSpec) -> Vec<(&'static str, String)> {
 pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
     let root = Path::new(NEW_ROOT);
 
+    // 0. Open the profile's mount sources first: the root tmpfs covers /tmp,
+    //    where a source may live.
+    let mut profile_sources = Vec::new();
+    for bind in &spec.mounts {
+        let source = fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(&bind.source)
+            .map_err(io_step(format!("open profile mount source {}", bind.source.display())))?;
+        profile_sources.push(source);
+    }
+
     // 1. The root tmpfs. It holds only directories, links and the generated
     //    /etc files, and becomes read-only at the end.
     mount_tmpfs(root, "size=4m,mode=0755", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
@@ -237,13 +250,12 @@ pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
     mkdir(&root.join("var"), 0o755)?;
     symlink("/tmp", root.join("var/tmp")).map_err(io_step("create link /var/tmp"))?;
 
-    // 7. Read-only host paths that the profile names.
-    for bind in &spec.mounts {
+    // 7. Read-only host paths that the profile names, bound through the
+    //    descriptors opened before /tmp was covered.
+    for (bind, source) in spec.mounts.iter().zip(&profile_sources) {
         let relative = bind.target.strip_prefix("/").unwrap_or(&bind.target);
         let target = root.join(relative);
-        let source_is_dir = fs::metadata(&bind.source)
-            .map_err(io_step(format!("profile mount source {}", bind.source.display())))?
-            .is_dir();
+        let source_is_dir = source.metadata().map_err(io_step(format!("profile mount source {}", bind.source.display())))?.is_dir();
         if source_is_dir {
             mkdir(&target, 0o755)?;
         } else {
@@ -252,7 +264,8 @@ pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
             }
             write_file(&target, "")?;
         }
-        bind_read_only(&bind.source, &target)?;
+        let through = PathBuf::from(format!("/proc/self/fd/{}", source.as_raw_fd()));
+        bind_read_only(&through, &target)?;
     }
 
     // 8. Switch to the new root and detach the old one, so that nothing of the

@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests. They run the real `mayfly`
+//! binary as root, with a state directory of their own.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const MAYFLY: &str = env!("CARGO_BIN_EXE_mayfly");
+pub const PROBE: &str = env!("CARGO_BIN_EXE_mayfly-probe");
+
+/// A scratch directory removed when the test ends.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        assert!(nix_is_root(), "the sandbox tests need root: run them as root (CI does)");
+        let unique = format!("mayfly-test-{label}-{}-{:?}", std::process::id(), std::thread::current().id());
+        let path = std::env::temp_dir().join(unique.replace(['(', ')'], ""));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Scratch { path }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path.join("state")
+    }
+
+    /// A `mayfly run` command with this scratch state directory.
+    pub fn run(&self) -> Command {
+        let mut command = Command::new(MAYFLY);
+        command.arg("run").arg("--state-dir").arg(self.state_dir()).stdin(Stdio::null());
+        command
+    }
+
+    /// Runs the probe inside a sandbox with the given extra flags and checks.
+    pub fn probe(&self, flags: &[&str], checks: &[&str]) -> (Output, Vec<serde_json::Value>) {
+        let output = self
+            .run()
+            .args(flags)
+            .arg("--input")
+            .arg(format!("{PROBE}:probe"))
+            .arg("--")
+            .arg("./probe")
+            .args(checks)
+            .output()
+            .unwrap();
+        let lines = parse_lines(&output.stdout);
+        (output, lines)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no failure modes.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn parse_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Finds the probe result of one check.
+pub fn result<'a>(lines: &'a [serde_json::Value], check: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["check"] == check)
+        .unwrap_or_else(|| panic!("the probe printed no result for {check}: {lines:?}"))
+}
+
+/// Asserts that a check was blocked, and returns its errno.
+pub fn assert_blocked(lines: &[serde_json::Value], check: &str) -> String {
+    let value = result(lines, check);
+    assert_eq!(value["outcome"], "blocked", "{check} should be blocked: {value}");
+    value["errno"].as_str().unwrap_or_default().to_string()
+}
+
+/// Parses the JSON report that `--json` prints as the last line of stderr.
+pub fn report(output: &Output) -> serde_json::Value {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON report on stderr: {stderr}"));
+    serde_json::from_str(line).unwrap()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Asserts that the report says teardown left nothing behind.
+pub fn assert_clean(report: &serde_json::Value) {
+    assert_eq!(report["teardown"]["clean"], true, "teardown is not clean: {}", report["teardown"]);
+    for path in report["teardown"]["cgroups_remaining"].as_array().unwrap() {
+        panic!("cgroup remains: {path}");
+    }
+}
+
+pub fn write(path: &Path, content: &str) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, content).unwrap();
+}
+
+/// The built-in default profile's text, for tests that derive profiles from it.
+pub fn default_profile_text() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mayfly-core/profiles/default.toml");
+    std::fs::read_to_string(path).unwrap()
+}
