@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use mayfly_core::EndReason;
+use nix::sys::signal::{SigSet, Signal};
 use serde::Serialize;
 
 use crate::cgroup::{CgroupLimits, Layout, SessionCgroup, Usage};
@@ -45,6 +46,42 @@ pub struct SessionConfig {
     pub artifacts: Option<(PathBuf, u64)>,
     pub mounts: Vec<BindMount>,
     pub landlock: LandlockMode,
+    /// Pass SIGINT, SIGTERM, SIGHUP and SIGQUIT received by this process on to
+    /// the command. The caller must have called [`block_forwarded_signals`]
+    /// before it started any thread.
+    pub forward_signals: bool,
+}
+
+/// Signals the supervisor passes on to the session's command through init.
+const FORWARDED: &[Signal] = &[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+
+fn forwarded_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in FORWARDED {
+        set.add(*signal);
+    }
+    set
+}
+
+/// Blocks the forwarded signals in the calling thread, and so in every
+/// thread it starts later, so that only the forwarding thread receives them.
+pub fn block_forwarded_signals() -> Result<(), nix::Error> {
+    forwarded_set().thread_block()
+}
+
+/// Passes each forwarded signal to init through its pidfd, which cannot
+/// reach another process even after init's PID is reused.
+fn forward_signals(pidfd: OwnedFd) {
+    thread::spawn(move || loop {
+        let Ok(signal) = forwarded_set().wait() else { return };
+        // SAFETY: pidfd_send_signal reads no memory given a null info pointer.
+        let result = unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal as i32, std::ptr::null::<libc::siginfo_t>(), 0u32)
+        };
+        if result != 0 {
+            return;
+        }
+    });
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +248,11 @@ pub fn run(
     record.init_pid = Some(launched.pid);
     let _ = ledger::write(&config.state_dir, &record);
     let namespaces = teardown::namespace_ids(launched.pid);
+    if config.forward_signals {
+        if let Ok(pidfd) = launched.pidfd.try_clone() {
+            forward_signals(pidfd);
+        }
+    }
 
     // 5. Relay stdio and collect reports and artifacts on their own threads.
     let stdout_thread = copy_thread(launched.stdout, stdout);
@@ -222,7 +264,13 @@ pub fn run(
     });
     let artifacts_pipe = launched.artifacts;
     let artifacts_thread = config.artifacts.clone().map(|(dir, limit)| {
-        thread::spawn(move || transfer::read_artifacts(artifacts_pipe, &dir, limit))
+        thread::spawn(move || {
+            let mut pipe = artifacts_pipe;
+            let result = transfer::read_artifacts(&mut pipe, &dir, limit);
+            // After an error, drain the rest so that init never blocks on a full pipe.
+            let _ = io::copy(&mut pipe, &mut io::sink());
+            result
+        })
     });
     let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
     let reports = launched.reports;

@@ -114,6 +114,7 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
         artifacts: args.artifacts.clone().map(|dir| (dir, limits.artifacts.as_bytes())),
         mounts: profile.mounts.iter().map(|m| BindMount { source: m.source.clone(), target: m.target.clone() }).collect(),
         landlock,
+        forward_signals: true,
     };
     Ok((config, layout))
 }
@@ -140,6 +141,11 @@ fn print_outcome(outcome: &SessionOutcome) {
 }
 
 pub fn main(args: RunArgs) -> i32 {
+    // Before any thread starts, so that only the forwarding thread gets them.
+    if let Err(error) = session::block_forwarded_signals() {
+        eprintln!("mayfly: failed to block signals for forwarding: {error}");
+        return ExitCode::SETUP_FAILED;
+    }
     if let Err(message) = state::prepare(&args.state.state_dir) {
         eprintln!("mayfly: {message}");
         return ExitCode::USAGE;

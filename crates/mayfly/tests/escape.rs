@@ -13,9 +13,9 @@ fn host_secrets_are_invisible() {
     let scratch = Scratch::new("secrets");
     let state = scratch.state_dir();
     let state_record = format!("read:{}/id-ranges/0.lock", state.display());
-    let (output, lines) = scratch.probe(&["--json"], &["read:/etc/shadow", "read:/etc/ssl/private", &state_record, "read:/root/.bashrc"]);
+    let (output, lines) = scratch.probe(&["--json"], &["read:/etc/shadow", "read:/etc/ssl/private", &state_record, "read:/root/.bashrc", "read:/sys/kernel/notes", "read:/boot"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    for check in ["read:/etc/shadow", "read:/etc/ssl/private", state_record.as_str(), "read:/root/.bashrc"] {
+    for check in ["read:/etc/shadow", "read:/etc/ssl/private", state_record.as_str(), "read:/root/.bashrc", "read:/sys/kernel/notes", "read:/boot"] {
         assert_eq!(assert_blocked(&lines, check), "ENOENT", "{check}");
     }
     assert_clean(&report(&output));

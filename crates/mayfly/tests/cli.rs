@@ -1,0 +1,269 @@
+//! `mayfly run` and `mayfly doctor` from a user's side: exit codes, streams,
+//! profiles, limits, inputs and artifacts, and the errors for bad input.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn exit_status_and_streams_pass_through() {
+    let scratch = Scratch::new("streams");
+    let output = scratch.run().args(["--", "/bin/sh", "-c", "echo out; echo err >&2; exit 7"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(7));
+    assert_eq!(stdout(&output), "out\n");
+    assert_eq!(stderr(&output), "err\n");
+}
+
+#[test]
+fn stdin_reaches_command() {
+    let scratch = Scratch::new("stdin");
+    let mut child = scratch.run().args(["--", "/bin/cat"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"through the pipe\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&output), "through the pipe\n");
+}
+
+#[test]
+fn missing_command_exits_127() {
+    let scratch = Scratch::new("notfound");
+    let output = scratch.run().args(["--json", "--", "no-such-command"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(127));
+    assert!(stderr(&output).contains("\"no-such-command\" was not found"), "{}", stderr(&output));
+    assert_clean(&report(&output));
+}
+
+#[test]
+fn ttl_above_profile_max_is_rejected() {
+    let scratch = Scratch::new("ttlmax");
+    let output = scratch.run().args(["--ttl", "2h", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("--ttl 2h is above the maximum of 1h"), "{message}");
+}
+
+#[test]
+fn invalid_ttl_names_the_value() {
+    let scratch = Scratch::new("ttlbad");
+    let output = scratch.run().args(["--ttl", "ten minutes", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("\"ten minutes\""), "{}", stderr(&output));
+}
+
+#[test]
+fn limits_may_only_be_lowered() {
+    let scratch = Scratch::new("raise");
+    let output = scratch.run().args(["--memory", "4GiB", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("--memory 4GiB is above the profile's limits.memory of 512MiB"), "{message}");
+
+    let output = scratch.run().args(["--pids", "2", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("allowed is 4 to 65536"), "{}", stderr(&output));
+
+    let output = scratch.run().args(["--memory", "lots", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--memory: invalid size \"lots\""), "{}", stderr(&output));
+}
+
+#[test]
+fn profile_errors_name_the_key() {
+    let scratch = Scratch::new("profiles");
+    let profiles = scratch.path.join("profiles");
+    let base = default_profile_text();
+    write(&profiles.join("typo.toml"), &base.replace("[limits]", "[limits]\nmemroy = \"1GiB\""));
+    write(&profiles.join("huge.toml"), &base.replace("pids = 256", "pids = 9000000"));
+    let run = |profile: &str| scratch.run().args(["--profile", profile, "--profiles-dir"]).arg(&profiles).args(["--", "/bin/true"]).output().unwrap();
+
+    let typo = run("typo");
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(stderr(&typo).contains("memroy"), "{}", stderr(&typo));
+    assert!(stderr(&typo).contains("typo.toml"), "{}", stderr(&typo));
+
+    let huge = run("huge");
+    assert_eq!(huge.status.code(), Some(2));
+    assert!(stderr(&huge).contains("limits.pids = 9000000 is out of range: allowed is 4 to 65536"), "{}", stderr(&huge));
+
+    let missing = run("nope");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("profile \"nope\" not found"), "{}", stderr(&missing));
+}
+
+#[test]
+fn profile_ttl_max_applies() {
+    let scratch = Scratch::new("shortprofile");
+    let profiles = scratch.path.join("profiles");
+    write(&profiles.join("short.toml"), &default_profile_text().replace("max = \"1h\"", "max = \"10s\"").replace("default = \"5m\"", "default = \"5s\""));
+    let output = scratch.run().args(["--profile", "short", "--profiles-dir"]).arg(&profiles).args(["--ttl", "11s", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("maximum of 10s"), "{}", stderr(&output));
+}
+
+#[test]
+fn env_flag_is_validated() {
+    let scratch = Scratch::new("envflag");
+    let output = scratch.run().args(["--env", "NOEQUALS", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("missing '='"), "{}", stderr(&output));
+    let output = scratch.run().args(["--env", "1X=y", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("\"1X\" is not a valid variable name"), "{}", stderr(&output));
+    let output = scratch.run().args(["--env", "GREETING=hello world", "--", "/bin/sh", "-c", "echo $GREETING"]).output().unwrap();
+    assert_eq!(stdout(&output), "hello world\n");
+}
+
+#[test]
+fn inputs_are_copied_into_work() {
+    let scratch = Scratch::new("inputs");
+    let data = scratch.path.join("data.csv");
+    std::fs::write(&data, "a,b\n1,2\n").unwrap();
+    let script = scratch.path.join("job.sh");
+    std::fs::write(&script, "#!/bin/sh\necho from script\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let output = scratch
+        .run()
+        .arg("--input")
+        .arg(&data)
+        .arg("--input")
+        .arg(format!("{}:.thing.json", data.display()))
+        .arg("--input")
+        .arg(format!("{}:sub/foo..bar", data.display()))
+        .arg("--input")
+        .arg(&script)
+        .args(["--", "/bin/sh", "-c", "cat data.csv .thing.json sub/foo..bar; ./job.sh; stat -c '%a %U' job.sh data.csv"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "a,b\n1,2\na,b\n1,2\na,b\n1,2\nfrom script\n755 mayfly\n644 mayfly\n");
+}
+
+#[test]
+fn bad_input_names_are_rejected() {
+    let scratch = Scratch::new("badinputs");
+    let data = scratch.path.join("data");
+    std::fs::write(&data, "x").unwrap();
+    for (name, expected) in [("../escape", "'..' component"), ("/etc/passwd", "absolute paths are not allowed"), ("a//b", "empty path component")] {
+        let output = scratch.run().arg("--input").arg(format!("{}:{name}", data.display())).args(["--", "/bin/true"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        let message = stderr(&output);
+        assert!(message.contains(expected), "{name}: {message}");
+        assert!(message.contains(name), "{name}: {message}");
+    }
+    let output = scratch.run().args(["--input", "/nonexistent/file", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("/nonexistent/file"), "{}", stderr(&output));
+    let output = scratch.run().arg("--input").arg(&scratch.path).args(["--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("not a regular file"), "{}", stderr(&output));
+}
+
+#[test]
+fn inputs_above_limit_are_rejected() {
+    let scratch = Scratch::new("biginput");
+    let profiles = scratch.path.join("profiles");
+    write(&profiles.join("small.toml"), &default_profile_text().replace("inputs = \"64MiB\"", "inputs = \"1KiB\""));
+    let data = scratch.path.join("data");
+    std::fs::write(&data, vec![b'x'; 2048]).unwrap();
+    let output = scratch.run().args(["--profile", "small", "--profiles-dir"]).arg(&profiles).arg("--input").arg(&data).args(["--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("above the limit of 1024 bytes (limits.inputs)"), "{}", stderr(&output));
+}
+
+#[test]
+fn artifacts_are_exported_safely() {
+    let scratch = Scratch::new("artifacts");
+    let target = scratch.path.join("out");
+    let script = "cd artifacts && echo report > report.txt && mkdir -p sub && echo deep > sub/.thing.json && echo odd > foo..bar \
+                  && ln -s /etc/passwd link && ln -s .. up && mkfifo pipe 2>/dev/null; echo done";
+    let output = scratch.run().arg("--artifacts").arg(&target).args(["--json", "--", "/bin/sh", "-c", script]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(std::fs::read_to_string(target.join("report.txt")).unwrap(), "report\n");
+    assert_eq!(std::fs::read_to_string(target.join("sub/.thing.json")).unwrap(), "deep\n");
+    assert_eq!(std::fs::read_to_string(target.join("foo..bar")).unwrap(), "odd\n");
+    assert!(std::fs::symlink_metadata(target.join("link")).is_err(), "symlinks are never exported");
+    assert!(std::fs::symlink_metadata(target.join("up")).is_err());
+    let report = report(&output);
+    let files: Vec<&str> = report["artifacts"]["files"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let skipped = report["artifacts"]["skipped"].to_string();
+    assert!(skipped.contains("link (symlink)"), "{skipped}");
+    assert!(stderr(&output).contains("artifact not exported: link (symlink)"));
+    assert_clean(&report);
+}
+
+#[test]
+fn artifacts_never_overwrite() {
+    let scratch = Scratch::new("overwrite");
+    let target = scratch.path.join("out");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("keep.txt"), "original").unwrap();
+    let output = scratch.run().arg("--artifacts").arg(&target).args(["--", "/bin/sh", "-c", "echo new > artifacts/keep.txt"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(125));
+    assert!(stderr(&output).contains("already exists"), "{}", stderr(&output));
+    assert_eq!(std::fs::read_to_string(target.join("keep.txt")).unwrap(), "original");
+}
+
+#[test]
+fn doctor_reports_host_and_profiles() {
+    let output = Command::new(MAYFLY).args(["doctor", "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for key in ["namespaces", "cgroups", "seccomp", "landlock", "kvm", "chromium"] {
+        assert!(report["host"][key]["available"].is_boolean(), "{key}: {report}");
+    }
+    let default = report["profiles"].as_array().unwrap().iter().find(|p| p["name"] == "default").unwrap();
+    assert_eq!(default["ready"], true, "{default}");
+    let text = Command::new(MAYFLY).arg("doctor").output().unwrap();
+    assert!(stdout(&text).contains("ready   default (built-in)"), "{}", stdout(&text));
+}
+
+#[test]
+fn report_file_is_written() {
+    let scratch = Scratch::new("reportfile");
+    let path = scratch.path.join("report.json");
+    let output = scratch.run().arg("--report").arg(&path).args(["--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(report["end"]["reason"], "exited");
+    assert_eq!(report["landlock"], "fully_enforced");
+    assert_clean(&report);
+}
+
+#[test]
+fn setup_failure_names_the_step() {
+    let scratch = Scratch::new("setupfail");
+    let data = scratch.path.join("data");
+    std::fs::write(&data, "x").unwrap();
+    // "a" becomes a file, so the directory for "a/b" cannot be created inside the sandbox.
+    let output = scratch
+        .run()
+        .arg("--input")
+        .arg(format!("{}:a", data.display()))
+        .arg("--input")
+        .arg(format!("{}:a/b", data.display()))
+        .args(["--json", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(125), "{}", stderr(&output));
+    let report = report(&output);
+    assert_eq!(report["end"]["reason"], "setup_failed");
+    assert_eq!(report["end"]["step"], "copy input \"a/b\"");
+    assert!(stderr(&output).contains("sandbox setup failed at step \"copy input \\\"a/b\\\"\""), "{}", stderr(&output));
+    assert_clean(&report);
+}
+
+#[test]
+fn large_artifact_error_does_not_hang() {
+    let scratch = Scratch::new("artifacthang");
+    let target = scratch.path.join("out");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("a"), "original").unwrap();
+    // The first record fails, and a 4 MiB file follows: far more than a pipe holds.
+    let script = "echo new > artifacts/a; head -c 4194304 /dev/zero > artifacts/b";
+    let started = std::time::Instant::now();
+    let output = scratch.run().arg("--artifacts").arg(&target).args(["--ttl", "1m", "--", "/bin/sh", "-c", script]).output().unwrap();
+    assert_eq!(output.status.code(), Some(125), "{}", stderr(&output));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "the session waited for its deadline");
+}
