@@ -73,7 +73,7 @@ impl<T: PartialOrd + fmt::Display + Copy> Range<T> {
 
 /// Formats thousandths of a core the way a user writes `--cpus`.
 pub fn format_cpus(cpu_millis: u32) -> String {
-    if cpu_millis % 1000 == 0 {
+    if cpu_millis.is_multiple_of(1000) {
         (cpu_millis / 1000).to_string()
     } else {
         format!("{}", cpu_millis as f64 / 1000.0)

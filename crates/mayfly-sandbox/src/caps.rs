@@ -75,7 +75,7 @@ pub fn verify_none() -> Result<(), CapsError> {
     for line in status.lines() {
         for field in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
             if let Some(value) = line.strip_prefix(field) {
-                if value.trim().trim_start_matches('0') != "" {
+                if !value.trim().trim_start_matches('0').is_empty() {
                     return Err(CapsError::Remaining(line.to_string()));
                 }
             }

@@ -127,5 +127,33 @@ pub fn reap(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
         }
         reaped.push(Reaped { session_id: record.session_id, killed_processes: processes.len(), error });
     }
+    reaped.extend(reap_orphan_cgroups(state_dir, layout));
+    reaped
+}
+
+/// How long an empty session cgroup without a ledger record must have existed
+/// before it counts as orphaned. A session being created has a record in
+/// some state directory, but not necessarily in this one, so only old
+/// cgroups are touched.
+const ORPHAN_AGE: Duration = Duration::from_secs(120);
+
+/// Removes empty session cgroups that no ledger record here describes, such
+/// as those of a supervisor whose state directory was deleted.
+fn reap_orphan_cgroups(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
+    let mut reaped = Vec::new();
+    for session_id in crate::cgroup::list_sessions(layout) {
+        if exists(state_dir, &session_id) {
+            continue;
+        }
+        let cgroup = SessionCgroup::existing(layout, &session_id);
+        let old_enough = cgroup.paths().iter().filter_map(|p| fs::metadata(p).ok()?.modified().ok()).all(|modified| {
+            SystemTime::now().duration_since(modified).unwrap_or(Duration::ZERO) >= ORPHAN_AGE
+        });
+        if !cgroup.processes().is_empty() || !old_enough {
+            continue;
+        }
+        let error = cgroup.remove(Duration::from_secs(1)).err().map(|e| e.to_string());
+        reaped.push(Reaped { session_id, killed_processes: 0, error });
+    }
     reaped
 }

@@ -181,7 +181,7 @@ pub fn write_artifacts(root: &Path, limit: u64, out: &mut impl Write) -> io::Res
         for entry in entries {
             let file_name = entry.file_name();
             let name = format!("{prefix}{}", file_name.to_string_lossy());
-            if check_name(&name).is_err() || file_name.as_bytes().iter().any(|b| *b == b'\n') {
+            if check_name(&name).is_err() || file_name.as_bytes().contains(&b'\n') {
                 write_header(out, &Record::Skipped { name, kind: "invalid name".into() })?;
                 continue;
             }

@@ -15,7 +15,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in a fresh sandbox that is destroyed when it ends or at its deadline.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what this host supports and what each profile needs.
     Doctor(DoctorArgs),
     /// Destroy what crashed sessions left behind (cgroups, ledger records).
@@ -102,7 +102,7 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Number of measured runs per runtime, alternating between runtimes.
+    /// Number of measured runs per runtime, from 1 to 10000, alternating between runtimes.
     #[arg(long, default_value_t = 50)]
     pub runs: u32,
     /// Directory for the crash ledger and id-range locks of the measured sessions.
@@ -111,4 +111,7 @@ pub struct BenchArgs {
     /// Print machine-readable JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the results as a Markdown section to this file, replacing its contents.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }

@@ -22,7 +22,7 @@ fn main() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 
     let code = match cli.command {
-        cli::Command::Run(args) => run::main(args),
+        cli::Command::Run(args) => run::main(*args),
         cli::Command::Doctor(args) => doctor::main(args),
         cli::Command::Reap(args) => reap::main(args),
         cli::Command::Bench(args) => bench::main(args),

@@ -100,9 +100,9 @@ pub fn stdout(output: &Output) -> String {
 /// Asserts that the report says teardown left nothing behind.
 pub fn assert_clean(report: &serde_json::Value) {
     assert_eq!(report["teardown"]["clean"], true, "teardown is not clean: {}", report["teardown"]);
-    for path in report["teardown"]["cgroups_remaining"].as_array().unwrap() {
-        panic!("cgroup remains: {path}");
-    }
+    assert_eq!(report["teardown"]["cgroups_remaining"], serde_json::json!([]), "cgroups remain");
+    assert_eq!(report["teardown"]["processes_remaining"], serde_json::json!([]), "processes remain");
+    assert_eq!(report["teardown"]["namespaces_remaining"], serde_json::json!([]), "namespaces remain");
 }
 
 pub fn write(path: &Path, content: &str) {
