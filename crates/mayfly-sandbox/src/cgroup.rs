@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// Name of the directory under each hierarchy root that holds session cgroups.
+/// Name of the directory under each hierarchy root that contains session cgroups.
 pub const PARENT: &str = "mayfly";
 
 /// v1 controllers that a session cgroup needs, and why.
@@ -44,7 +44,7 @@ pub enum CgroupError {
     Remove { path: PathBuf, source: io::Error },
 }
 
-/// Which cgroup layout this host offers, with the mount point of each hierarchy.
+/// Cgroup layout of this host, with the mount point of each hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "version", rename_all = "lowercase")]
 pub enum Layout {

@@ -1,4 +1,4 @@
-//! What this host supports, checked by trying it where possible. Used by
+//! Checks of the protections this host supports, made by trying them where possible. Used by
 //! `mayfly doctor` and before every session, which refuses to start when a
 //! protection its profile requires is missing.
 

@@ -23,12 +23,12 @@ const READ_ONLY: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"
 /// Paths the command may change: its tmpfs mounts and a few device nodes.
 const WRITABLE: &[&str] = &["/work", "/tmp", "/dev/shm", "/dev/null", "/dev/zero", "/dev/full", "/dev/pts", "/dev/ptmx"];
 
-/// The newest ABI this ruleset asks for. Older kernels get what they support
+/// The newest ABI this ruleset requests. Older kernels get what they support
 /// in best-effort mode, and the result is reported.
 const TARGET_ABI: ABI = ABI::V5;
 
 /// Adds a rule for `path` if it exists. Rules on files may carry only file
-/// rights, so directory rights are dropped for them; otherwise the crate
+/// rights, so directory rights are dropped for them. Otherwise the crate
 /// would report the whole ruleset as only partially enforced.
 fn add(ruleset: RulesetCreated, path: &Path, access: BitFlags<AccessFs>) -> Result<RulesetCreated, LandlockError> {
     let Ok(metadata) = std::fs::metadata(path) else { return Ok(ruleset) };

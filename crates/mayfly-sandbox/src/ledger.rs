@@ -88,7 +88,7 @@ pub fn list(state_dir: &Path) -> Vec<Record> {
         .collect()
 }
 
-/// What a reap found and did for one session.
+/// The result of reaping one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reaped {
     pub session_id: String,

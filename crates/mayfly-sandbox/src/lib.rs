@@ -3,7 +3,7 @@
 //! This crate creates namespaces, cgroups and the session's root filesystem,
 //! confines the command with capabilities, no_new_privs, Landlock and
 //! seccomp, runs the in-sandbox init and tears everything down with
-//! evidence. It holds no HTTP, database or policy code; the control plane
+//! evidence. It contains no HTTP, database or policy code: the control plane
 //! decides what to run and this crate decides how it is contained.
 
 pub mod caps;

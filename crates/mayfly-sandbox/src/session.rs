@@ -1,5 +1,5 @@
-//! One sandboxed session from start to verified teardown, as the supervisor
-//! sees it. Used by `mayfly run`.
+//! One sandboxed session from start to verified teardown, on the
+//! supervisor's side. Used by `mayfly run`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -42,7 +42,7 @@ pub struct SessionConfig {
     pub work_bytes: u64,
     pub open_files: u32,
     pub inputs: Vec<OpenedInput>,
-    /// Where to export /work/artifacts, and the size cap.
+    /// Export directory for /work/artifacts, and the size cap.
     pub artifacts: Option<(PathBuf, u64)>,
     pub mounts: Vec<BindMount>,
     pub landlock: LandlockMode,
@@ -98,7 +98,7 @@ pub enum SessionError {
     Launch(#[from] launch::LaunchError),
 }
 
-/// Who ended the session at its deadline.
+/// Process that ended the session at its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeadlineEnforcer {

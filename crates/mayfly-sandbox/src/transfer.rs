@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 const MAX_NAME_BYTES: usize = 4096;
 const MAX_COMPONENT_BYTES: usize = 255;
 const MAX_DEPTH: usize = 64;
-/// Longest record header line accepted from the stream.
+/// Maximum length of a record header line read from the stream.
 const MAX_HEADER_BYTES: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +152,7 @@ pub enum Record {
     End { truncated: bool },
 }
 
-/// What the supervisor wrote below the export directory.
+/// Summary of the files the supervisor wrote below the export directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ExportSummary {
     pub files: Vec<String>,

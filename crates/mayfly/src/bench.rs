@@ -632,8 +632,8 @@ fn format_utc(unix_seconds: u64) -> String {
 }
 
 /// Converts days since 1970-01-01 to a proleptic Gregorian year, month and
-/// day, by Howard Hinnant's `civil_from_days` algorithm
-/// (https://howardhinnant.github.io/date_algorithms.html).
+/// day, by `civil_from_days` from Howard Hinnant's paper "chrono-Compatible
+/// Low-Level Date Algorithms".
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
@@ -715,5 +715,85 @@ mod tests {
     fn find_in_path_finds_sh() {
         assert!(find_in_path("sh").is_some());
         assert!(find_in_path("mayfly-bench-no-such-program").is_none());
+    }
+
+    #[test]
+    fn format_utc_known_times() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_709_210_096), "2024-02-29T12:34:56Z");
+        assert_eq!(format_utc(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn civil_from_days_before_epoch() {
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(-719_468), (0, 3, 1));
+    }
+
+    #[test]
+    fn shell_quote_cases() {
+        assert_eq!(shell_quote("--runs"), "--runs");
+        assert_eq!(shell_quote("/var/lib/mayfly"), "/var/lib/mayfly");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    fn sample_report() -> Report {
+        let mayfly = RuntimeResult {
+            version: Some("mayfly 0.1.0".into()),
+            command: Some("mayfly run -- /bin/true".into()),
+            detail: None,
+            status: Status::Measured,
+            runs: 20,
+            failed: 0,
+            median_ms: Some(12.5),
+            p90_ms: Some(14.0),
+            min_ms: Some(11.0),
+            median_vs_mayfly: Some(1.0),
+            ..RuntimeResult::skipped("mayfly", Status::Measured, String::new())
+        };
+        let runc = RuntimeResult::skipped("runc", Status::NotInstalled, "runc not found in PATH".into());
+        Report {
+            command_line: "mayfly bench --runs 20".into(),
+            date: "2024-02-29T12:34:56Z".into(),
+            kernel: "6.1.0".into(),
+            nproc: 4,
+            program: PROGRAM,
+            runs: 20,
+            warmup_runs: WARMUP_RUNS,
+            runc_namespaces: runc_bundle::NAMESPACES.to_vec(),
+            runtimes: vec![mayfly, runc],
+        }
+    }
+
+    #[test]
+    fn text_lists_measured_and_skipped() {
+        let text = format_text(&sample_report());
+        assert!(text.contains("12.50"), "{text}");
+        assert!(text.contains("1.00"), "{text}");
+        assert!(text.contains("runc        not installed (runc not found in PATH)"), "{text}");
+        assert!(text.contains("kernel 6.1.0, 4 CPUs"), "{text}");
+    }
+
+    #[test]
+    fn markdown_has_table_and_host() {
+        let markdown = format_markdown(&sample_report());
+        assert!(markdown.contains("- Command: `mayfly bench --runs 20`"), "{markdown}");
+        assert!(markdown.contains("- Date: 2024-02-29T12:34:56Z"), "{markdown}");
+        assert!(markdown.contains("- Kernel: 6.1.0"), "{markdown}");
+        assert!(markdown.contains("- CPUs (`nproc`): 4"), "{markdown}");
+        assert!(markdown.contains("| mayfly | mayfly 0.1.0 | 20 | 0 | 12.50 | 14.00 | 11.00 | 1.00 |"), "{markdown}");
+        assert!(markdown.contains("| runc | not installed (runc not found in PATH) |"), "{markdown}");
+    }
+
+    #[test]
+    fn errors_count_failures_not_absence() {
+        let report = sample_report();
+        assert!(!report.runtimes.iter().any(RuntimeResult::has_errors));
+        let failed = RuntimeResult { failed: 1, ..RuntimeResult::skipped("bubblewrap", Status::Measured, String::new()) };
+        assert!(failed.has_errors());
+        assert!(RuntimeResult::skipped("runc", Status::SetupFailed, "no".into()).has_errors());
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use mayfly_core::profile::{validate_name, BUILT_IN};
 use mayfly_core::{Profile, ProfileError};
 
-/// Where a profile came from.
+/// Returns the file a profile is loaded from, or `built-in`.
 pub fn source(name: &str, directory: Option<&Path>) -> String {
     match directory.map(|d| d.join(format!("{name}.toml"))) {
         Some(path) if path.exists() => path.display().to_string(),

@@ -150,6 +150,7 @@ pub fn main(args: RunArgs) -> i32 {
         eprintln!("mayfly: {message}");
         return ExitCode::USAGE;
     }
+
     let (config, layout) = match prepare(&args) {
         Ok(prepared) => prepared,
         Err(refusal) => {
@@ -160,6 +161,7 @@ pub fn main(args: RunArgs) -> i32 {
     for reaped in ledger::reap(&args.state.state_dir, &layout) {
         tracing::info!(session_id = %reaped.session_id, killed = reaped.killed_processes, error = ?reaped.error, "reaped a session left by a crashed supervisor");
     }
+
     let session_id = config.session_id.clone();
     tracing::info!(session_id = %session_id, profile = %args.profile, "starting session");
     let outcome = match session::run(
@@ -175,6 +177,7 @@ pub fn main(args: RunArgs) -> i32 {
             return ExitCode::SETUP_FAILED;
         }
     };
+
     print_outcome(&outcome);
     let json = serde_json::to_string(&outcome).expect("the outcome serializes");
     if let Some(path) = &args.report {
@@ -185,6 +188,7 @@ pub fn main(args: RunArgs) -> i32 {
     if args.state.json {
         eprintln!("{json}");
     }
+
     if !outcome.teardown.clean || outcome.artifacts_error.is_some() {
         return ExitCode::SETUP_FAILED;
     }

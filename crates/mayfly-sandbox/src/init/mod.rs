@@ -192,8 +192,8 @@ fn supervise(spec: &InitSpec, reports: &mut File) -> EndReason {
     };
     drop(error_write);
 
-    // Only the command holds the session's stdio from now on, so the
-    // supervisor sees end-of-file when the command's processes are gone.
+    // Only the command has the session's stdio open from now on, so the
+    // supervisor reads end-of-file when the command's processes are gone.
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         for target in 0..=2 {
             // SAFETY: dup2 over the standard descriptors, which init owns and

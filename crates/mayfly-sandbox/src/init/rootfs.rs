@@ -19,8 +19,8 @@ use nix::unistd::{chdir, pivot_root};
 use super::SetupError;
 use crate::spec::{InitSpec, SANDBOX_GID, SANDBOX_UID};
 
-/// Where the new root is assembled. Mounting over the host's /tmp is safe
-/// because the mount namespace is private by then.
+/// Directory in which the new root is assembled. Mounting over the host's
+/// /tmp is safe because the mount namespace is private by then.
 const NEW_ROOT: &str = "/tmp";
 
 /// Top-level entries that are symlinks into /usr on usr-merged hosts and real

@@ -28,7 +28,7 @@ impl Scratch {
         self.path.join("state")
     }
 
-    /// A `mayfly run` command with this scratch state directory.
+    /// Returns a `mayfly run` command with this scratch state directory.
     pub fn run(&self) -> Command {
         let mut command = Command::new(MAYFLY);
         command.arg("run").arg("--state-dir").arg(self.state_dir()).stdin(Stdio::null());
@@ -97,7 +97,7 @@ pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Asserts that the report says teardown left nothing behind.
+/// Asserts that the report shows a teardown that left nothing behind.
 pub fn assert_clean(report: &serde_json::Value) {
     assert_eq!(report["teardown"]["clean"], true, "teardown is not clean: {}", report["teardown"]);
     assert_eq!(report["teardown"]["cgroups_remaining"], serde_json::json!([]), "cgroups remain");
@@ -112,7 +112,7 @@ pub fn write(path: &Path, content: &str) {
     std::fs::write(path, content).unwrap();
 }
 
-/// The built-in default profile's text, for tests that derive profiles from it.
+/// Returns the built-in default profile's text, for tests that derive profiles from it.
 pub fn default_profile_text() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mayfly-core/profiles/default.toml");
     std::fs::read_to_string(path).unwrap()
