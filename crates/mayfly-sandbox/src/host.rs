@@ -192,3 +192,60 @@ pub fn missing_for_job(report: &HostReport, landlock: LandlockMode) -> Vec<Missi
     }
     missing
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_host() -> HostReport {
+        let ok = || Check::yes("present");
+        HostReport {
+            kernel: "6.1".into(),
+            architecture: "x86_64".into(),
+            namespaces: ok(),
+            cgroups: ok(),
+            cgroup_layout: None,
+            swap_accounting: ok(),
+            seccomp: ok(),
+            landlock: ok(),
+            landlock_abi: Some(4),
+            kvm: ok(),
+            chromium: ok(),
+            running_as_root: true,
+        }
+    }
+
+    #[test]
+    fn complete_host_misses_nothing() {
+        assert!(missing_for_job(&full_host(), LandlockMode::Required).is_empty());
+    }
+
+    #[test]
+    fn missing_landlock_blocks_only_required_profiles() {
+        let mut host = full_host();
+        host.landlock = Check::no("not in the lsm= list");
+        let missing = missing_for_job(&host, LandlockMode::Required);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].protection, "Landlock");
+        assert!(missing[0].detail.contains("lsm="));
+        assert!(missing_for_job(&host, LandlockMode::IfAvailable).is_empty());
+    }
+
+    #[test]
+    fn each_missing_protection_is_named() {
+        let mut host = full_host();
+        host.seccomp = Check::no("no seccomp");
+        host.cgroups = Check::no("no pids controller");
+        host.running_as_root = false;
+        let names: Vec<String> = missing_for_job(&host, LandlockMode::Required).into_iter().map(|m| m.protection).collect();
+        assert_eq!(names, vec!["cgroup controllers", "seccomp", "root privileges"]);
+    }
+
+    #[test]
+    fn chromium_and_kvm_are_not_needed_by_jobs() {
+        let mut host = full_host();
+        host.kvm = Check::no("no /dev/kvm");
+        host.chromium = Check::no("not installed");
+        assert!(missing_for_job(&host, LandlockMode::Required).is_empty());
+    }
+}
