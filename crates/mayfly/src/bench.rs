@@ -28,6 +28,8 @@ const MAX_RUNS: u32 = 10_000;
 /// Time after which one run is killed and counted as failed, so a hung
 /// runtime cannot stop the bench from finishing.
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a run that timed out gets between SIGTERM and SIGKILL to clean up.
+const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Search path used when PATH is unset.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -45,7 +47,7 @@ const BWRAP_OPTIONS: &[&str] = &[
     "--tmpfs", "/tmp",
 ];
 
-/// How one runtime starts `/bin/true`.
+/// Launch settings of one runtime: its binary, and for runc the bundle.
 enum Launcher {
     Mayfly { executable: PathBuf, state_dir: PathBuf },
     Bubblewrap { bwrap: PathBuf },
@@ -82,6 +84,7 @@ struct Runtime {
     launcher: Launcher,
     samples: Vec<Duration>,
     failed: u32,
+    warmup_failed: u32,
     first_failure: Option<String>,
     containers_left_behind: u32,
     cleanup_errors: Vec<String>,
@@ -89,14 +92,14 @@ struct Runtime {
 
 impl Runtime {
     fn new(name: &'static str, version: Option<String>, command_line: String, launcher: Launcher) -> Self {
-        Runtime { name, version, command_line, launcher, samples: Vec::new(), failed: 0, first_failure: None, containers_left_behind: 0, cleanup_errors: Vec::new() }
+        Runtime { name, version, command_line, launcher, samples: Vec::new(), failed: 0, warmup_failed: 0, first_failure: None, containers_left_behind: 0, cleanup_errors: Vec::new() }
     }
 
-    /// Runs the command once, records the time of a measured run that
-    /// succeeded and counts a measured run that failed.
+    /// Runs the command once, records the time of a successful measured run
+    /// and counts a failed run.
     fn run_once(&mut self, measured: bool) {
         let (mut command, container) = self.launcher.command();
-        let result = time_run(&mut command);
+        let result = time_run(&mut command, RUN_TIMEOUT);
         if let (Some(id), Launcher::Runc(bundle)) = (container, &self.launcher) {
             match bundle.delete_if_left(&id) {
                 Ok(true) => self.containers_left_behind += 1,
@@ -114,13 +117,15 @@ impl Runtime {
     fn record_failure(&mut self, failure: RunFailure, measured: bool) {
         if measured {
             self.failed += 1;
+        } else {
+            self.warmup_failed += 1;
         }
         if self.first_failure.is_some() {
             return;
         }
-        let mut message = if measured { failure.to_string() } else { format!("warm-up run: {failure}") };
-        if let (RunFailure::TimedOut, Launcher::Mayfly { state_dir, .. }) = (&failure, &self.launcher) {
-            message.push_str(&format!("; run `mayfly reap --state-dir {}` to remove what the session left", state_dir.display()));
+        let mut message = failure.to_string();
+        if let (RunFailure::TimedOut(_), Launcher::Mayfly { state_dir, .. }) = (&failure, &self.launcher) {
+            message.push_str(&format!(". If the session was left behind, `mayfly reap --state-dir {}` removes it", state_dir.display()));
         }
         self.first_failure = Some(message);
     }
@@ -141,6 +146,7 @@ impl Runtime {
             detail: self.first_failure,
             runs: self.samples.len() as u32 + self.failed,
             failed: self.failed,
+            warmup_failed: self.warmup_failed,
             median_ms: stats.as_ref().map(|s| milliseconds(s.median)),
             p90_ms: stats.as_ref().map(|s| milliseconds(s.p90)),
             min_ms: stats.as_ref().map(|s| milliseconds(s.min)),
@@ -156,7 +162,7 @@ enum RunFailure {
     Spawn(io::Error),
     Wait(io::Error),
     Exit(ExitStatus),
-    TimedOut,
+    TimedOut(Duration),
 }
 
 impl fmt::Display for RunFailure {
@@ -165,27 +171,27 @@ impl fmt::Display for RunFailure {
             RunFailure::Spawn(error) => write!(f, "failed to start: {error}"),
             RunFailure::Wait(error) => write!(f, "failed to wait for the process: {error}"),
             RunFailure::Exit(status) => write!(f, "{status}"),
-            RunFailure::TimedOut => write!(f, "timed out after {} s and was killed", RUN_TIMEOUT.as_secs()),
+            RunFailure::TimedOut(timeout) => write!(f, "timed out after {} s and was stopped", timeout.as_secs_f64()),
         }
     }
 }
 
 /// Runs `command` with null stdio and returns the wall time from spawn to
-/// reaping its exit.
-fn time_run(command: &mut Command) -> Result<Duration, RunFailure> {
+/// reaping its exit. Kills it when it runs longer than `timeout`.
+fn time_run(command: &mut Command, timeout: Duration) -> Result<Duration, RunFailure> {
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let started = Instant::now();
     let mut child = command.spawn().map_err(RunFailure::Spawn)?;
-    let exited = match wait_exit(&child, RUN_TIMEOUT) {
+    let exited = match wait_exit(&child, timeout) {
         Ok(exited) => exited,
         Err(error) => {
-            kill_and_reap(&mut child);
+            stop_and_reap(&mut child);
             return Err(RunFailure::Wait(error));
         }
     };
     if !exited {
-        kill_and_reap(&mut child);
-        return Err(RunFailure::TimedOut);
+        stop_and_reap(&mut child);
+        return Err(RunFailure::TimedOut(timeout));
     }
     let status = child.wait().map_err(RunFailure::Wait)?;
     let elapsed = started.elapsed();
@@ -196,8 +202,14 @@ fn time_run(command: &mut Command) -> Result<Duration, RunFailure> {
     }
 }
 
-fn kill_and_reap(child: &mut Child) {
-    let _ = child.kill();
+/// Sends SIGTERM, so the runtime can tear its sandbox down, then SIGKILL
+/// after `KILL_GRACE`, and reaps the process.
+fn stop_and_reap(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as libc::pid_t);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    if !wait_exit(child, KILL_GRACE).unwrap_or(false) {
+        let _ = child.kill();
+    }
     let _ = child.wait();
 }
 
@@ -261,12 +273,14 @@ fn percentile(sorted: &[Duration], percent: usize) -> Option<Duration> {
     Some(sorted[rank.min(sorted.len()) - 1])
 }
 
+/// Converts to milliseconds, rounded to whole microseconds.
 fn milliseconds(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
+    duration.as_micros() as f64 / 1000.0
 }
 
+/// Returns `value / base`, rounded to three decimals.
 fn ratio(value: Duration, base: Duration) -> f64 {
-    value.as_secs_f64() / base.as_secs_f64()
+    (value.as_secs_f64() / base.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -285,10 +299,11 @@ struct RuntimeResult {
     status: Status,
     version: Option<String>,
     command: Option<String>,
-    /// Why the runtime was skipped, or the first failed run.
+    /// Reason the runtime was skipped, or the error of its first failed run.
     detail: Option<String>,
     runs: u32,
     failed: u32,
+    warmup_failed: u32,
     median_ms: Option<f64>,
     p90_ms: Option<f64>,
     min_ms: Option<f64>,
@@ -309,6 +324,7 @@ impl RuntimeResult {
             detail: Some(detail),
             runs: 0,
             failed: 0,
+            warmup_failed: 0,
             median_ms: None,
             p90_ms: None,
             min_ms: None,
@@ -319,7 +335,7 @@ impl RuntimeResult {
     }
 
     fn has_errors(&self) -> bool {
-        self.status == Status::SetupFailed || self.failed > 0 || !self.cleanup_errors.is_empty()
+        self.status == Status::SetupFailed || self.failed + self.warmup_failed > 0 || !self.cleanup_errors.is_empty()
     }
 }
 
@@ -336,7 +352,7 @@ struct Report {
     runtimes: Vec<RuntimeResult>,
 }
 
-/// A runtime ready to measure, or the result that says why it is skipped.
+/// A runtime ready to measure, or the result of a skipped runtime.
 enum Slot {
     Ready(Runtime),
     Skipped(RuntimeResult),
@@ -390,7 +406,8 @@ fn version_of(program: &Path) -> Option<String> {
 }
 
 /// Runs the warm-up and measured iterations. Each iteration starts with the
-/// next runtime in turn, so no runtime always follows the same other one.
+/// next runtime in turn, so every runtime runs first, in the middle and last
+/// about equally often.
 fn measure(runtimes: &mut [&mut Runtime], runs: u32) {
     let count = runtimes.len();
     for iteration in 0..(WARMUP_RUNS + runs) as usize {
@@ -415,7 +432,7 @@ pub fn main(args: BenchArgs) -> i32 {
         return ExitCode::USAGE;
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("mayfly: warning: not running as root; `mayfly run` needs root, so its runs will fail");
+        eprintln!("mayfly: warning: not running as root. `mayfly run` needs root, so its runs will fail.");
     }
 
     let mut slots = vec![set_up_mayfly(&args.state_dir), set_up_bubblewrap(), set_up_runc()];
@@ -481,12 +498,8 @@ fn nproc() -> usize {
     }
 }
 
-
-fn cell_ms(value: Option<f64>) -> String {
-    value.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
-}
-
-fn cell_ratio(value: Option<f64>) -> String {
+/// Formats a table cell with two decimals, or "-" when there is no value.
+fn cell(value: Option<f64>) -> String {
     value.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
 }
 
@@ -504,10 +517,11 @@ fn skip_reason(result: &RuntimeResult) -> String {
 fn problem_notes(report: &Report) -> Vec<String> {
     let mut notes = Vec::new();
     for result in report.runtimes.iter().filter(|r| r.status == Status::Measured) {
-        match (&result.detail, result.failed) {
-            (Some(detail), 0) => notes.push(format!("{}: {detail}", result.name)),
-            (Some(detail), failed) => notes.push(format!("{}: {failed} of {} measured runs failed; the first failure: {detail}", result.name, result.runs)),
-            (None, _) => {}
+        if let Some(detail) = &result.detail {
+            notes.push(format!(
+                "{}: {} of {} measured runs and {} of {} warm-up runs failed. The first failure: {detail}",
+                result.name, result.failed, result.runs, result.warmup_failed, report.warmup_runs
+            ));
         }
         if let Some(count) = result.containers_left_behind.filter(|&c| c > 0) {
             notes.push(format!("{}: {count} containers were still present after `runc run` exited and were deleted with `runc delete -f`", result.name));
@@ -516,14 +530,20 @@ fn problem_notes(report: &Report) -> Vec<String> {
             notes.push(format!("{}: cleanup failed: {error}", result.name));
         }
     }
-    if report.runtimes.iter().any(|r| r.failed > 0) {
-        notes.push("The bench discards the output of each run; run a failing command by hand to see its error.".into());
+    if report.runtimes.iter().any(|r| r.failed + r.warmup_failed > 0) {
+        notes.push("The bench discards the output of each run, so run a failing command by hand to see its error.".into());
     }
     notes
 }
 
-fn runc_namespaces_note(report: &Report) -> String {
-    format!("namespaces {}, no user namespace", report.runc_namespaces.join(", "))
+/// Describes the placeholders in the runc command line and the bundle it runs.
+fn runc_note(report: &Report) -> String {
+    format!(
+        "TMPDIR is a temporary directory that the bench creates and removes, and ID is new for each run. \
+         The bundle has a read-only root with merged-/usr links, /usr bound read-only, a fresh /proc, tmpfs on /dev and /tmp, \
+         and the namespaces {}, with no user namespace.",
+        report.runc_namespaces.join(", ")
+    )
 }
 
 /// Formats the report as a plain-text table with the commands and host below it.
@@ -540,10 +560,10 @@ fn format_text(report: &Report) -> String {
                 result.name,
                 result.runs,
                 result.failed,
-                cell_ms(result.median_ms),
-                cell_ms(result.p90_ms),
-                cell_ms(result.min_ms),
-                cell_ratio(result.median_vs_mayfly)
+                cell(result.median_ms),
+                cell(result.p90_ms),
+                cell(result.min_ms),
+                cell(result.median_vs_mayfly)
             ));
         } else {
             lines.push(format!("{:<12}{}", result.name, skip_reason(result)));
@@ -555,8 +575,10 @@ fn format_text(report: &Report) -> String {
     lines.push("Commands:".into());
     for result in &report.runtimes {
         if let Some(command) = &result.command {
-            let extra = if result.name == "runc" { format!(" ({})", runc_namespaces_note(report)) } else { String::new() };
-            lines.push(format!("  {:<12}{command}{extra}", result.name));
+            lines.push(format!("  {:<12}{command}", result.name));
+            if result.name == "runc" {
+                lines.push(format!("  {:<12}{}", "", runc_note(report)));
+            }
         }
     }
     lines.push(format!("Host: kernel {}, {} CPUs (nproc), {}", report.kernel, report.nproc, report.date));
@@ -572,7 +594,7 @@ fn format_markdown(report: &Report) -> String {
     lines.push(format!("- CPUs (`nproc`): {}", report.nproc));
     lines.push(format!(
         "- Runs: {} measured per runtime, alternating between the runtimes each iteration, after {} unmeasured warm-up runs each. \
-         Each time is the wall time from spawning the command to reaping its exit; statistics cover successful runs only.",
+         Each time is the wall time from spawning the command to reaping its exit. The statistics cover successful runs only.",
         report.runs, report.warmup_runs
     ));
     lines.push(String::new());
@@ -586,10 +608,10 @@ fn format_markdown(report: &Report) -> String {
                 result.name,
                 result.runs,
                 result.failed,
-                cell_ms(result.median_ms),
-                cell_ms(result.p90_ms),
-                cell_ms(result.min_ms),
-                cell_ratio(result.median_vs_mayfly)
+                cell(result.median_ms),
+                cell(result.p90_ms),
+                cell(result.min_ms),
+                cell(result.median_vs_mayfly)
             ));
         } else {
             lines.push(format!("| {} | {} | - | - | - | - | - | - |", result.name, skip_reason(result)));
@@ -606,8 +628,10 @@ fn format_markdown(report: &Report) -> String {
     lines.push(String::new());
     for result in &report.runtimes {
         if let Some(command) = &result.command {
-            let extra = if result.name == "runc" { format!("; {}", runc_namespaces_note(report)) } else { String::new() };
-            lines.push(format!("- {}: `{command}`{extra}", result.name));
+            lines.push(format!("- {}: `{command}`", result.name));
+            if result.name == "runc" {
+                lines.push(format!("  {}", runc_note(report)));
+            }
         }
     }
     lines.join("\n") + "\n"
@@ -696,19 +720,28 @@ mod tests {
 
     #[test]
     fn time_run_reports_exit_status() {
-        let elapsed = time_run(&mut Command::new("/bin/true")).expect("/bin/true succeeds");
+        let elapsed = time_run(&mut Command::new("/bin/true"), RUN_TIMEOUT).expect("/bin/true succeeds");
         assert!(elapsed > Duration::ZERO);
-        let failure = time_run(&mut Command::new("/bin/false")).expect_err("/bin/false fails");
+        let failure = time_run(&mut Command::new("/bin/false"), RUN_TIMEOUT).expect_err("/bin/false fails");
         assert!(matches!(failure, RunFailure::Exit(status) if status.code() == Some(1)), "{failure:?}");
-        let missing = time_run(&mut Command::new("/nonexistent/program")).expect_err("a missing program fails");
+        let missing = time_run(&mut Command::new("/nonexistent/program"), RUN_TIMEOUT).expect_err("a missing program fails");
         assert!(matches!(missing, RunFailure::Spawn(_)), "{missing:?}");
+    }
+
+    #[test]
+    fn time_run_kills_at_timeout() {
+        let started = Instant::now();
+        let failure = time_run(Command::new("/bin/sleep").arg("5"), Duration::from_millis(100)).expect_err("sleep 5 times out");
+        assert!(matches!(failure, RunFailure::TimedOut(_)), "{failure:?}");
+        assert!(started.elapsed() < Duration::from_secs(4), "the run was not killed at the timeout");
+        assert_eq!(failure.to_string(), "timed out after 0.1 s and was stopped");
     }
 
     #[test]
     fn wait_exit_times_out() {
         let mut child = Command::new("/bin/sleep").arg("5").spawn().expect("sleep starts");
         assert!(!wait_exit(&child, Duration::from_millis(50)).expect("pidfd works"));
-        kill_and_reap(&mut child);
+        stop_and_reap(&mut child);
     }
 
     #[test]

@@ -21,8 +21,8 @@ const USR_MERGE_LINKS: [(&str, &str); 4] = [("bin", "usr/bin"), ("lib", "usr/lib
 
 /// Builds the OCI runtime configuration (config.json) that runs `argv` as
 /// root in a read-only root filesystem with /usr bound read-only, a fresh
-/// /proc and tmpfs on /dev and /tmp. runc creates its default device nodes
-/// (null, zero, full, random, urandom, tty) in the /dev tmpfs.
+/// /proc and tmpfs on /dev and /tmp. runc 1.1.5 creates its default device
+/// nodes (null, zero, full, random, urandom, tty) in the /dev tmpfs.
 pub fn config(argv: &[&str]) -> Value {
     let namespaces: Vec<Value> = NAMESPACES.iter().map(|name| json!({ "type": name })).collect();
     json!({
@@ -49,6 +49,10 @@ pub fn config(argv: &[&str]) -> Value {
 /// A temporary directory that contains an OCI bundle (`bundle/`) and the
 /// runc state root (`runc-state/`). Dropping it deletes any container left
 /// in the state root and removes the directory.
+///
+/// NOTE: a bench killed by a signal (such as Ctrl-C) skips the drop, so the
+/// directory `mayfly-bench-*` in the temporary directory stays, and so does
+/// a container that was running at that moment.
 pub struct RuncBundle {
     runc: PathBuf,
     directory: PathBuf,
@@ -289,6 +293,46 @@ mod tests {
         let errors = bundle.remove();
         // With no runc binary, listing containers fails, but the files are still removed.
         assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(!directory.exists());
+    }
+
+    /// Returns the runc binary when the tests that start containers can run.
+    fn runc_for_tests() -> Option<PathBuf> {
+        let runc = crate::bench::find_in_path("runc");
+        if runc.is_none() || !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: this test needs root and runc in PATH");
+            return None;
+        }
+        runc
+    }
+
+    #[test]
+    fn delete_if_left_deletes_created_container() {
+        let Some(runc) = runc_for_tests() else { return };
+        let mut bundle = RuncBundle::create(runc, &["/bin/true"]).expect("bundle is created");
+        let (_, id) = bundle.run_command();
+        // `runc create` sets the container up and leaves it waiting for `runc start`.
+        let created = bundle.runc_command().arg("create").arg("--bundle").arg(bundle.bundle_dir()).arg(&id).status().expect("runc create runs");
+        assert!(created.success(), "runc create failed: {created}");
+
+        assert_eq!(bundle.delete_if_left(&id), Ok(true));
+        assert_eq!(bundle.delete_if_left(&id), Ok(false));
+        let directory = bundle.directory.clone();
+        assert_eq!(bundle.remove(), Vec::<String>::new());
+        assert!(!directory.exists());
+    }
+
+    #[test]
+    fn remove_deletes_remaining_containers() {
+        let Some(runc) = runc_for_tests() else { return };
+        let mut bundle = RuncBundle::create(runc, &["/bin/true"]).expect("bundle is created");
+        let (_, id) = bundle.run_command();
+        let created = bundle.runc_command().arg("create").arg("--bundle").arg(bundle.bundle_dir()).arg(&id).status().expect("runc create runs");
+        assert!(created.success(), "runc create failed: {created}");
+
+        assert_eq!(bundle.list_containers(), Ok(vec![id]));
+        let directory = bundle.directory.clone();
+        assert_eq!(bundle.remove(), Vec::<String>::new());
         assert!(!directory.exists());
     }
 }
