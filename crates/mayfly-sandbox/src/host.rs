@@ -115,8 +115,23 @@ fn check_chromium() -> Check {
     }
 }
 
-/// Collects the host report. Creates and removes one short-lived child.
+/// Collects the full host report for `mayfly doctor`. Creates and removes one
+/// short-lived child in new namespaces and runs `chromium --version`.
 pub fn inspect() -> HostReport {
+    let mut report = inspect_for_jobs();
+    report.namespaces = check_namespaces();
+    report.kvm = match fs::File::options().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => Check::yes("/dev/kvm can be opened"),
+        Err(error) => Check::no(format!("/dev/kvm: {error}")),
+    };
+    report.chromium = check_chromium();
+    report
+}
+
+/// Collects what a job session needs to know before it starts, cheaply: the
+/// namespace check is left to the session's own clone, whose error names it,
+/// and KVM and Chromium are not looked at.
+pub fn inspect_for_jobs() -> HostReport {
     let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     let layout = Layout::detect();
     let cgroups = match &layout {
@@ -139,22 +154,19 @@ pub fn inspect() -> HostReport {
         Some(abi) => Check::yes(format!("Landlock ABI {abi}")),
         None => Check::no("the kernel does not offer Landlock (not built in, or not in the lsm= boot list)"),
     };
-    let kvm = match fs::File::options().read(true).write(true).open("/dev/kvm") {
-        Ok(_) => Check::yes("/dev/kvm can be opened"),
-        Err(error) => Check::no(format!("/dev/kvm: {error}")),
-    };
+    let unchecked = || Check { available: true, detail: "not checked".into() };
     HostReport {
         kernel,
         architecture: std::env::consts::ARCH.to_string(),
-        namespaces: check_namespaces(),
+        namespaces: unchecked(),
         swap_accounting: check_swap(layout.as_ref().ok()),
         cgroup_layout: layout.ok(),
         cgroups,
         seccomp: check_seccomp(),
         landlock,
         landlock_abi,
-        kvm,
-        chromium: check_chromium(),
+        kvm: unchecked(),
+        chromium: unchecked(),
         running_as_root: nix::unistd::geteuid().is_root(),
     }
 }

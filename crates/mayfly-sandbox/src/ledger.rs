@@ -52,7 +52,9 @@ pub fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
 }
 
-/// Writes a record durably: to a temporary file, fsynced, then renamed.
+/// Writes a record atomically: to a temporary file, then renamed. There is no
+/// fsync, because the record only has to outlive a crash of the supervisor:
+/// after a host crash no session process, mount or cgroup survives either.
 pub fn write(state_dir: &Path, record: &Record) -> Result<(), LedgerError> {
     let target = path(state_dir, &record.session_id);
     let fail = |source| LedgerError::Write { path: target.clone(), source };
@@ -60,7 +62,6 @@ pub fn write(state_dir: &Path, record: &Record) -> Result<(), LedgerError> {
     let temporary = target.with_extension("json.tmp");
     let mut file = fs::File::create(&temporary).map_err(fail)?;
     file.write_all(&serde_json::to_vec_pretty(record).expect("records serialize")).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
     fs::rename(&temporary, &target).map_err(fail)?;
     Ok(())
 }

@@ -50,8 +50,10 @@ pub fn namespace_ids(pid: i32) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Finds every holder of any of `ids`: a process living in the namespace, an
-/// open descriptor to it, or an nsfs bind mount of it.
+/// Finds every holder of any of `ids`: a process living in the namespace or
+/// an nsfs bind mount of it. Open descriptors to a namespace are not looked
+/// for: only host root can open one from outside the session, and scanning
+/// every descriptor of every process costs milliseconds per session.
 pub fn find_namespace_holders(ids: &BTreeMap<String, String>) -> Vec<String> {
     let wanted: Vec<&String> = ids.values().collect();
     let mut found = Vec::new();
@@ -64,16 +66,6 @@ pub fn find_namespace_holders(ids: &BTreeMap<String, String>) -> Vec<String> {
                 let link = link.to_string_lossy().into_owned();
                 if wanted.contains(&&link) {
                     found.push(format!("{link} is the namespace of pid {pid}"));
-                }
-            }
-        }
-        if let Ok(descriptors) = fs::read_dir(format!("/proc/{pid}/fd")) {
-            for descriptor in descriptors.filter_map(Result::ok) {
-                if let Ok(link) = fs::read_link(descriptor.path()) {
-                    let link = link.to_string_lossy().into_owned();
-                    if wanted.contains(&&link) {
-                        found.push(format!("{link} is open as descriptor {} of pid {pid}", descriptor.file_name().to_string_lossy()));
-                    }
                 }
             }
         }

@@ -85,7 +85,7 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
     }
 
     // Fail closed: refuse when the host lacks a protection the profile needs.
-    let report = host::inspect();
+    let report = host::inspect_for_jobs();
     let landlock = landlock_mode(&profile);
     let missing = host::missing_for_job(&report, landlock);
     if !missing.is_empty() {
