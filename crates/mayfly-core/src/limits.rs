@@ -118,9 +118,11 @@ fn lower<T: PartialOrd + fmt::Display + Copy>(
             profile_value: display(profile_value),
         });
     }
-    range.check(value).map_err(|error| match error {
-        LimitError::OutOfRange { value, min, max, .. } => LimitError::OutOfRange { key: flag, value, min, max },
-        other => other,
+    range.check(value).map_err(|_| LimitError::OutOfRange {
+        key: flag,
+        value: display(value),
+        min: display(range.min),
+        max: display(range.max),
     })
 }
 
@@ -186,6 +188,13 @@ mod tests {
         let message = sample().lowered_by(&overrides).unwrap_err().to_string();
         assert!(message.contains("--pids"), "{message}");
         assert!(message.contains("4 to 65536"), "{message}");
+    }
+
+    #[test]
+    fn cpus_override_range_is_in_cores() {
+        let overrides = LimitOverrides { cpu_millis: Some(0), ..Default::default() };
+        let message = sample().lowered_by(&overrides).unwrap_err().to_string();
+        assert!(message.contains("allowed is 0.01 to 1024"), "{message}");
     }
 
     #[test]

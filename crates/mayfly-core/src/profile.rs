@@ -214,7 +214,7 @@ impl Profile {
         let limits = Limits {
             memory: limits::MEMORY.check(raw.limits.memory).map_err(limit_error)?,
             cpu_millis: limits::CPU_MILLIS.check(cpu_millis).map_err(|_| {
-                invalid("limits.cpus", "is out of range: allowed is 0.01 to 1024 cores".to_string())
+                invalid("limits.cpus", format!("= {} is out of range: allowed is 0.01 to 1024 cores", limits::format_cpus(cpu_millis)))
             })?,
             pids: limits::PIDS.check(raw.limits.pids).map_err(limit_error)?,
             tmp: limits::TMP.check(raw.limits.tmp).map_err(limit_error)?,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 pub enum UnitError {
     #[error("invalid size {value:?}: expected a whole number with a unit, such as 64MiB, 512KiB, 2GiB or 4096 (bytes)")]
     InvalidSize { value: String },
-    #[error("invalid duration {value:?}: expected a number with a unit, such as 500ms, 30s, 15m, 2h or 1h30m")]
+    #[error("invalid duration {value:?}: expected a number with a unit, such as 30s, 15m, 2h or 1h30m")]
     InvalidDuration { value: String },
 }
 

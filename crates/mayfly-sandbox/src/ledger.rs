@@ -95,6 +95,9 @@ pub struct Reaped {
     pub session_id: String,
     pub killed_processes: usize,
     pub error: Option<String>,
+    /// Set when the session's supervisor is gone but its deadline has not
+    /// passed: init still runs it and ends it then, and a later reap cleans up.
+    pub running_until_unix_ms: Option<u64>,
 }
 
 fn supervisor_alive(record: &Record) -> bool {
@@ -115,6 +118,12 @@ pub fn reap(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
         let cgroup = SessionCgroup::existing(layout, &record.session_id);
         let processes = cgroup.processes();
         if !processes.is_empty() && now < record.deadline_unix_ms {
+            reaped.push(Reaped {
+                session_id: record.session_id,
+                killed_processes: 0,
+                error: None,
+                running_until_unix_ms: Some(record.deadline_unix_ms),
+            });
             continue;
         }
         let mut error = None;
@@ -126,7 +135,7 @@ pub fn reap(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
                 error = Some(e.to_string());
             }
         }
-        reaped.push(Reaped { session_id: record.session_id, killed_processes: processes.len(), error });
+        reaped.push(Reaped { session_id: record.session_id, killed_processes: processes.len(), error, running_until_unix_ms: None });
     }
     reaped.extend(reap_orphan_cgroups(state_dir, layout));
     reaped
@@ -154,7 +163,7 @@ fn reap_orphan_cgroups(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
             continue;
         }
         let error = cgroup.remove(Duration::from_secs(1)).err().map(|e| e.to_string());
-        reaped.push(Reaped { session_id, killed_processes: 0, error });
+        reaped.push(Reaped { session_id, killed_processes: 0, error, running_until_unix_ms: None });
     }
     reaped
 }

@@ -26,6 +26,8 @@ pub const KILL_GRACE: Duration = Duration::from_millis(500);
 /// the session's cgroup itself.
 const SUPERVISOR_SLACK: Duration = Duration::from_millis(250);
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The setup step named when init ends without a report.
+const INIT_STEP: &str = "run init";
 
 #[derive(Debug)]
 pub struct SessionConfig {
@@ -170,6 +172,7 @@ fn apply_oom(end: EndReason, usage: &Usage) -> EndReason {
     match end {
         EndReason::Signaled { signal, .. } if signal == libc::SIGKILL => EndReason::OutOfMemory,
         EndReason::Exited { code } if code != 0 => EndReason::OutOfMemory,
+        EndReason::SetupFailed { step, .. } if step == INIT_STEP => EndReason::OutOfMemory,
         other => other,
     }
 }
@@ -307,7 +310,7 @@ pub fn run(
     let end = match (end, enforcer) {
         (_, Some(DeadlineEnforcer::Supervisor)) => EndReason::Deadline,
         (Some(end), _) => end,
-        (None, _) => EndReason::SetupFailed { step: "run init".into(), error: "init exited without reporting how the session ended".into() },
+        (None, _) => EndReason::SetupFailed { step: INIT_STEP.into(), error: "init exited without reporting how the session ended".into() },
     };
     if end == EndReason::Deadline && enforcer.is_none() {
         enforcer = Some(DeadlineEnforcer::Init);
@@ -343,9 +346,11 @@ pub fn run(
     evidence.ledger_record_removed = !ledger::exists(&config.state_dir, &config.session_id);
     let evidence = evidence.finish();
 
+    // A failed export or an incomplete teardown overrides the command's status.
+    let exit_code = if artifacts_error.is_some() || !evidence.clean { mayfly_core::ExitCode::SETUP_FAILED } else { end.exit_code() };
     Ok(SessionOutcome {
         session_id: config.session_id,
-        exit_code: end.exit_code(),
+        exit_code,
         end,
         landlock,
         deadline_enforced_by: enforcer,

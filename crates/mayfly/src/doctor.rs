@@ -8,8 +8,14 @@ use serde_json::json;
 use crate::cli::DoctorArgs;
 use crate::profiles;
 
-fn line(name: &str, check: &Check) -> String {
-    let mark = if check.available { "ok     " } else { "MISSING" };
+/// Formats one check. A missing optional feature is "absent", not "MISSING",
+/// because no job profile needs it.
+fn line(name: &str, check: &Check, required: bool) -> String {
+    let mark = match (check.available, required) {
+        (true, _) => "ok     ",
+        (false, true) => "MISSING",
+        (false, false) => "absent ",
+    };
     format!("  {mark} {name:<16} {}", check.detail)
 }
 
@@ -47,15 +53,15 @@ pub fn main(args: DoctorArgs) -> i32 {
         println!("{}", serde_json::to_string_pretty(&json!({ "host": report, "profiles": profile_results })).expect("serializes"));
     } else {
         println!("host: Linux {} on {}", report.kernel, report.architecture);
-        println!("{}", line("namespaces", &report.namespaces));
-        println!("{}", line("cgroups", &report.cgroups));
-        println!("{}", line("swap accounting", &report.swap_accounting));
-        println!("{}", line("seccomp", &report.seccomp));
-        println!("{}", line("landlock", &report.landlock));
-        println!("{}", line("kvm", &report.kvm));
-        println!("{}", line("chromium", &report.chromium));
+        println!("{}", line("namespaces", &report.namespaces, true));
+        println!("{}", line("cgroups", &report.cgroups, true));
+        println!("{}", line("swap accounting", &report.swap_accounting, true));
+        println!("{}", line("seccomp", &report.seccomp, true));
+        println!("{}", line("landlock", &report.landlock, true));
+        println!("{}", line("kvm", &report.kvm, false));
+        println!("{}", line("chromium", &report.chromium, false));
         let root = Check { available: report.running_as_root, detail: "the native backend needs root".into() };
-        println!("{}", line("root", &root));
+        println!("{}", line("root", &root, true));
         println!("profiles:");
         for profile in &profile_results {
             let name = profile["name"].as_str().unwrap_or_default();

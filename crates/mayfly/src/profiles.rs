@@ -18,6 +18,12 @@ pub fn source(name: &str, directory: Option<&Path>) -> String {
 pub fn load(name: &str, directory: Option<&Path>) -> Result<Profile, ProfileError> {
     validate_name(name)?;
     if let Some(directory) = directory {
+        if !directory.is_dir() {
+            return Err(ProfileError::Syntax {
+                name: name.into(),
+                message: format!("the profiles directory {} does not exist or is not a directory", directory.display()),
+            });
+        }
         let path = directory.join(format!("{name}.toml"));
         match std::fs::read_to_string(&path) {
             Ok(text) => {

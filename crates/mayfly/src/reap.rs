@@ -21,9 +21,13 @@ pub fn main(args: StateArgs) -> i32 {
         println!("nothing to reap");
     } else {
         for entry in &reaped {
-            match &entry.error {
-                None => println!("{}: destroyed ({} processes killed)", entry.session_id, entry.killed_processes),
-                Some(error) => println!("{}: failed: {error}", entry.session_id),
+            match (&entry.error, entry.running_until_unix_ms) {
+                (Some(error), _) => println!("{}: failed: {error}", entry.session_id),
+                (None, Some(deadline)) => {
+                    let left = deadline.saturating_sub(mayfly_sandbox::ledger::unix_ms(std::time::SystemTime::now()));
+                    println!("{}: supervisor gone; init ends the session at its deadline in {}s, reap again after that", entry.session_id, left.div_ceil(1000));
+                }
+                (None, None) => println!("{}: destroyed ({} processes killed)", entry.session_id, entry.killed_processes),
             }
         }
     }

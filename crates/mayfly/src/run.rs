@@ -72,6 +72,16 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
     };
     let limits = profile.limits.lowered_by(&overrides).map_err(|e| usage(e.to_string()))?;
     let env = environment(&profile, &args.env)?;
+    let zone = std::path::Path::new("/usr/share/zoneinfo").join(&profile.timezone);
+    if !zone.is_file() {
+        return Err(usage(format!(
+            "profile {:?}: sandbox.timezone {:?} is not in /usr/share/zoneinfo; use a name such as UTC or Europe/Berlin (install the tzdata package if none exist)",
+            profile.name, profile.timezone
+        )));
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, b"").map_err(|e| usage(format!("--report {}: {e}", path.display())))?;
+    }
     let inputs = transfer::open_inputs(&args.inputs, limits.inputs.as_bytes()).map_err(|e| usage(e.to_string()))?;
     if let Some(dir) = &args.artifacts {
         if dir.exists() && !dir.is_dir() {
@@ -122,14 +132,14 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
 fn print_outcome(outcome: &SessionOutcome) {
     let mut stderr = std::io::stderr().lock();
     if let Some(reason) = outcome.end.describe() {
-        let _ = writeln!(stderr, "mayfly: session {} ended: {reason} (exit code {})", outcome.session_id, outcome.exit_code);
+        let _ = writeln!(stderr, "mayfly: session {} ended: {reason} (exit code {})", outcome.session_id, outcome.end.exit_code());
     }
     if let Some(error) = &outcome.artifacts_error {
         let _ = writeln!(stderr, "mayfly: artifact export failed: {error}");
     }
     if let Some(summary) = &outcome.artifacts {
         if summary.truncated {
-            let _ = writeln!(stderr, "mayfly: artifacts were truncated at the size limit (limits.artifacts)");
+            let _ = writeln!(stderr, "mayfly: some artifacts were not exported because they would pass the profile's limits.artifacts");
         }
         for skipped in &summary.skipped {
             let _ = writeln!(stderr, "mayfly: artifact not exported: {skipped}");
@@ -155,6 +165,9 @@ pub fn main(args: RunArgs) -> i32 {
         Ok(prepared) => prepared,
         Err(refusal) => {
             eprintln!("mayfly: {}", refusal.message);
+            if args.state.json {
+                eprintln!("{}", serde_json::json!({ "error": refusal.message, "exit_code": refusal.code }));
+            }
             return refusal.code;
         }
     };
@@ -189,8 +202,5 @@ pub fn main(args: RunArgs) -> i32 {
         eprintln!("{json}");
     }
 
-    if !outcome.teardown.clean || outcome.artifacts_error.is_some() {
-        return ExitCode::SETUP_FAILED;
-    }
     outcome.exit_code
 }

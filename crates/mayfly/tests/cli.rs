@@ -169,7 +169,7 @@ fn inputs_above_limit_are_rejected() {
     std::fs::write(&data, vec![b'x'; 2048]).unwrap();
     let output = scratch.run().args(["--profile", "small", "--profiles-dir"]).arg(&profiles).arg("--input").arg(&data).args(["--", "/bin/true"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("above the limit of 1024 bytes (limits.inputs)"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("above the profile's limit of 1KiB (limits.inputs)"), "{}", stderr(&output));
 }
 
 #[test]
@@ -234,23 +234,30 @@ fn report_file_is_written() {
 #[test]
 fn setup_failure_names_the_step() {
     let scratch = Scratch::new("setupfail");
-    let data = scratch.path.join("data");
-    std::fs::write(&data, "x").unwrap();
-    // "a" becomes a file, so the directory for "a/b" cannot be created inside the sandbox.
+    // Init opens profile mount sources as an unprivileged uid, which cannot
+    // pass a mode 0700 directory, so this step fails inside the sandbox.
+    let hidden = scratch.path.join("hidden");
+    std::fs::create_dir_all(hidden.join("tools")).unwrap();
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&scratch.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let profiles = scratch.path.join("profiles");
+    let profile = format!("{}\n[[sandbox.mounts]]\nsource = \"{}\"\ntarget = \"/opt/tools\"\n", default_profile_text(), hidden.join("tools").display());
+    write(&profiles.join("hidden.toml"), &profile);
     let output = scratch
         .run()
-        .arg("--input")
-        .arg(format!("{}:a", data.display()))
-        .arg("--input")
-        .arg(format!("{}:a/b", data.display()))
+        .args(["--profile", "hidden", "--profiles-dir"])
+        .arg(&profiles)
         .args(["--json", "--", "/bin/true"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(125), "{}", stderr(&output));
     let report = report(&output);
     assert_eq!(report["end"]["reason"], "setup_failed");
-    assert_eq!(report["end"]["step"], "copy input \"a/b\"");
-    assert!(stderr(&output).contains("sandbox setup failed at step \"copy input \\\"a/b\\\"\""), "{}", stderr(&output));
+    let step = report["end"]["step"].as_str().unwrap();
+    assert!(step.starts_with("open profile mount source"), "{step}");
+    let error = report["end"]["error"].as_str().unwrap();
+    assert!(error.contains("traversable"), "{error}");
+    assert!(stderr(&output).contains("sandbox setup failed at step"), "{}", stderr(&output));
     assert_clean(&report);
 }
 
@@ -266,4 +273,65 @@ fn large_artifact_error_does_not_hang() {
     let output = scratch.run().arg("--artifacts").arg(&target).args(["--ttl", "1m", "--", "/bin/sh", "-c", script]).output().unwrap();
     assert_eq!(output.status.code(), Some(125), "{}", stderr(&output));
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "the session waited for its deadline");
+}
+
+#[test]
+fn input_into_artifacts_is_rejected() {
+    let scratch = Scratch::new("reservedinput");
+    let data = scratch.path.join("data");
+    std::fs::write(&data, "x").unwrap();
+    let output = scratch.run().arg("--input").arg(format!("{}:artifacts/a.txt", data.display())).args(["--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("inside /work/artifacts"), "{}", stderr(&output));
+}
+
+#[test]
+fn rejected_run_prints_json_error() {
+    let scratch = Scratch::new("jsonerror");
+    let output = scratch.run().args(["--json", "--ttl", "2h", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let error = report(&output);
+    assert_eq!(error["exit_code"], 2);
+    assert!(error["error"].as_str().unwrap().contains("maximum of 1h"), "{error}");
+}
+
+#[test]
+fn missing_profiles_dir_is_an_error() {
+    let scratch = Scratch::new("noprofiledir");
+    let output = scratch.run().args(["--profiles-dir", "/nonexistent/profiles", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("/nonexistent/profiles does not exist"), "{}", stderr(&output));
+}
+
+#[test]
+fn unwritable_report_fails_before_start() {
+    let scratch = Scratch::new("badreport");
+    let output = scratch.run().args(["--report", "/nonexistent/dir/report.json", "--", "/bin/sh", "-c", "echo ran"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stdout(&output), "", "the command must not run");
+    assert!(stderr(&output).contains("--report /nonexistent/dir/report.json"), "{}", stderr(&output));
+}
+
+#[test]
+fn unknown_timezone_is_rejected() {
+    let scratch = Scratch::new("timezone");
+    let profiles = scratch.path.join("profiles");
+    write(&profiles.join("mars.toml"), &default_profile_text().replace("timezone = \"UTC\"", "timezone = \"Mars/Olympus\""));
+    let output = scratch.run().args(["--profile", "mars", "--profiles-dir"]).arg(&profiles).args(["--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("\"Mars/Olympus\" is not in /usr/share/zoneinfo"), "{}", stderr(&output));
+}
+
+#[test]
+fn failed_export_sets_report_exit_code() {
+    let scratch = Scratch::new("exportcode");
+    let target = scratch.path.join("out");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("a"), "keep").unwrap();
+    let output = scratch.run().arg("--artifacts").arg(&target).args(["--json", "--", "/bin/sh", "-c", "echo x > artifacts/a"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(125));
+    let report = report(&output);
+    assert_eq!(report["exit_code"], 125);
+    assert_eq!(report["end"]["reason"], "exited");
+    assert!(report["artifacts_error"].as_str().unwrap().contains("already exists"));
 }

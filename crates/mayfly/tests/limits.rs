@@ -50,6 +50,20 @@ fn memory_bomb_ends_out_of_memory() {
 }
 
 #[test]
+fn tmpfs_filling_memory_ends_out_of_memory() {
+    let scratch = Scratch::new("tmpfsoom");
+    let output = scratch
+        .run()
+        .args(["--memory", "32MiB", "--json", "--", "/bin/sh", "-c", "head -c 100M /dev/zero > /work/big"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(123), "{}", stderr(&output));
+    let report = report(&output);
+    assert_eq!(report["end"]["reason"], "out_of_memory");
+    assert_clean(&report);
+}
+
+#[test]
 fn tmpfs_fills_to_cap_and_command_survives() {
     let scratch = Scratch::new("fill");
     let (output, lines) = scratch.probe(&["--tmp", "8MiB", "--shm", "4MiB"], &["fill:/tmp", "fill:/dev/shm"]);

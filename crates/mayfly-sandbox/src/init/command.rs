@@ -85,12 +85,19 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File) -> ChildMessage {
         return fail("set RLIMIT_CORE", errno.to_string());
     }
 
-    // 4. Drop the bounding and ambient sets while CAP_SETPCAP is still held.
+    // 4. Make the command and everything it starts the out-of-memory killer's
+    //    first choice, ahead of init (which reports how the session ended) and
+    //    of every host process. Raising the score needs no privilege.
+    if let Err(error) = std::fs::write("/proc/self/oom_score_adj", "1000") {
+        return fail("raise oom_score_adj", error.to_string());
+    }
+
+    // 5. Drop the bounding and ambient sets while CAP_SETPCAP is still held.
     if let Err(error) = caps::drop_bounding_set() {
         return fail("drop the capability bounding set", error.to_string());
     }
 
-    // 5. Become the unprivileged sandbox user. Leaving uid 0 clears the
+    // 6. Become the unprivileged sandbox user. Leaving uid 0 clears the
     //    permitted and effective sets; clear_sets makes that explicit.
     if let Err(errno) = nix::unistd::setgroups(&[]) {
         return fail("clear supplementary groups", errno.to_string());
@@ -107,21 +114,21 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File) -> ChildMessage {
         return fail("clear capabilities", error.to_string());
     }
 
-    // 6. Start in /work and find the command as the sandbox user would.
+    // 7. Start in /work and find the command as the sandbox user would.
     if let Err(errno) = nix::unistd::chdir(WORK_DIR) {
         return fail("enter /work", errno.to_string());
     }
     let command = spec.argv[0].clone();
     let Some(path) = resolve(&command, &spec.env) else { return ChildMessage::NotFound { command } };
 
-    // 7. no_new_privs: exec can never grant privilege again, not even through
+    // 8. no_new_privs: exec can never grant privilege again, not even through
     //    a set-user-ID file. Landlock and seccomp both rely on it.
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return fail("set no_new_privs", std::io::Error::last_os_error().to_string());
     }
 
-    // 8. Landlock, then the seccomp allow list, which must come last because
+    // 9. Landlock, then the seccomp allow list, which must come last because
     //    it forbids the calls that the earlier steps make.
     let extra: Vec<PathBuf> = spec.mounts.iter().map(|m| m.target.clone()).collect();
     let landlock = match landlock_policy::restrict(spec.landlock, &extra) {
@@ -142,7 +149,7 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File) -> ChildMessage {
         return fail("install the seccomp filter", error.to_string());
     }
 
-    // 9. Exec. On success the error pipe closes and nothing more is sent.
+    // 10. Exec. On success the error pipe closes and nothing more is sent.
     let errno = match nix::unistd::execve(&c_path, &argv, &envp) {
         Err(errno) => errno,
         Ok(never) => match never {},

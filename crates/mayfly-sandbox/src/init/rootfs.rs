@@ -150,7 +150,14 @@ pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
             .open(&bind.source)
-            .map_err(io_step(format!("open profile mount source {}", bind.source.display())))?;
+            .map_err(|error| {
+                let hint = if error.kind() == std::io::ErrorKind::PermissionDenied {
+                    "; init opens it as an unprivileged host uid, so the source and every directory above it must be traversable by others (chmod o+x)"
+                } else {
+                    ""
+                };
+                SetupError::new(format!("open profile mount source {}", bind.source.display()), format!("{error}{hint}"))
+            })?;
         profile_sources.push(source);
     }
 
