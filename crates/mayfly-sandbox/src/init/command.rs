@@ -135,8 +135,8 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File) -> ChildMessage {
         Ok(status) => status,
         Err(error) => return fail("apply Landlock", error.to_string()),
     };
-    let filters = match seccomp::command_filters() {
-        Ok(filters) => filters,
+    let filter = match seccomp::command_filter() {
+        Ok(filter) => filter,
         Err(error) => return fail("build the seccomp filter", error.to_string()),
     };
     let argv: Vec<CString> = spec.argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
@@ -145,7 +145,7 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File) -> ChildMessage {
         return ChildMessage::NotFound { command };
     };
     send(pipe, &ChildMessage::Confined { landlock });
-    if let Err(error) = seccomp::install(&filters) {
+    if let Err(error) = seccomp::install(&filter) {
         return fail("install the seccomp filter", error.to_string());
     }
 

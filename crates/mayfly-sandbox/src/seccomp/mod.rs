@@ -10,31 +10,32 @@
 //! open_by_handle_at, iopl, ioperm, modify_ldt, mknod, syslog, clock and
 //! hostname setters.
 
-use std::collections::BTreeMap;
+mod bpf;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen as ArgLen, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompFilter,
-    SeccompRule,
-};
+use bpf::Action;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("failed to build the seccomp filter: {0}")]
-    Build(#[from] seccompiler::BackendError),
     #[error("failed to install the seccomp filter: {0}")]
-    Install(#[from] seccompiler::Error),
+    Install(std::io::Error),
     #[error("seccomp filters are only defined for x86_64, not {0}")]
     UnsupportedArch(&'static str),
 }
 
+/// AUDIT_ARCH_X86_64 from linux/audit.h.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// A compiled filter, ready to install.
+pub struct Filter(Vec<libc::sock_filter>);
+
 /// Namespace flags that `clone` may never carry.
-const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
+const NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWCGROUP) as u64;
+    | libc::CLONE_NEWCGROUP) as u32;
 
 /// System calls allowed without conditions, grouped by what needs them.
 const ALLOWED: &[(&str, &[i64])] = &[
@@ -136,122 +137,180 @@ pub const BLOCKED_IOCTLS: &[(u64, &str)] = &[(libc::TIOCSTI, "TIOCSTI"), (libc::
 const SOCKET_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK];
 
 /// personality(2) arguments that are allowed: PER_LINUX and the query value.
-const PERSONALITIES: &[u64] = &[0, 0xffff_ffff];
+const PERSONALITIES: &[u32] = &[0, 0xffff_ffff];
 
-fn condition(index: u8, len: ArgLen, op: Op, value: u64) -> Result<Cond, SeccompError> {
-    Ok(Cond::new(index, len, op, value)?)
-}
-
-fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+/// Builds the command's policy: every call in [`ALLOWED`], plus the calls
+/// whose arguments are checked.
+fn policy() -> Vec<(u32, Action)> {
+    let mut policy: Vec<(u32, Action)> = Vec::new();
     for (_, calls) in ALLOWED {
-        for call in *calls {
-            rules.insert(*call, Vec::new());
-        }
+        policy.extend(calls.iter().map(|call| (*call as u32, Action::Allow)));
     }
 
-    // clone: only without namespace flags. clone3 passes its flags in memory,
-    // where seccomp cannot look, so the second filter makes it fail with ENOSYS
-    // and the C library falls back to clone.
-    rules.insert(
-        libc::SYS_clone,
-        vec![SeccompRule::new(vec![condition(0, ArgLen::Qword, Op::MaskedEq(NAMESPACE_FLAGS), 0)?])?],
-    );
+    // clone: only without namespace flags. The kernel reads the low 32 bits of
+    // the flags for clone. clone3 passes its flags in memory, where seccomp
+    // cannot look, so it fails with ENOSYS and the C library falls back to clone.
+    policy.push((libc::SYS_clone as u32, Action::AllowIfClear { arg: 0, mask: NAMESPACE_FLAGS }));
+    policy.push((libc::SYS_clone3 as u32, Action::Errno(libc::ENOSYS as u32)));
 
     // ioctl: anything but the terminal injection requests. The kernel reads the
     // request as a 32-bit value, so only the low 32 bits are compared.
-    let ioctl_conditions = BLOCKED_IOCTLS
-        .iter()
-        .map(|(request, _)| condition(1, ArgLen::Dword, Op::Ne, *request))
-        .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(ioctl_conditions)?]);
+    let blocked = BLOCKED_IOCTLS.iter().map(|(request, _)| *request as u32).collect();
+    policy.push((libc::SYS_ioctl as u32, Action::AllowUnlessOneOf { arg: 1, values: blocked }));
 
-    let socket_rules = SOCKET_FAMILIES
-        .iter()
-        .map(|family| Ok(SeccompRule::new(vec![condition(0, ArgLen::Dword, Op::Eq, *family as u64)?])?))
-        .collect::<Result<Vec<_>, SeccompError>>()?;
-    rules.insert(libc::SYS_socket, socket_rules);
-
-    let personality_rules = PERSONALITIES
-        .iter()
-        .map(|value| Ok(SeccompRule::new(vec![condition(0, ArgLen::Dword, Op::Eq, *value)?])?))
-        .collect::<Result<Vec<_>, SeccompError>>()?;
-    rules.insert(libc::SYS_personality, personality_rules);
-    Ok(rules)
+    let families = SOCKET_FAMILIES.iter().map(|family| *family as u32).collect();
+    policy.push((libc::SYS_socket as u32, Action::AllowIfOneOf { arg: 0, values: families }));
+    policy.push((libc::SYS_personality as u32, Action::AllowIfOneOf { arg: 0, values: PERSONALITIES.to_vec() }));
+    policy
 }
 
-fn target_arch() -> Result<seccompiler::TargetArch, SeccompError> {
+/// Compiles the command's filter for this machine's architecture.
+pub fn command_filter() -> Result<Filter, SeccompError> {
     match std::env::consts::ARCH {
-        "x86_64" => Ok(seccompiler::TargetArch::x86_64),
+        "x86_64" => Ok(Filter(bpf::compile(AUDIT_ARCH_X86_64, &policy(), libc::EPERM as u32))),
         other => Err(SeccompError::UnsupportedArch(other)),
     }
 }
 
-/// Builds the two BPF programs of the command's filter: the allow list, and a
-/// second filter that turns clone3 into ENOSYS.
-pub fn command_filters() -> Result<[BpfProgram; 2], SeccompError> {
-    let arch = target_arch()?;
-    let allow_list = SeccompFilter::new(rules()?, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch)?;
-    let clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )?;
-    Ok([allow_list.try_into()?, clone3.try_into()?])
-}
-
-/// Installs filters built by [`command_filters`] on the calling thread. The
-/// kernel runs the most recently installed filter first and keeps its result
-/// among equal actions, so clone3 gets ENOSYS rather than EPERM.
-pub fn install(filters: &[BpfProgram; 2]) -> Result<(), SeccompError> {
-    for filter in filters {
-        seccompiler::apply_filter(filter)?;
+/// Installs a filter on the calling thread. Needs no_new_privs.
+pub fn install(filter: &Filter) -> Result<(), SeccompError> {
+    let program = libc::sock_fprog { len: filter.0.len() as u16, filter: filter.0.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: the kernel copies the program during the call; `program` and the
+    // instructions it points to outlive it.
+    let result = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program as *const libc::sock_fprog) };
+    if result != 0 {
+        return Err(SeccompError::Install(std::io::Error::last_os_error()));
     }
     Ok(())
 }
 
-/// Returns the number of distinct system calls the allow list names, for reports.
+/// Returns the number of distinct system calls the policy names, for reports.
 pub fn allowed_count() -> usize {
-    rules().map(|r| r.len()).unwrap_or(0)
+    policy().len()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::bpf::{run, RET_ALLOW, RET_ERRNO, RET_KILL_PROCESS, X32_SYSCALL_BIT};
     use super::*;
 
+    const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;
+    const ENOSYS: u32 = RET_ERRNO | libc::ENOSYS as u32;
+
+    fn decide(nr: i64, args: [u64; 6]) -> u32 {
+        let filter = command_filter().unwrap();
+        run(&filter.0, nr as u32, AUDIT_ARCH_X86_64, args)
+    }
+
     #[test]
-    fn filters_build() {
-        let [allow_list, clone3] = command_filters().unwrap();
-        assert!(allow_list.len() > 100);
-        assert!(!clone3.is_empty());
+    fn filter_fits_kernel_limit() {
+        let filter = command_filter().unwrap();
+        assert!(filter.0.len() < 4096, "{} instructions", filter.0.len());
+    }
+
+    #[test]
+    fn policy_has_no_duplicate_calls() {
+        let mut numbers: Vec<u32> = policy().into_iter().map(|(nr, _)| nr).collect();
+        let count = numbers.len();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(numbers.len(), count);
+    }
+
+    #[test]
+    fn every_number_matches_the_policy() {
+        let filter = command_filter().unwrap();
+        let policy = policy();
+        for nr in 0..1024u32 {
+            let expected = match policy.iter().find(|(n, _)| *n == nr).map(|(_, a)| a) {
+                None => EPERM,
+                Some(Action::Allow) => RET_ALLOW,
+                Some(Action::Errno(errno)) => RET_ERRNO | errno,
+                // Zero arguments pass every argument check of this policy but
+                // socket's, whose domain 0 (AF_UNSPEC) is not allowed.
+                Some(Action::AllowIfOneOf { values, .. }) => if values.contains(&0) { RET_ALLOW } else { EPERM },
+                Some(_) => RET_ALLOW,
+            };
+            assert_eq!(run(&filter.0, nr, AUDIT_ARCH_X86_64, [0; 6]), expected, "system call {nr}");
+        }
+    }
+
+    #[test]
+    fn foreign_architecture_is_killed() {
+        let filter = command_filter().unwrap();
+        const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+        assert_eq!(run(&filter.0, 20, AUDIT_ARCH_I386, [0; 6]), RET_KILL_PROCESS);
+        assert_eq!(run(&filter.0, libc::SYS_read as u32, 0, [0; 6]), RET_KILL_PROCESS);
+    }
+
+    #[test]
+    fn x32_numbers_are_denied() {
+        let filter = command_filter().unwrap();
+        for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_execve] {
+            assert_eq!(run(&filter.0, nr as u32 | X32_SYSCALL_BIT, AUDIT_ARCH_X86_64, [0; 6]), EPERM);
+        }
+    }
+
+    #[test]
+    fn clone_rejects_namespace_flags() {
+        let thread_flags = (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD) as u64;
+        assert_eq!(decide(libc::SYS_clone, [thread_flags, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(decide(libc::SYS_clone, [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]), RET_ALLOW);
+        for flag in [libc::CLONE_NEWUSER, libc::CLONE_NEWNET, libc::CLONE_NEWNS, libc::CLONE_NEWPID, libc::CLONE_NEWCGROUP] {
+            assert_eq!(decide(libc::SYS_clone, [flag as u64 | libc::SIGCHLD as u64, 0, 0, 0, 0, 0]), EPERM, "flag {flag:#x}");
+        }
+        assert_eq!(decide(libc::SYS_clone3, [0; 6]), ENOSYS);
+    }
+
+    #[test]
+    fn terminal_injection_ioctls_are_denied() {
+        assert_eq!(decide(libc::SYS_ioctl, [0, libc::TIOCSTI, 0, 0, 0, 0]), EPERM);
+        assert_eq!(decide(libc::SYS_ioctl, [0, libc::TIOCLINUX, 0, 0, 0, 0]), EPERM);
+        // High bits do not hide the request: the kernel ignores them too.
+        assert_eq!(decide(libc::SYS_ioctl, [0, libc::TIOCSTI | (1 << 32), 0, 0, 0, 0]), EPERM);
+        assert_eq!(decide(libc::SYS_ioctl, [0, libc::TCGETS, 0, 0, 0, 0]), RET_ALLOW);
+    }
+
+    #[test]
+    fn socket_families_are_limited() {
+        for family in [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK] {
+            assert_eq!(decide(libc::SYS_socket, [family as u64, 0, 0, 0, 0, 0]), RET_ALLOW, "family {family}");
+        }
+        for family in [libc::AF_PACKET, libc::AF_ALG, libc::AF_VSOCK, libc::AF_KEY, libc::AF_BLUETOOTH] {
+            assert_eq!(decide(libc::SYS_socket, [family as u64, 0, 0, 0, 0, 0]), EPERM, "family {family}");
+        }
+    }
+
+    #[test]
+    fn personality_allows_only_default_and_query() {
+        assert_eq!(decide(libc::SYS_personality, [0, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(decide(libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(decide(libc::SYS_personality, [0x0040_0000, 0, 0, 0, 0, 0]), EPERM);
     }
 
     #[test]
     fn escape_calls_are_not_allowed() {
-        let rules = rules().unwrap();
         let forbidden = [
             libc::SYS_unshare, libc::SYS_setns, libc::SYS_mount, libc::SYS_umount2, libc::SYS_pivot_root,
             libc::SYS_chroot, libc::SYS_ptrace, libc::SYS_bpf, libc::SYS_perf_event_open, libc::SYS_keyctl,
             libc::SYS_add_key, libc::SYS_request_key, libc::SYS_init_module, libc::SYS_finit_module,
             libc::SYS_delete_module, libc::SYS_io_uring_setup, libc::SYS_io_uring_enter, libc::SYS_io_uring_register,
             libc::SYS_userfaultfd, libc::SYS_kexec_load, libc::SYS_reboot, libc::SYS_open_by_handle_at,
-            libc::SYS_process_vm_readv, libc::SYS_process_vm_writev, libc::SYS_clone3, libc::SYS_mknod,
-            libc::SYS_mknodat, libc::SYS_iopl, libc::SYS_ioperm, libc::SYS_modify_ldt, libc::SYS_fsopen,
-            libc::SYS_fsmount, libc::SYS_move_mount, libc::SYS_open_tree, libc::SYS_settimeofday,
-            libc::SYS_clock_settime, libc::SYS_sethostname, libc::SYS_swapon, libc::SYS_syslog, libc::SYS_kcmp,
-            libc::SYS_pidfd_getfd,
+            libc::SYS_process_vm_readv, libc::SYS_process_vm_writev, libc::SYS_mknod, libc::SYS_mknodat,
+            libc::SYS_iopl, libc::SYS_ioperm, libc::SYS_modify_ldt, libc::SYS_fsopen, libc::SYS_fsmount,
+            libc::SYS_move_mount, libc::SYS_open_tree, libc::SYS_settimeofday, libc::SYS_clock_settime,
+            libc::SYS_sethostname, libc::SYS_swapon, libc::SYS_syslog, libc::SYS_kcmp, libc::SYS_pidfd_getfd,
         ];
         for call in forbidden {
-            assert!(!rules.contains_key(&call), "system call {call} must not be allowed");
+            assert_eq!(decide(call, [0; 6]), EPERM, "system call {call} must not be allowed");
         }
     }
 
     #[test]
-    fn clone_rule_masks_namespace_flags() {
-        assert_ne!(NAMESPACE_FLAGS & libc::CLONE_NEWUSER as u64, 0);
-        assert_ne!(NAMESPACE_FLAGS & libc::CLONE_NEWNET as u64, 0);
-        assert_eq!(NAMESPACE_FLAGS & libc::CLONE_THREAD as u64, 0);
-        assert_eq!(NAMESPACE_FLAGS & libc::CLONE_VM as u64, 0);
+    fn namespace_mask_covers_namespaces_only() {
+        assert_ne!(NAMESPACE_FLAGS & libc::CLONE_NEWUSER as u32, 0);
+        assert_ne!(NAMESPACE_FLAGS & libc::CLONE_NEWNET as u32, 0);
+        assert_eq!(NAMESPACE_FLAGS & libc::CLONE_THREAD as u32, 0);
+        assert_eq!(NAMESPACE_FLAGS & libc::CLONE_VM as u32, 0);
     }
 }
