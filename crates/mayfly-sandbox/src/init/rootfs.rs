@@ -77,26 +77,41 @@ fn locked_flags(path: &Path) -> MsFlags {
     result
 }
 
-/// Lists the mount points at or below `target`, from /proc/self/mountinfo.
-fn mounts_below(target: &Path) -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return vec![target.into()] };
-    let prefix = format!("{}/", target.display());
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|point| *point == target.to_string_lossy() || point.starts_with(&prefix))
-        .map(PathBuf::from)
-        .collect();
-    found.dedup();
-    found
+/// Mount points of the host's tree, read once before the new root is built.
+pub struct HostMounts(Vec<PathBuf>);
+
+impl HostMounts {
+    pub fn read() -> HostMounts {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        HostMounts(info.lines().filter_map(|line| line.split(' ').nth(4)).map(PathBuf::from).collect())
+    }
+
+    /// Returns the host mount points strictly below `source`.
+    fn below(&self, source: &Path) -> Vec<&Path> {
+        self.0.iter().filter(|point| point.starts_with(source) && point.as_path() != source).map(PathBuf::as_path).collect()
+    }
 }
 
 /// Binds `source` on `target` recursively, then remounts it and every mount
-/// below it read-only, nosuid and nodev.
-pub fn bind_read_only(source: &Path, target: &Path) -> Result<(), SetupError> {
-    let what = format!("bind {} read-only on {}", source.display(), target.display());
+/// below it read-only, nosuid and nodev. `host` tells which submounts came
+/// along; a source that is not on the host's tree (such as a fresh /proc
+/// entry) has none.
+pub fn bind_read_only(host: &HostMounts, source: &Path, target: &Path) -> Result<(), SetupError> {
+    bind_read_only_from(host, source, source, target)
+}
+
+/// Like [`bind_read_only`], for a source reached through another path, such
+/// as a /proc/self/fd link; `host_path` is its path on the host's tree.
+fn bind_read_only_from(host: &HostMounts, source: &Path, host_path: &Path, target: &Path) -> Result<(), SetupError> {
+    let what = format!("bind {} read-only on {}", host_path.display(), target.display());
     mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(step(what.clone()))?;
-    for point in mounts_below(target) {
+    let mut points = vec![target.to_path_buf()];
+    for below in host.below(host_path) {
+        if let Ok(relative) = below.strip_prefix(host_path) {
+            points.push(target.join(relative));
+        }
+    }
+    for point in points {
         let flags = MsFlags::MS_BIND
             | MsFlags::MS_REMOUNT
             | MsFlags::MS_RDONLY
@@ -108,13 +123,13 @@ pub fn bind_read_only(source: &Path, target: &Path) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// Binds one host device node. A character device cannot be executed, so the
+/// bind keeps the host mount's flags and needs no remount.
 fn bind_device(name: &str, dev: &Path) -> Result<(), SetupError> {
     let target = dev.join(name);
     fs::write(&target, b"").map_err(io_step(format!("create /dev/{name}")))?;
     let source = Path::new("/dev").join(name);
-    mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(step(format!("bind /dev/{name}")))?;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | locked_flags(&target);
-    mount(None::<&str>, &target, None::<&str>, flags, None::<&str>).map_err(step(format!("remount /dev/{name} noexec")))
+    mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(step(format!("bind /dev/{name}")))
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<(), SetupError> {
@@ -141,6 +156,7 @@ fn etc_files(spec: &InitSpec) -> Vec<(&'static str, String)> {
 /// already made the mount tree private.
 pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
     let root = Path::new(NEW_ROOT);
+    let host_mounts = HostMounts::read();
 
     // 0. Open the profile's mount sources first: the root tmpfs covers /tmp,
     //    where a source may live.
@@ -167,7 +183,7 @@ pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
 
     // 2. The host's /usr and the usr-merged entries beside it.
     mkdir(&root.join("usr"), 0o755)?;
-    bind_read_only(Path::new("/usr"), &root.join("usr"))?;
+    bind_read_only(&host_mounts, Path::new("/usr"), &root.join("usr"))?;
     for name in USR_MERGED {
         let host = Path::new("/").join(name);
         let Ok(metadata) = fs::symlink_metadata(&host) else { continue };
@@ -177,7 +193,7 @@ pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
             symlink(&link, &target).map_err(io_step(format!("create link /{name}")))?;
         } else if metadata.is_dir() {
             mkdir(&target, 0o755)?;
-            bind_read_only(&host, &target)?;
+            bind_read_only(&host_mounts, &host, &target)?;
         }
     }
 
@@ -201,7 +217,7 @@ pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
             }
             write_file(&target, "")?;
         }
-        bind_read_only(&host, &target)?;
+        bind_read_only(&host_mounts, &host, &target)?;
     }
 
     // 4. A minimal /dev: a few harmless nodes, a private devpts and /dev/shm.
@@ -241,7 +257,7 @@ pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
     for name in PROC_READ_ONLY {
         let target = proc.join(name);
         if target.exists() {
-            bind_read_only(&target, &target)?;
+            bind_read_only(&host_mounts, &target, &target)?;
         }
     }
 
@@ -272,7 +288,7 @@ pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
             write_file(&target, "")?;
         }
         let through = PathBuf::from(format!("/proc/self/fd/{}", source.as_raw_fd()));
-        bind_read_only(&through, &target)?;
+        bind_read_only_from(&host_mounts, &through, &bind.source, &target)?;
     }
 
     // 8. Switch to the new root and detach the old one, so that nothing of the

@@ -222,7 +222,7 @@ pub fn compile(arch: u32, policy: &[(u32, Action)], default_errno: u32) -> Vec<l
 /// Runs a program the way the kernel does, for tests: returns the action value.
 #[cfg(test)]
 pub fn run(program: &[libc::sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
-    let mut data = vec![0u8; 64];
+    let mut data = [0u8; 64];
     data[0..4].copy_from_slice(&nr.to_le_bytes());
     data[4..8].copy_from_slice(&arch.to_le_bytes());
     for (index, arg) in args.iter().enumerate() {
