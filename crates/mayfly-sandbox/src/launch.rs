@@ -199,18 +199,25 @@ pub fn launch(
         error
     };
 
-    // Id maps, then the cgroup, then release the child. The setgroups file
+    // Id maps first, then release the child so that it execs init and builds
+    // the root filesystem while the cgroup move below runs. The setgroups file
     // stays "allow" so init can clear the groups it inherited.
     write_id_map(pid, "uid_map", id_base).map_err(abort)?;
     write_id_map(pid, "gid_map", id_base).map_err(abort)?;
-    cgroup.add_process(pid).map_err(|e| abort(e.into()))?;
     let mut sync = File::from(sync_write);
     sync.write_all(b"x").map_err(|e| abort(LaunchError::Release(e)))?;
     drop(sync);
 
-    let spec_json = serde_json::to_vec(spec).expect("the spec serializes");
+    // The spec is one line of JSON; closing the pipe afterwards tells init that
+    // it is in the session cgroup. Init copies no input and starts no process
+    // before that, so nothing of the session runs outside its limits. The
+    // first move into a v1 cgroup can wait for an RCU grace period, several
+    // milliseconds, which this overlaps with init's start.
+    let mut spec_json = serde_json::to_vec(spec).expect("the spec serializes");
+    spec_json.push(b'\n');
     let mut spec_pipe = File::from(spec_write);
     spec_pipe.write_all(&spec_json).map_err(|e| abort(LaunchError::Release(e)))?;
+    cgroup.add_process(pid).map_err(|e| abort(e.into()))?;
     drop(spec_pipe);
 
     Ok(Launched {

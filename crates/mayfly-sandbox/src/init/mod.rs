@@ -11,7 +11,7 @@ mod network;
 pub mod rootfs;
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -54,13 +54,23 @@ fn report(out: &mut File, message: &InitReport) {
     }
 }
 
-fn read_spec() -> Result<InitSpec, SetupError> {
-    // SAFETY: the launcher placed the spec pipe at this descriptor and nothing
-    // else in init owns it.
-    let mut pipe = unsafe { File::from_raw_fd(fd::SPEC) };
+/// Reads the spec, the first line of the spec pipe. The pipe stays open until
+/// the supervisor has moved init into the session cgroup.
+fn read_spec(pipe: &mut io::BufReader<File>) -> Result<InitSpec, SetupError> {
     let mut text = Vec::new();
-    pipe.read_to_end(&mut text).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
+    pipe.read_until(b'\n', &mut text).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
     serde_json::from_slice(&text).map_err(|e| SetupError::new("parse the session spec", e.to_string()))
+}
+
+/// Waits until the supervisor closes the spec pipe, which it does once init
+/// is in the session cgroup.
+fn wait_for_cgroup(pipe: &mut io::BufReader<File>) -> Result<(), SetupError> {
+    let mut rest = Vec::new();
+    pipe.read_to_end(&mut rest).map_err(|e| SetupError::new("wait for the session cgroup", e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(SetupError::new("wait for the session cgroup", "unexpected data after the spec"));
+    }
+    Ok(())
 }
 
 /// Copies each input from its inherited descriptor into /work, owned by the
@@ -107,19 +117,21 @@ fn chown_tree(top: &Path, dir: &Path) {
 }
 
 /// Runs every setup step in order, stopping at the first failure.
-fn setup(spec: &InitSpec) -> Result<(), SetupError> {
-    // 1. A cgroup namespace rooted at the session cgroup, which the supervisor
-    //    placed init in before it started.
-    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::new("create the cgroup namespace", e.to_string()))?;
-
-    // 2. Stop mount events from reaching the host, then build the new root.
+fn setup(spec: &InitSpec, spec_pipe: &mut io::BufReader<File>) -> Result<(), SetupError> {
+    // 1. Stop mount events from reaching the host, then build the new root.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| SetupError::new("make the mount tree private", e.to_string()))?;
     rootfs::build(spec)?;
 
-    // 3. Hostname and the session's own loopback interface.
+    // 2. Hostname and the session's own loopback interface.
     nix::unistd::sethostname(&spec.hostname).map_err(|e| SetupError::new("set the hostname", e.to_string()))?;
     network::bring_up_loopback().map_err(|e| SetupError::new("bring up the loopback interface", e.to_string()))?;
+
+    // 3. Nothing below may run outside the session's limits: wait until the
+    //    supervisor has moved init into the session cgroup, then create a
+    //    cgroup namespace rooted there.
+    wait_for_cgroup(spec_pipe)?;
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::new("create the cgroup namespace", e.to_string()))?;
 
     // 4. Inputs and the artifact directory, then seal the root read-only.
     copy_inputs(spec)?;
@@ -289,14 +301,17 @@ pub fn main() -> ! {
     // SAFETY: SIG_IGN runs no code in a handler.
     let _ = unsafe { sigaction(Signal::SIGPIPE, &ignore) };
 
-    let spec = match read_spec() {
+    // SAFETY: the launcher placed the spec pipe at this descriptor and nothing
+    // else in init owns it.
+    let mut spec_pipe = io::BufReader::new(unsafe { File::from_raw_fd(fd::SPEC) });
+    let spec = match read_spec(&mut spec_pipe) {
         Ok(spec) => spec,
         Err(error) => {
             report(&mut reports, &InitReport::Ended { end: EndReason::SetupFailed { step: error.step, error: error.error }, artifacts_truncated: false });
             std::process::exit(0);
         }
     };
-    let end = match setup(&spec) {
+    let end = match setup(&spec, &mut spec_pipe) {
         Ok(()) => supervise(&spec, &mut reports),
         Err(error) => EndReason::SetupFailed { step: error.step, error: error.error },
     };
