@@ -108,6 +108,21 @@ pub enum DeadlineEnforcer {
     Supervisor,
 }
 
+/// Where a session's time went, in microseconds, for operators and `mayfly bench`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// From the start of the session to init running in its namespaces and cgroups.
+    pub launch_us: u64,
+    /// Init's own setup, from its start to the command's exec, as init measured it.
+    pub init_setup_us: u64,
+    /// From the start of the session to init's exit.
+    pub ended_us: u64,
+    /// Kill, cgroup removal and stream joins after init's exit.
+    pub teardown_us: u64,
+    /// The scan for anything of the session left on the host.
+    pub verify_us: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionOutcome {
     pub session_id: String,
@@ -123,7 +138,7 @@ pub struct SessionOutcome {
     pub artifacts_error: Option<String>,
     pub namespaces: BTreeMap<String, String>,
     pub teardown: Evidence,
-    pub teardown_ms: u64,
+    pub timings: Timings,
 }
 
 fn copy_thread(mut from: File, mut to: Box<dyn Write + Send>) -> thread::JoinHandle<()> {
@@ -191,6 +206,8 @@ pub fn run(
         return Err(SessionError::Invalid("the command is empty".into()));
     }
     let started_wall = SystemTime::now();
+    let started = Instant::now();
+    let mut timings = Timings::default();
     let deadline_wall = started_wall + config.ttl;
 
     // 1. A host id range of its own, held until every session process is gone.
@@ -248,6 +265,7 @@ pub fn run(
         }
     };
     drop(id_range);
+    timings.launch_us = started.elapsed().as_micros() as u64;
     record.init_pid = Some(launched.pid);
     let _ = ledger::write(&config.state_dir, &record);
     let namespaces = teardown::namespace_ids(launched.pid);
@@ -295,6 +313,7 @@ pub fn run(
         let _ = cgroup.kill_all(KILL_TIMEOUT);
         enforcer = Some(DeadlineEnforcer::Supervisor);
     }
+    timings.ended_us = started.elapsed().as_micros() as u64;
     // SAFETY: waitpid on the init process this supervisor started.
     unsafe { libc::waitpid(launched.pid, std::ptr::null_mut(), 0) };
     let _ = report_thread.join();
@@ -303,7 +322,10 @@ pub fn run(
     let mut end = None;
     for report in report_receiver.try_iter() {
         match report {
-            InitReport::Started { landlock: status } => landlock = Some(status),
+            InitReport::Started { landlock: status, setup_us } => {
+                landlock = Some(status);
+                timings.init_setup_us = setup_us;
+            }
             InitReport::Ended { end: reason, .. } => end = Some(reason),
         }
     }
@@ -337,6 +359,8 @@ pub fn run(
     }
     evidence.processes_remaining = cgroup.processes();
     evidence.cgroups_remaining = cgroup.remaining_paths();
+    timings.teardown_us = teardown_started.elapsed().as_micros() as u64;
+    let verify_started = Instant::now();
     evidence.namespaces_remaining = teardown::find_namespace_holders(&namespaces);
     if evidence.processes_remaining.is_empty() && evidence.cgroups_remaining.is_empty() {
         if let Err(error) = ledger::remove(&config.state_dir, &config.session_id) {
@@ -344,6 +368,7 @@ pub fn run(
         }
     }
     evidence.ledger_record_removed = !ledger::exists(&config.state_dir, &config.session_id);
+    timings.verify_us = verify_started.elapsed().as_micros() as u64;
     let evidence = evidence.finish();
 
     // A failed export or an incomplete teardown overrides the command's status.
@@ -362,6 +387,6 @@ pub fn run(
         artifacts_error,
         namespaces,
         teardown: evidence,
-        teardown_ms: teardown_started.elapsed().as_millis() as u64,
+        timings,
     })
 }

@@ -89,8 +89,9 @@ pub enum LandlockStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum InitReport {
-    /// The command passed every setup step and is about to run.
-    Started { landlock: LandlockStatus },
+    /// The command passed every setup step and is about to run. `setup_us`
+    /// is the time from init's start to the command's exec.
+    Started { landlock: LandlockStatus, setup_us: u64 },
     /// The session is over and every process in it has been killed.
     Ended { end: EndReason, artifacts_truncated: bool },
 }

@@ -15,7 +15,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mayfly_core::EndReason;
 use nix::errno::Errno;
@@ -188,7 +188,7 @@ fn wait_signal(set: &SigSet, timeout: Duration) -> Option<i32> {
 }
 
 /// Starts the command and supervises it until the session ends.
-fn supervise(spec: &InitSpec, reports: &mut File) -> EndReason {
+fn supervise(spec: &InitSpec, reports: &mut File, started: Instant) -> EndReason {
     let (error_read, error_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(pair) => pair,
         Err(e) => return EndReason::SetupFailed { step: "create the error pipe".into(), error: e.to_string() },
@@ -228,7 +228,8 @@ fn supervise(spec: &InitSpec, reports: &mut File) -> EndReason {
             Err(e) => return EndReason::SetupFailed { step: "read the command's setup result".into(), error: e.to_string() },
         }
     }
-    report(reports, &InitReport::Started { landlock });
+    let setup_us = started.elapsed().as_micros() as u64;
+    report(reports, &InitReport::Started { landlock, setup_us });
 
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGCHLD);
@@ -286,6 +287,7 @@ fn supervise(spec: &InitSpec, reports: &mut File) -> EndReason {
 /// Entry point of init. Never returns: the exit status carries no meaning,
 /// because the end reason travels on the report pipe.
 pub fn main() -> ! {
+    let started = Instant::now();
     // SAFETY: the launcher placed the report pipe at this descriptor.
     let mut reports = unsafe { File::from_raw_fd(fd::REPORT) };
 
@@ -312,7 +314,7 @@ pub fn main() -> ! {
         }
     };
     let end = match setup(&spec, &mut spec_pipe) {
-        Ok(()) => supervise(&spec, &mut reports),
+        Ok(()) => supervise(&spec, &mut reports, started),
         Err(error) => EndReason::SetupFailed { step: error.step, error: error.error },
     };
     kill_and_reap_all();
