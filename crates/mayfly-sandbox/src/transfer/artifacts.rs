@@ -1,10 +1,5 @@
-//! Files that cross the sandbox boundary: `--input` copies in and the
-//! `--artifacts` export out.
-//!
-//! Every name is a relative path checked by [`check_name`]. The export is a
-//! stream of records written by init after every session process is dead, and
-//! the supervisor writes it below the target directory without ever following
-//! a symlink or leaving that directory.
+//! `--artifacts`: the stream init writes from /work/artifacts, and the
+//! supervisor's side that writes it below the export directory.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -14,156 +9,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use mayfly_core::ByteSize;
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{mkdirat, Mode};
 use serde::{Deserialize, Serialize};
 
-const MAX_NAME_BYTES: usize = 4096;
-const MAX_COMPONENT_BYTES: usize = 255;
-const MAX_DEPTH: usize = 64;
+use super::{check_name, TransferError};
+
 /// Maximum length of a record header line read from the stream.
 const MAX_HEADER_BYTES: usize = 8192;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TransferError {
-    #[error("invalid file name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
-    #[error("--input {argument:?}: {source}")]
-    InvalidInput { argument: String, source: Box<TransferError> },
-    #[error("failed to open {path}: {source}")]
-    InputOpen { path: PathBuf, source: io::Error },
-    #[error("{path} is not a regular file; copy a single file, or archive a directory first")]
-    InputNotFile { path: PathBuf },
-    #[error("inputs total {total}, above the profile's limit of {limit} (limits.inputs); copy less, or use a profile with a higher limit")]
-    InputsTooLarge { total: ByteSize, limit: ByteSize },
-    #[error("input name {name:?} is used twice; give one of them another name with SOURCE:NAME")]
-    DuplicateInput { name: String },
-    #[error("input name {name:?} conflicts with input {other:?}: one would be a file and a directory at once")]
-    ConflictingInputs { name: String, other: String },
-    #[error("input name {name:?} is inside /work/artifacts, which holds what the command exports; choose another name")]
-    ReservedInput { name: String },
-    #[error("artifact {name:?}: {path} already exists; export into an empty directory")]
-    ArtifactExists { name: String, path: PathBuf },
-    #[error("artifact {name:?}: a path component in the target directory is a symlink or not a directory; refusing to follow it")]
-    ArtifactUnsafePath { name: String },
-    #[error("artifact {name:?}: failed to write below {dir}: {source}")]
-    ArtifactWrite { name: String, dir: PathBuf, source: io::Error },
-    #[error("artifact stream is malformed: {0}")]
-    Malformed(String),
-    #[error("artifacts exceed the limit of {limit} bytes (limits.artifacts)")]
-    ArtifactsTooLarge { limit: u64 },
-    #[error("artifact stream I/O failed: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// Checks a relative file name for use inside the sandbox or below an export
-/// directory. Rejects empty and absolute names, `.` and `..` components,
-/// empty components and NUL bytes; `.thing.json` and `foo..bar` pass.
-pub fn check_name(name: &str) -> Result<(), TransferError> {
-    let invalid = |reason| Err(TransferError::InvalidName { name: name.to_string(), reason });
-    if name.is_empty() {
-        return invalid("the name is empty");
-    }
-    if name.contains('\0') {
-        return invalid("the name contains a NUL byte");
-    }
-    if name.starts_with('/') {
-        return invalid("absolute paths are not allowed; use a path relative to /work");
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return invalid("the name is longer than 4096 bytes");
-    }
-    let components: Vec<&str> = name.split('/').collect();
-    if components.len() > MAX_DEPTH {
-        return invalid("the name is nested more than 64 directories deep");
-    }
-    for component in components {
-        match component {
-            "" => return invalid("the name contains an empty path component ('//' or a trailing '/')"),
-            "." => return invalid("the name contains a '.' component"),
-            ".." => return invalid("the name contains a '..' component, which could leave the target directory"),
-            _ if component.len() > MAX_COMPONENT_BYTES => return invalid("a path component is longer than 255 bytes"),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// An input file opened on the host, ready to be handed to init.
-#[derive(Debug)]
-pub struct OpenedInput {
-    pub file: File,
-    pub name: String,
-    pub mode: u32,
-    pub size: u64,
-}
-
-/// Parses `SOURCE[:NAME]`, splitting at the last colon. Without a name, the
-/// file keeps its base name.
-pub fn parse_input(argument: &str) -> Result<(PathBuf, String), TransferError> {
-    let (source, name) = match argument.rsplit_once(':') {
-        Some((source, name)) => (PathBuf::from(source), name.to_string()),
-        None => {
-            let source = PathBuf::from(argument);
-            let name = source
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(|| TransferError::InvalidName { name: argument.into(), reason: "the path has no file name; write SOURCE:NAME" })?;
-            (source, name)
-        }
-    };
-    check_name(&name)?;
-    Ok((source, name))
-}
-
-/// Opens every input and checks names and the total size before anything is
-/// created, so a bad input fails the run before the sandbox exists.
-pub fn open_inputs(arguments: &[String], limit: u64) -> Result<Vec<OpenedInput>, TransferError> {
-    let mut opened: Vec<OpenedInput> = Vec::new();
-    let mut total: u64 = 0;
-    for argument in arguments {
-        let input = open_input(argument, &opened, &mut total, limit)
-            .map_err(|source| TransferError::InvalidInput { argument: argument.clone(), source: Box::new(source) })?;
-        opened.push(input);
-    }
-    Ok(opened)
-}
-
-/// Returns whether `inner` names a path below the directory `outer`.
-fn is_below(inner: &str, outer: &str) -> bool {
-    inner.len() > outer.len() && inner.starts_with(outer) && inner.as_bytes()[outer.len()] == b'/'
-}
-
-fn open_input(argument: &str, opened: &[OpenedInput], total: &mut u64, limit: u64) -> Result<OpenedInput, TransferError> {
-    let (path, name) = parse_input(argument)?;
-    if opened.iter().any(|o| o.name == name) {
-        return Err(TransferError::DuplicateInput { name });
-    }
-    if name == "artifacts" || is_below(&name, "artifacts") {
-        return Err(TransferError::ReservedInput { name });
-    }
-    if let Some(other) = opened.iter().find(|o| is_below(&o.name, &name) || is_below(&name, &o.name)) {
-        return Err(TransferError::ConflictingInputs { name, other: other.name.clone() });
-    }
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|source| TransferError::InputOpen { path: path.clone(), source })?;
-    let metadata = file.metadata().map_err(|source| TransferError::InputOpen { path: path.clone(), source })?;
-    if !metadata.is_file() {
-        return Err(TransferError::InputNotFile { path });
-    }
-    *total = total.saturating_add(metadata.len());
-    if *total > limit {
-        return Err(TransferError::InputsTooLarge { total: ByteSize::bytes(*total), limit: ByteSize::bytes(limit) });
-    }
-    // Set-id and sticky bits never cross into the sandbox.
-    let mode = metadata.mode() & 0o777;
-    Ok(OpenedInput { file, name, mode, size: metadata.len() })
-}
 
 /// The header of one record in the artifact stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,48 +178,12 @@ pub fn read_artifacts(input: impl Read, dir: &Path, limit: u64) -> Result<Export
 mod tests {
     use super::*;
 
-    #[test]
-    fn ordinary_names_pass() {
-        for name in [".thing.json", "foo..bar", "dir/file.txt", "a/b/c", "..hidden", "x.."] {
-            assert!(check_name(name).is_ok(), "{name}");
-        }
-    }
-
-    #[test]
-    fn traversal_names_fail() {
-        let cases = [
-            ("..", "'..'"),
-            ("../x", "'..'"),
-            ("a/../b", "'..'"),
-            ("/etc/passwd", "absolute"),
-            ("a\0b", "NUL"),
-            ("", "empty"),
-            ("a//b", "empty path component"),
-            ("a/", "empty path component"),
-            ("./a", "'.'"),
-        ];
-        for (name, expected) in cases {
-            let message = check_name(name).unwrap_err().to_string();
-            assert!(message.contains(expected), "{name:?}: {message}");
-        }
-    }
-
-    #[test]
-    fn input_argument_takes_optional_name() {
-        assert_eq!(parse_input("/tmp/data.csv").unwrap(), (PathBuf::from("/tmp/data.csv"), "data.csv".to_string()));
-        assert_eq!(parse_input("/tmp/data.csv:in/d.csv").unwrap(), (PathBuf::from("/tmp/data.csv"), "in/d.csv".to_string()));
-        assert_eq!(parse_input("/tmp/a:b.txt:ab.txt").unwrap(), (PathBuf::from("/tmp/a:b.txt"), "ab.txt".to_string()));
-        assert!(parse_input("/tmp/x:../escape").is_err());
-        assert!(parse_input("/tmp/x:/abs").is_err());
-    }
-
     fn temp_dir(label: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mayfly-transfer-{label}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
-
     #[test]
     fn artifacts_round_trip_skips_symlinks() {
         let source = temp_dir("src");
@@ -384,7 +203,6 @@ mod tests {
         std::fs::remove_dir_all(source).unwrap();
         std::fs::remove_dir_all(target).unwrap();
     }
-
     #[test]
     fn crafted_stream_cannot_escape() {
         let target = temp_dir("escape");
@@ -399,7 +217,6 @@ mod tests {
         assert!(!target.parent().unwrap().join("escaped").exists());
         std::fs::remove_dir_all(target).unwrap();
     }
-
     #[test]
     fn export_refuses_symlinked_directory_in_target() {
         let target = temp_dir("symdir");
@@ -415,7 +232,6 @@ mod tests {
         std::fs::remove_dir_all(target).unwrap();
         std::fs::remove_dir_all(elsewhere).unwrap();
     }
-
     #[test]
     fn export_never_overwrites() {
         let target = temp_dir("exists");
@@ -428,7 +244,6 @@ mod tests {
         assert_eq!(std::fs::read(target.join("x")).unwrap(), b"keep");
         std::fs::remove_dir_all(target).unwrap();
     }
-
     #[test]
     fn export_stops_at_size_limit() {
         let source = temp_dir("big-src");
@@ -442,48 +257,5 @@ mod tests {
         assert_eq!(summary.files, vec!["a".to_string()]);
         std::fs::remove_dir_all(source).unwrap();
         std::fs::remove_dir_all(target).unwrap();
-    }
-}
-
-#[cfg(test)]
-mod input_tests {
-    use super::*;
-
-    fn message(arguments: &[&str]) -> String {
-        let arguments: Vec<String> = arguments.iter().map(|a| a.to_string()).collect();
-        open_inputs(&arguments, 1 << 20).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn conflicting_input_names_are_rejected() {
-        let text = message(&["/etc/hostname:a", "/etc/hostname:a/b"]);
-        assert!(text.contains("--input \"/etc/hostname:a/b\""), "{text}");
-        assert!(text.contains("conflicts with input \"a\""), "{text}");
-        let text = message(&["/etc/hostname:d/e", "/etc/hostname:d"]);
-        assert!(text.contains("conflicts with input \"d/e\""), "{text}");
-    }
-
-    #[test]
-    fn artifacts_directory_is_reserved() {
-        for name in ["artifacts", "artifacts/a.txt"] {
-            let text = message(&[&format!("/etc/hostname:{name}")]);
-            assert!(text.contains("inside /work/artifacts"), "{text}");
-        }
-        assert!(open_inputs(&["/etc/hostname:artifacts.txt".to_string()], 1 << 20).is_ok());
-    }
-
-    #[test]
-    fn input_errors_name_the_flag() {
-        let text = message(&["/nonexistent/file"]);
-        assert!(text.starts_with("--input \"/nonexistent/file\": failed to open /nonexistent/file"), "{text}");
-        let text = message(&["/etc/hostname:../x"]);
-        assert!(text.contains("--input") && text.contains("'..'"), "{text}");
-    }
-
-    #[test]
-    fn input_limit_is_shown_with_units() {
-        let arguments = vec!["/etc/hostname".to_string()];
-        let text = open_inputs(&arguments, 1).unwrap_err().to_string();
-        assert!(text.contains("limit of 1B (limits.inputs)"), "{text}");
     }
 }
