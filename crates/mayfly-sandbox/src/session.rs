@@ -192,6 +192,150 @@ fn apply_oom(end: EndReason, usage: &Usage) -> EndReason {
     }
 }
 
+/// Builds what init needs to know from the session's configuration.
+fn init_spec(config: &SessionConfig, deadline_monotonic_ns: u64) -> InitSpec {
+    InitSpec {
+        session_id: config.session_id.clone(),
+        argv: config.argv.clone(),
+        env: config.env.clone(),
+        hostname: config.hostname.clone(),
+        timezone: config.timezone.clone(),
+        deadline_monotonic_ns,
+        kill_grace_ms: KILL_GRACE.as_millis() as u64,
+        tmp_bytes: config.tmp_bytes,
+        shm_bytes: config.shm_bytes,
+        work_bytes: config.work_bytes,
+        open_files: config.open_files,
+        inputs: config.inputs.iter().map(|i| InputFile { name: i.name.clone(), mode: i.mode, size: i.size }).collect(),
+        artifacts_max_bytes: config.artifacts.as_ref().map(|(_, limit)| *limit),
+        mounts: config.mounts.clone(),
+        landlock: config.landlock,
+    }
+}
+
+/// The threads that move a running session's data: stdio and the artifact stream.
+struct Relays {
+    stdout: thread::JoinHandle<()>,
+    stderr: thread::JoinHandle<()>,
+    artifacts: Option<thread::JoinHandle<Result<ExportSummary, transfer::TransferError>>>,
+}
+
+/// The thread that reads init's reports, and the channel it passes them on.
+struct Reports {
+    thread: thread::JoinHandle<()>,
+    receiver: mpsc::Receiver<InitReport>,
+}
+
+/// Starts the relay threads. The stdin thread is detached: it may block on
+/// the caller's input after the session has ended.
+fn start_relays(
+    launched: launch::Launched,
+    stdin: Box<dyn Read + Send>,
+    stdout: Box<dyn Write + Send>,
+    stderr: Box<dyn Write + Send>,
+    artifacts: Option<(PathBuf, u64)>,
+) -> (Relays, Reports, OwnedFd) {
+    let stdout_thread = copy_thread(launched.stdout, stdout);
+    let stderr_thread = copy_thread(launched.stderr, stderr);
+    let mut stdin = stdin;
+    let mut stdin_pipe = launched.stdin;
+    thread::spawn(move || {
+        let _ = io::copy(&mut stdin, &mut stdin_pipe);
+    });
+    let artifacts_pipe = launched.artifacts;
+    let artifacts_thread = artifacts.map(|(dir, limit)| {
+        thread::spawn(move || {
+            let mut pipe = artifacts_pipe;
+            let result = transfer::read_artifacts(&mut pipe, &dir, limit);
+            // After an error, drain the rest so that init never blocks on a full pipe.
+            let _ = io::copy(&mut pipe, &mut io::sink());
+            result
+        })
+    });
+    let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
+    let reports = launched.reports;
+    let report_thread = thread::spawn(move || {
+        for line in io::BufReader::new(reports).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(report) = serde_json::from_str::<InitReport>(&line) {
+                let _ = report_sender.send(report);
+            }
+        }
+    });
+    let relays = Relays { stdout: stdout_thread, stderr: stderr_thread, artifacts: artifacts_thread };
+    (relays, Reports { thread: report_thread, receiver: report_receiver }, launched.pidfd)
+}
+
+/// Reads init's reports once it has exited and decides how the session ended.
+fn end_reason(
+    reports: Reports,
+    supervisor_killed: bool,
+    timings: &mut Timings,
+) -> (EndReason, Option<LandlockStatus>, Option<DeadlineEnforcer>) {
+    let _ = reports.thread.join();
+    let mut landlock = None;
+    let mut end = None;
+    for report in reports.receiver.try_iter() {
+        match report {
+            InitReport::Started { landlock: status, setup_us } => {
+                landlock = Some(status);
+                timings.init_setup_us = setup_us;
+            }
+            InitReport::Ended { end: reason, .. } => end = Some(reason),
+        }
+    }
+    if supervisor_killed {
+        return (EndReason::Deadline, landlock, Some(DeadlineEnforcer::Supervisor));
+    }
+    let end = end.unwrap_or_else(|| EndReason::SetupFailed {
+        step: INIT_STEP.into(),
+        error: "init exited without reporting how the session ended".into(),
+    });
+    let enforcer = (end == EndReason::Deadline).then_some(DeadlineEnforcer::Init);
+    (end, landlock, enforcer)
+}
+
+/// Kills what is left, joins the relays, removes the cgroups and the ledger
+/// record, and collects the evidence. Returns the artifact export result too.
+fn tear_down(
+    cgroup: &SessionCgroup,
+    relays: Relays,
+    namespaces: &BTreeMap<String, String>,
+    config: &SessionConfig,
+    timings: &mut Timings,
+) -> (Evidence, Option<ExportSummary>, Option<String>) {
+    let teardown_started = Instant::now();
+    let mut evidence = Evidence::default();
+    if let Err(error) = cgroup.kill_all(KILL_TIMEOUT) {
+        evidence.errors.push(error.to_string());
+    }
+    let _ = relays.stdout.join();
+    let _ = relays.stderr.join();
+    let (artifacts, artifacts_error) = match relays.artifacts.map(|t| t.join()) {
+        None => (None, None),
+        Some(Ok(Ok(summary))) => (Some(summary), None),
+        Some(Ok(Err(error))) => (None, Some(error.to_string())),
+        Some(Err(_)) => (None, Some("the artifact reader panicked".to_string())),
+    };
+    if let Err(error) = cgroup.remove(KILL_TIMEOUT) {
+        evidence.errors.push(error.to_string());
+    }
+    evidence.processes_remaining = cgroup.processes();
+    evidence.cgroups_remaining = cgroup.remaining_paths();
+    timings.teardown_us = teardown_started.elapsed().as_micros() as u64;
+
+    let verify_started = Instant::now();
+    evidence.namespaces_remaining = teardown::find_namespace_holders(namespaces);
+    if evidence.processes_remaining.is_empty() && evidence.cgroups_remaining.is_empty() {
+        if let Err(error) = ledger::remove(&config.state_dir, &config.session_id) {
+            evidence.errors.push(error.to_string());
+        }
+    }
+    evidence.ledger_record_removed = !ledger::exists(&config.state_dir, &config.session_id);
+    timings.verify_us = verify_started.elapsed().as_micros() as u64;
+    (evidence.finish(), artifacts, artifacts_error)
+}
+
 /// Runs one session: claims ids, records it in the ledger, creates its
 /// cgroups, starts init, relays stdio, waits for the end, exports artifacts
 /// and tears everything down with evidence.
@@ -236,24 +380,7 @@ pub fn run(
     };
 
     // 4. Init, in its namespaces and cgroups.
-    let deadline_ns = monotonic_now_ns() + config.ttl.as_nanos() as u64;
-    let spec = InitSpec {
-        session_id: config.session_id.clone(),
-        argv: config.argv.clone(),
-        env: config.env.clone(),
-        hostname: config.hostname.clone(),
-        timezone: config.timezone.clone(),
-        deadline_monotonic_ns: deadline_ns,
-        kill_grace_ms: KILL_GRACE.as_millis() as u64,
-        tmp_bytes: config.tmp_bytes,
-        shm_bytes: config.shm_bytes,
-        work_bytes: config.work_bytes,
-        open_files: config.open_files,
-        inputs: config.inputs.iter().map(|i| InputFile { name: i.name.clone(), mode: i.mode, size: i.size }).collect(),
-        artifacts_max_bytes: config.artifacts.as_ref().map(|(_, limit)| *limit),
-        mounts: config.mounts.clone(),
-        landlock: config.landlock,
-    };
+    let spec = init_spec(&config, monotonic_now_ns() + config.ttl.as_nanos() as u64);
     let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
     let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup) {
         Ok(launched) => launched,
@@ -266,9 +393,10 @@ pub fn run(
     };
     drop(id_range);
     timings.launch_us = started.elapsed().as_micros() as u64;
-    record.init_pid = Some(launched.pid);
+    let init_pid = launched.pid;
+    record.init_pid = Some(init_pid);
     let _ = ledger::write(&config.state_dir, &record);
-    let namespaces = teardown::namespace_ids(launched.pid);
+    let namespaces = teardown::namespace_ids(init_pid);
     if config.forward_signals {
         if let Ok(pidfd) = launched.pidfd.try_clone() {
             forward_signals(pidfd);
@@ -276,100 +404,24 @@ pub fn run(
     }
 
     // 5. Relay stdio and collect reports and artifacts on their own threads.
-    let stdout_thread = copy_thread(launched.stdout, stdout);
-    let stderr_thread = copy_thread(launched.stderr, stderr);
-    let mut stdin = stdin;
-    let mut stdin_pipe = launched.stdin;
-    thread::spawn(move || {
-        let _ = io::copy(&mut stdin, &mut stdin_pipe);
-    });
-    let artifacts_pipe = launched.artifacts;
-    let artifacts_thread = config.artifacts.clone().map(|(dir, limit)| {
-        thread::spawn(move || {
-            let mut pipe = artifacts_pipe;
-            let result = transfer::read_artifacts(&mut pipe, &dir, limit);
-            // After an error, drain the rest so that init never blocks on a full pipe.
-            let _ = io::copy(&mut pipe, &mut io::sink());
-            result
-        })
-    });
-    let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
-    let reports = launched.reports;
-    let report_thread = thread::spawn(move || {
-        for line in io::BufReader::new(reports).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(report) = serde_json::from_str::<InitReport>(&line) {
-                let _ = report_sender.send(report);
-            }
-        }
-    });
+    let (relays, reports, pidfd) = start_relays(launched, stdin, stdout, stderr, config.artifacts.clone());
 
     // 6. Wait for init. Init enforces the deadline itself; the supervisor
     //    steps in only if init has not ended the session shortly after it.
-    let mut enforcer = None;
     let limit = config.ttl + KILL_GRACE + SUPERVISOR_SLACK;
-    let exited = wait_exit(&launched.pidfd, limit.saturating_sub(started_wall.elapsed().unwrap_or_default()));
-    if !exited {
+    let supervisor_killed = !wait_exit(&pidfd, limit.saturating_sub(started_wall.elapsed().unwrap_or_default()));
+    if supervisor_killed {
         let _ = cgroup.kill_all(KILL_TIMEOUT);
-        enforcer = Some(DeadlineEnforcer::Supervisor);
     }
     timings.ended_us = started.elapsed().as_micros() as u64;
     // SAFETY: waitpid on the init process this supervisor started.
-    unsafe { libc::waitpid(launched.pid, std::ptr::null_mut(), 0) };
-    let _ = report_thread.join();
-
-    let mut landlock = None;
-    let mut end = None;
-    for report in report_receiver.try_iter() {
-        match report {
-            InitReport::Started { landlock: status, setup_us } => {
-                landlock = Some(status);
-                timings.init_setup_us = setup_us;
-            }
-            InitReport::Ended { end: reason, .. } => end = Some(reason),
-        }
-    }
-    let end = match (end, enforcer) {
-        (_, Some(DeadlineEnforcer::Supervisor)) => EndReason::Deadline,
-        (Some(end), _) => end,
-        (None, _) => EndReason::SetupFailed { step: INIT_STEP.into(), error: "init exited without reporting how the session ended".into() },
-    };
-    if end == EndReason::Deadline && enforcer.is_none() {
-        enforcer = Some(DeadlineEnforcer::Init);
-    }
+    unsafe { libc::waitpid(init_pid, std::ptr::null_mut(), 0) };
+    let (end, landlock, enforcer) = end_reason(reports, supervisor_killed, &mut timings);
 
     // 7. Usage, then the kill and verified teardown.
-    let teardown_started = Instant::now();
     let usage = cgroup.usage();
     let end = apply_oom(end, &usage);
-    let mut evidence = Evidence::default();
-    if let Err(error) = cgroup.kill_all(KILL_TIMEOUT) {
-        evidence.errors.push(error.to_string());
-    }
-    let _ = stdout_thread.join();
-    let _ = stderr_thread.join();
-    let (artifacts, artifacts_error) = match artifacts_thread.map(|t| t.join()) {
-        None => (None, None),
-        Some(Ok(Ok(summary))) => (Some(summary), None),
-        Some(Ok(Err(error))) => (None, Some(error.to_string())),
-        Some(Err(_)) => (None, Some("the artifact reader panicked".to_string())),
-    };
-    if let Err(error) = cgroup.remove(KILL_TIMEOUT) {
-        evidence.errors.push(error.to_string());
-    }
-    evidence.processes_remaining = cgroup.processes();
-    evidence.cgroups_remaining = cgroup.remaining_paths();
-    timings.teardown_us = teardown_started.elapsed().as_micros() as u64;
-    let verify_started = Instant::now();
-    evidence.namespaces_remaining = teardown::find_namespace_holders(&namespaces);
-    if evidence.processes_remaining.is_empty() && evidence.cgroups_remaining.is_empty() {
-        if let Err(error) = ledger::remove(&config.state_dir, &config.session_id) {
-            evidence.errors.push(error.to_string());
-        }
-    }
-    evidence.ledger_record_removed = !ledger::exists(&config.state_dir, &config.session_id);
-    timings.verify_us = verify_started.elapsed().as_micros() as u64;
-    let evidence = evidence.finish();
+    let (evidence, artifacts, artifacts_error) = tear_down(&cgroup, relays, &namespaces, &config, &mut timings);
 
     // A failed export or an incomplete teardown overrides the command's status.
     let exit_code = if artifacts_error.is_some() || !evidence.clean { mayfly_core::ExitCode::SETUP_FAILED } else { end.exit_code() };
