@@ -298,7 +298,7 @@ mod tests {
 
     /// Returns the runc binary when the tests that start containers can run.
     fn runc_for_tests() -> Option<PathBuf> {
-        let runc = crate::bench::find_in_path("runc");
+        let runc = crate::bench::runtime::find_in_path("runc");
         if runc.is_none() || !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: this test needs root and runc in PATH");
             return None;
