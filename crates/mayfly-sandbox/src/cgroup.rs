@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -120,6 +121,13 @@ impl Layout {
             }
         }
     }
+}
+
+/// How a new process joins the session's cgroups; see [`SessionCgroup::open_join`].
+#[derive(Debug)]
+pub enum Join {
+    V2 { directory: std::fs::File },
+    V1 { tasks: Vec<std::fs::File> },
 }
 
 /// Limits written into a session cgroup.
@@ -259,6 +267,42 @@ impl SessionCgroup {
         match &self.layout {
             Layout::V2 { .. } => Some(self.paths[0].clone()),
             Layout::V1 { controllers } => controllers.get(controller).map(|root| root.join(PARENT).join(self.session_id())),
+        }
+    }
+
+    /// Opens what a new process needs to join the session's cgroups as it
+    /// starts: on v2 the cgroup directory, for clone3's CLONE_INTO_CGROUP; on
+    /// v1 each hierarchy's `tasks` file, to which the process writes "0" to
+    /// move itself.
+    ///
+    /// A v1 process that moves itself, one thread at a time, skips the global
+    /// lock that moving another process's thread group takes. That lock can
+    /// wait for an RCU grace period, about 10 ms on an otherwise idle host.
+    pub fn open_join(&self) -> Result<Join, CgroupError> {
+        let open = |path: PathBuf, flags: i32, write: bool| {
+            std::fs::File::options()
+                .read(!write)
+                .write(write)
+                .custom_flags(flags | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|source| CgroupError::Read { path, source })
+        };
+        match &self.layout {
+            Layout::V2 { .. } => Ok(Join::V2 { directory: open(self.paths[0].clone(), libc::O_DIRECTORY | libc::O_PATH, false)? }),
+            Layout::V1 { .. } => {
+                let tasks = self.paths.iter().map(|p| open(p.join("tasks"), 0, true)).collect::<Result<_, _>>()?;
+                Ok(Join::V1 { tasks })
+            }
+        }
+    }
+
+    /// Returns the `/proc/PID/cgroup` lines, by controller list, that a
+    /// member of this session must have: `memory`, `pids` and so on on v1, and
+    /// the empty string for the single v2 line.
+    pub fn membership(&self) -> Vec<String> {
+        match &self.layout {
+            Layout::V2 { .. } => vec![String::new()],
+            Layout::V1 { controllers } => controllers.keys().cloned().collect(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::cgroup::SessionCgroup;
+use crate::cgroup::{Join, SessionCgroup};
 use crate::spec::InitSpec;
 
 /// The hidden argument that makes the mayfly binary run as the sandbox init.
@@ -19,6 +19,10 @@ pub const INIT_ARGUMENT: &str = "__mayfly-sandbox-init";
 /// Host uids and gids of a session: inside uid 0 to 65535 map onto
 /// `base .. base + 65536`, a range no host account uses.
 pub const ID_RANGE_SIZE: u32 = 65_536;
+
+/// clone3's flag for starting the child in the cgroup given by `cgroup`, from
+/// linux/sched.h. libc declares it with a type too narrow for its value.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Descriptors above this are free for the child to shuffle through.
 const SHUFFLE_BASE: RawFd = 1024;
@@ -76,15 +80,33 @@ struct CloneArgs {
 /// # Safety
 /// `fds` must be valid descriptors, `shuffled` as long as `fds`, and `path`,
 /// `argv` and `envp` NUL-terminated as execve expects.
-unsafe fn child(sync: RawFd, fds: &[RawFd], shuffled: &mut [RawFd], path: &CString, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> ! {
-    // 1. Wait until the supervisor has written the id maps and placed this
-    //    process in its cgroup. End-of-file means the supervisor gave up.
+unsafe fn child(
+    sync: RawFd,
+    join_tasks: &[RawFd],
+    fds: &[RawFd],
+    shuffled: &mut [RawFd],
+    path: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    // 1. On cgroup v1, move into the session's cgroups: writing "0" to a
+    //    `tasks` file moves the writing thread, and the supervisor opened the
+    //    files, so its credentials allow the write. On v2, clone3 already
+    //    placed this process there.
+    for tasks in join_tasks {
+        if libc::write(*tasks, b"0".as_ptr().cast(), 1) != 1 {
+            libc::_exit(125);
+        }
+    }
+
+    // 2. Wait until the supervisor has written the id maps. End-of-file means
+    //    the supervisor gave up.
     let mut byte = 0u8;
     if libc::read(sync, (&mut byte as *mut u8).cast(), 1) != 1 {
         libc::_exit(125);
     }
 
-    // 2. The cloning uid (host root) is not mapped, so the child starts as the
+    // 3. The cloning uid (host root) is not mapped, so the child starts as the
     //    overflow uid. Become uid 0 of the new namespace, which is an
     //    unprivileged host uid, so init keeps its namespace capabilities across
     //    exec. Raw system calls, because the C library's wrappers synchronise
@@ -96,7 +118,7 @@ unsafe fn child(sync: RawFd, fds: &[RawFd], shuffled: &mut [RawFd], path: &CStri
         libc::_exit(125);
     }
 
-    // 3. Move each descriptor to its fixed number: first above every target,
+    // 4. Move each descriptor to its fixed number: first above every target,
     //    then down, then close everything else.
     for (index, fd) in fds.iter().enumerate() {
         shuffled[index] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, SHUFFLE_BASE);
@@ -111,7 +133,7 @@ unsafe fn child(sync: RawFd, fds: &[RawFd], shuffled: &mut [RawFd], path: &CStri
     }
     libc::syscall(libc::SYS_close_range, fds.len() as u32, u32::MAX, 0u32);
 
-    // 4. Exec init. It starts with an empty environment.
+    // 5. Exec init. It starts with an empty environment.
     libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     libc::_exit(125);
 }
@@ -121,9 +143,9 @@ fn write_id_map(pid: i32, map: &'static str, base: u32) -> Result<(), LaunchErro
     std::fs::write(format!("/proc/{pid}/{map}"), line).map_err(|source| LaunchError::IdMap { map, source })
 }
 
-/// Clones init into new user, PID, mount, network, IPC and UTS namespaces,
-/// maps its ids onto `id_base`, moves it into `cgroup`, sends it `spec` and
-/// lets it run. On failure the child is killed and reaped.
+/// Clones init into new user, PID, mount, network, IPC and UTS namespaces
+/// and into `cgroup`, maps its ids onto `id_base`, sends it `spec` and lets
+/// it run. On failure the child is killed and reaped.
 pub fn launch(
     spec: &InitSpec,
     inputs: Vec<File>,
@@ -161,6 +183,16 @@ pub fn launch(
     let argv: Vec<*const libc::c_char> = argv_strings.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect();
     let envp: Vec<*const libc::c_char> = vec![std::ptr::null()];
 
+    let join = cgroup.open_join()?;
+    let join_tasks: Vec<RawFd> = match &join {
+        Join::V1 { tasks } => tasks.iter().map(|f| f.as_raw_fd()).collect(),
+        Join::V2 { .. } => Vec::new(),
+    };
+    let (into_cgroup, cgroup_fd) = match &join {
+        Join::V2 { directory } => (CLONE_INTO_CGROUP, directory.as_raw_fd() as u64),
+        Join::V1 { .. } => (0, 0),
+    };
+
     let mut pidfd: RawFd = -1;
     let args = CloneArgs {
         flags: (libc::CLONE_NEWUSER
@@ -169,9 +201,11 @@ pub fn launch(
             | libc::CLONE_NEWNET
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
-            | libc::CLONE_PIDFD) as u64,
+            | libc::CLONE_PIDFD) as u64
+            | into_cgroup,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_fd,
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM duplicates the process like fork. The
@@ -183,7 +217,7 @@ pub fn launch(
     }
     if pid == 0 {
         // SAFETY: see `child`; every argument was prepared before the clone.
-        unsafe { child(sync_read.as_raw_fd(), &fds, &mut shuffled, &path, &argv, &envp) }
+        unsafe { child(sync_read.as_raw_fd(), &join_tasks, &fds, &mut shuffled, &path, &argv, &envp) }
     }
     let pid = pid as i32;
     // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.
@@ -199,25 +233,21 @@ pub fn launch(
         error
     };
 
-    // Id maps first, then release the child so that it execs init and builds
-    // the root filesystem while the cgroup move below runs. The setgroups file
-    // stays "allow" so init can clear the groups it inherited.
+    drop(join);
+
+    // Id maps, then release the child. The setgroups file stays "allow" so
+    // init can clear the groups it inherited.
     write_id_map(pid, "uid_map", id_base).map_err(abort)?;
     write_id_map(pid, "gid_map", id_base).map_err(abort)?;
     let mut sync = File::from(sync_write);
     sync.write_all(b"x").map_err(|e| abort(LaunchError::Release(e)))?;
     drop(sync);
 
-    // The spec is one line of JSON; closing the pipe afterwards tells init that
-    // it is in the session cgroup. Init copies no input and starts no process
-    // before that, so nothing of the session runs outside its limits. The
-    // first move into a v1 cgroup can wait for an RCU grace period, several
-    // milliseconds, which this overlaps with init's start.
+    // The spec is one line of JSON, and the pipe closes after it.
     let mut spec_json = serde_json::to_vec(spec).expect("the spec serializes");
     spec_json.push(b'\n');
     let mut spec_pipe = File::from(spec_write);
     spec_pipe.write_all(&spec_json).map_err(|e| abort(LaunchError::Release(e)))?;
-    cgroup.add_process(pid).map_err(|e| abort(e.into()))?;
     drop(spec_pipe);
 
     Ok(Launched {

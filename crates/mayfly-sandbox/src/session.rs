@@ -210,6 +210,7 @@ fn init_spec(config: &SessionConfig, deadline_monotonic_ns: u64) -> InitSpec {
         artifacts_max_bytes: config.artifacts.as_ref().map(|(_, limit)| *limit),
         mounts: config.mounts.clone(),
         landlock: config.landlock,
+        cgroup_membership: Vec::new(),
     }
 }
 
@@ -380,7 +381,8 @@ pub fn run(
     };
 
     // 4. Init, in its namespaces and cgroups.
-    let spec = init_spec(&config, monotonic_now_ns() + config.ttl.as_nanos() as u64);
+    let mut spec = init_spec(&config, monotonic_now_ns() + config.ttl.as_nanos() as u64);
+    spec.cgroup_membership = cgroup.membership();
     let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
     let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup) {
         Ok(launched) => launched,

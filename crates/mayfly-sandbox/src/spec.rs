@@ -74,6 +74,10 @@ pub struct InitSpec {
     pub artifacts_max_bytes: Option<u64>,
     pub mounts: Vec<BindMount>,
     pub landlock: LandlockMode,
+    /// Controller lists of the `/proc/self/cgroup` lines that must name the
+    /// session cgroup before anything of the session runs (see
+    /// [`crate::cgroup::SessionCgroup::membership`]).
+    pub cgroup_membership: Vec<String>,
 }
 
 /// Which Landlock protection the command actually got.

@@ -11,11 +11,12 @@ use serde::Serialize;
 /// Namespace kinds whose identity is recorded when a session starts.
 pub const NAMESPACE_KINDS: &[&str] = &["user", "pid", "mnt", "net", "ipc", "uts"];
 
-/// Namespace kinds looked for at teardown: the ones that can keep processes,
-/// files, sockets or shared memory alive. A surviving user or UTS namespace
-/// holds none of those by itself, and each kind scanned costs about a
-/// microsecond per host process.
-const SCANNED_KINDS: &[&std::ffi::CStr] = &[c"pid", c"mnt", c"net", c"ipc"];
+/// Namespace kinds looked for at teardown: the ones that can keep files,
+/// sockets or shared memory alive. A surviving user or UTS namespace holds
+/// none of those by itself, and no process can join the PID namespace once
+/// its init is gone. Each kind costs about 3 µs per host process (measured
+/// on a 2-CPU virtual machine with Linux 6.18).
+const SCANNED_KINDS: &[&std::ffi::CStr] = &[c"mnt", c"net", c"ipc"];
 
 /// Evidence that nothing of a session remains on the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -57,19 +58,11 @@ pub fn namespace_ids(pid: i32) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Finds every holder of any of `ids` among the [`SCANNED_KINDS`]: a process
-/// living in the namespace, or an nsfs bind mount of it. Open descriptors to
-/// a namespace are not looked for: only host root can open one from outside
-/// the session, and scanning every descriptor of every process costs
-/// milliseconds per session.
-pub fn find_namespace_holders(ids: &BTreeMap<String, String>) -> Vec<String> {
-    let wanted: Vec<&[u8]> = ids.values().map(|id| id.as_bytes()).collect();
+/// Looks for processes among `pids` that live in one of the `wanted` namespaces.
+fn scan_processes(pids: &[i32], wanted: &[&[u8]]) -> Vec<String> {
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else { return found };
     let mut buffer = [0u8; 64];
-    for entry in entries.filter_map(Result::ok) {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+    for pid in pids {
         let Ok(directory) = fs::File::open(format!("/proc/{pid}/ns")) else { continue };
         for kind in SCANNED_KINDS {
             // SAFETY: readlinkat writes at most buffer.len() bytes into the buffer.
@@ -85,6 +78,21 @@ pub fn find_namespace_holders(ids: &BTreeMap<String, String>) -> Vec<String> {
             }
         }
     }
+    found
+}
+
+/// Finds every holder of any of `ids` among the [`SCANNED_KINDS`]: a process
+/// living in the namespace, or an nsfs bind mount of it. Open descriptors to
+/// a namespace are not looked for: only host root can open one from outside
+/// the session, and scanning every descriptor of every process costs
+/// milliseconds per session.
+pub fn find_namespace_holders(ids: &BTreeMap<String, String>) -> Vec<String> {
+    let wanted: Vec<&[u8]> = ids.values().map(|id| id.as_bytes()).collect();
+    let pids: Vec<i32> = match fs::read_dir("/proc") {
+        Ok(entries) => entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut found = scan_processes(&pids, &wanted);
     let wanted: Vec<&String> = ids.values().collect();
     if let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") {
         for line in mountinfo.lines().filter(|l| l.contains(" - nsfs ")) {
@@ -96,4 +104,24 @@ pub fn find_namespace_holders(ids: &BTreeMap<String, String>) -> Vec<String> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_finds_a_live_holder() {
+        let own = namespace_ids(std::process::id() as i32);
+        assert_eq!(own.len(), NAMESPACE_KINDS.len());
+        let found = find_namespace_holders(&own);
+        let me = format!("is the namespace of pid {}", std::process::id());
+        assert!(found.iter().any(|line| line.contains(&me)), "{found:?}");
+    }
+
+    #[test]
+    fn scan_of_unknown_namespace_is_empty() {
+        let ids = BTreeMap::from([("net".to_string(), "net:[1]".to_string())]);
+        assert!(find_namespace_holders(&ids).is_empty());
+    }
 }

@@ -11,7 +11,7 @@ mod network;
 pub mod rootfs;
 
 use std::fs::File;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -54,21 +54,29 @@ fn report(out: &mut File, message: &InitReport) {
     }
 }
 
-/// Reads the spec, the first line of the spec pipe. The pipe stays open until
-/// the supervisor has moved init into the session cgroup.
-fn read_spec(pipe: &mut io::BufReader<File>) -> Result<InitSpec, SetupError> {
+/// Reads the spec: one line of JSON, after which the supervisor closes the pipe.
+fn read_spec(pipe: &mut File) -> Result<InitSpec, SetupError> {
     let mut text = Vec::new();
-    pipe.read_until(b'\n', &mut text).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
+    pipe.read_to_end(&mut text).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
     serde_json::from_slice(&text).map_err(|e| SetupError::new("parse the session spec", e.to_string()))
 }
 
-/// Waits until the supervisor closes the spec pipe, which it does once init
-/// is in the session cgroup.
-fn wait_for_cgroup(pipe: &mut io::BufReader<File>) -> Result<(), SetupError> {
-    let mut rest = Vec::new();
-    pipe.read_to_end(&mut rest).map_err(|e| SetupError::new("wait for the session cgroup", e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(SetupError::new("wait for the session cgroup", "unexpected data after the spec"));
+/// Checks that init is in the session's cgroup in every hierarchy the
+/// session uses, as the launcher arranged before exec.
+fn check_cgroup(spec: &InitSpec) -> Result<(), SetupError> {
+    let step = "check the session cgroup";
+    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| SetupError::new(step, e.to_string()))?;
+    let suffix = format!("/mayfly/{}", spec.session_id);
+    for controllers in &spec.cgroup_membership {
+        let joined = text.lines().any(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, list, path) = (fields.next(), fields.next().unwrap_or_default(), fields.next().unwrap_or_default());
+            let listed = if controllers.is_empty() { list.is_empty() } else { list.split(',').any(|c| c == controllers) };
+            listed && path.ends_with(&suffix)
+        });
+        if !joined {
+            return Err(SetupError::new(step, format!("init is not in the session cgroup for {controllers:?}: {}", text.trim())));
+        }
     }
     Ok(())
 }
@@ -117,7 +125,7 @@ fn chown_tree(top: &Path, dir: &Path) {
 }
 
 /// Runs every setup step in order, stopping at the first failure.
-fn setup(spec: &InitSpec, spec_pipe: &mut io::BufReader<File>) -> Result<(), SetupError> {
+fn setup(spec: &InitSpec) -> Result<(), SetupError> {
     // 1. Stop mount events from reaching the host, then build the new root.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| SetupError::new("make the mount tree private", e.to_string()))?;
@@ -127,10 +135,9 @@ fn setup(spec: &InitSpec, spec_pipe: &mut io::BufReader<File>) -> Result<(), Set
     nix::unistd::sethostname(&spec.hostname).map_err(|e| SetupError::new("set the hostname", e.to_string()))?;
     network::bring_up_loopback().map_err(|e| SetupError::new("bring up the loopback interface", e.to_string()))?;
 
-    // 3. Nothing below may run outside the session's limits: wait until the
-    //    supervisor has moved init into the session cgroup, then create a
-    //    cgroup namespace rooted there.
-    wait_for_cgroup(spec_pipe)?;
+    // 3. Nothing below may run outside the session's limits: check that init
+    //    is in the session cgroup, then create a cgroup namespace rooted there.
+    check_cgroup(spec)?;
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::new("create the cgroup namespace", e.to_string()))?;
 
     // 4. Inputs and the artifact directory, then seal the root read-only.
@@ -305,7 +312,7 @@ pub fn main() -> ! {
 
     // SAFETY: the launcher placed the spec pipe at this descriptor and nothing
     // else in init owns it.
-    let mut spec_pipe = io::BufReader::new(unsafe { File::from_raw_fd(fd::SPEC) });
+    let mut spec_pipe = unsafe { File::from_raw_fd(fd::SPEC) };
     let spec = match read_spec(&mut spec_pipe) {
         Ok(spec) => spec,
         Err(error) => {
@@ -313,7 +320,7 @@ pub fn main() -> ! {
             std::process::exit(0);
         }
     };
-    let end = match setup(&spec, &mut spec_pipe) {
+    let end = match setup(&spec) {
         Ok(()) => supervise(&spec, &mut reports, started),
         Err(error) => EndReason::SetupFailed { step: error.step, error: error.error },
     };

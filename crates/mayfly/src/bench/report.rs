@@ -32,6 +32,19 @@ pub(super) struct RuntimeResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) containers_left_behind: Option<u32>,
     pub(super) cleanup_errors: Vec<String>,
+    /// Median of each phase of Mayfly's session report, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) phase_medians_ms: Option<Vec<(&'static str, f64)>>,
+}
+
+/// Describes Mayfly's phase medians in one line, if there are any.
+fn phase_line(report: &Report) -> Option<String> {
+    let phases = report.runtimes.iter().find_map(|r| r.phase_medians_ms.as_ref())?;
+    let parts: Vec<String> = phases.iter().map(|(name, ms)| format!("{name} {ms:.2}")).collect();
+    Some(format!(
+        "Mayfly phases, median ms from the session report's timings (ended counts from the session's start): {}",
+        parts.join(", ")
+    ))
 }
 
 impl RuntimeResult {
@@ -51,6 +64,7 @@ impl RuntimeResult {
             median_vs_mayfly: None,
             containers_left_behind: None,
             cleanup_errors: Vec::new(),
+            phase_medians_ms: None,
         }
     }
 
@@ -144,6 +158,7 @@ pub(super) fn format_text(report: &Report) -> String {
         }
     }
     lines.extend(problem_notes(report));
+    lines.extend(phase_line(report));
 
     lines.push(String::new());
     lines.push("Commands:".into());
@@ -190,6 +205,10 @@ pub(super) fn format_markdown(report: &Report) -> String {
         } else {
             lines.push(format!("| {} | {} | - | - | - | - | - | - |", result.name, skip_reason(result)));
         }
+    }
+    if let Some(line) = phase_line(report) {
+        lines.push(String::new());
+        lines.push(line);
     }
     let notes = problem_notes(report);
     if !notes.is_empty() {

@@ -42,7 +42,7 @@ impl Launcher {
         match self {
             Launcher::Mayfly { executable, state_dir } => {
                 let mut command = Command::new(executable);
-                command.arg("run").arg("--state-dir").arg(state_dir).args(["--", PROGRAM]);
+                command.arg("run").arg("--state-dir").arg(&*state_dir).arg("--report").arg(report_path(state_dir)).args(["--", PROGRAM]);
                 (command, None)
             }
             Launcher::Bubblewrap { bwrap } => {
@@ -58,6 +58,38 @@ impl Launcher {
     }
 }
 
+/// The session report each measured `mayfly run` writes, for its phase timings.
+fn report_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("bench-report.json")
+}
+
+/// Phases of Mayfly's session report (`timings`), in the order they happen.
+pub(super) const PHASES: &[&str] = &["launch_us", "init_setup_us", "ended_us", "teardown_us", "verify_us"];
+
+/// Returns the median of each phase in milliseconds, or `None` without samples.
+fn phase_medians(phases: &[Vec<u64>]) -> Option<Vec<(&'static str, f64)>> {
+    if phases.is_empty() {
+        return None;
+    }
+    let medians = PHASES
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let mut values: Vec<u64> = phases.iter().map(|p| p[index]).collect();
+            values.sort_unstable();
+            (name.trim_end_matches("_us"), values[values.len() / 2] as f64 / 1000.0)
+        })
+        .collect();
+    Some(medians)
+}
+
+/// Reads the phase timings of the last `mayfly run` from its report.
+fn read_phases(state_dir: &Path) -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string(report_path(state_dir)).ok()?;
+    let report: serde_json::Value = serde_json::from_str(&text).ok()?;
+    PHASES.iter().map(|phase| report["timings"][phase].as_u64()).collect()
+}
+
 /// A runtime that is installed, with its measurements so far.
 pub(super) struct Runtime {
     name: &'static str,
@@ -65,6 +97,8 @@ pub(super) struct Runtime {
     command_line: String,
     pub(super) launcher: Launcher,
     pub(super) samples: Vec<Duration>,
+    /// Mayfly's phase timings of each measured run, in [`PHASES`] order.
+    phases: Vec<Vec<u64>>,
     failed: u32,
     warmup_failed: u32,
     first_failure: Option<String>,
@@ -74,7 +108,7 @@ pub(super) struct Runtime {
 
 impl Runtime {
     fn new(name: &'static str, version: Option<String>, command_line: String, launcher: Launcher) -> Self {
-        Runtime { name, version, command_line, launcher, samples: Vec::new(), failed: 0, warmup_failed: 0, first_failure: None, containers_left_behind: 0, cleanup_errors: Vec::new() }
+        Runtime { name, version, command_line, launcher, samples: Vec::new(), phases: Vec::new(), failed: 0, warmup_failed: 0, first_failure: None, containers_left_behind: 0, cleanup_errors: Vec::new() }
     }
 
     /// Runs the command once, records the time of a successful measured run
@@ -87,6 +121,11 @@ impl Runtime {
                 Ok(true) => self.containers_left_behind += 1,
                 Ok(false) => {}
                 Err(error) => self.cleanup_errors.push(error),
+            }
+        }
+        if let (Ok(_), true, Launcher::Mayfly { state_dir, .. }) = (&result, measured, &self.launcher) {
+            if let Some(phases) = read_phases(state_dir) {
+                self.phases.push(phases);
             }
         }
         match result {
@@ -134,6 +173,7 @@ impl Runtime {
             min_ms: stats.as_ref().map(|s| milliseconds(s.min)),
             median_vs_mayfly: stats.as_ref().zip(mayfly_median).map(|(s, mayfly)| ratio(s.median, mayfly)),
             containers_left_behind: is_runc.then_some(self.containers_left_behind),
+            phase_medians_ms: phase_medians(&self.phases),
             cleanup_errors: self.cleanup_errors,
         }
     }
@@ -195,6 +235,16 @@ fn version_of(program: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phase_medians_take_middle_value() {
+        let phases = vec![vec![1000, 2000, 3000, 100, 1000], vec![3000, 2000, 5000, 300, 1000], vec![2000, 2000, 4000, 200, 1000]];
+        let medians = phase_medians(&phases).unwrap();
+        assert_eq!(medians[0], ("launch", 2.0));
+        assert_eq!(medians[2], ("ended", 4.0));
+        assert_eq!(medians[3], ("teardown", 0.2));
+        assert!(phase_medians(&[]).is_none());
+    }
 
     #[test]
     fn find_in_path_finds_sh() {
