@@ -108,7 +108,16 @@ fn supervisor_alive(record: &Record) -> bool {
 /// deadline are killed, and the cgroups and records of ended sessions are
 /// removed. A session whose supervisor died before its deadline keeps
 /// running: its init enforces the deadline, and a later reap cleans up.
+/// Also removes orphaned cgroups (see [`reap_orphan_cgroups`]).
 pub fn reap(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
+    let mut reaped = reap_records(state_dir, layout);
+    reaped.extend(reap_orphan_cgroups(state_dir, layout));
+    reaped
+}
+
+/// Like [`reap`], for the ledger records only: the check `mayfly run` makes
+/// before each session, which skips the slower walk of every cgroup hierarchy.
+pub fn reap_records(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
     let now = unix_ms(SystemTime::now());
     let mut reaped = Vec::new();
     for record in list(state_dir) {
@@ -137,7 +146,6 @@ pub fn reap(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
         }
         reaped.push(Reaped { session_id: record.session_id, killed_processes: processes.len(), error, running_until_unix_ms: None });
     }
-    reaped.extend(reap_orphan_cgroups(state_dir, layout));
     reaped
 }
 

@@ -171,7 +171,7 @@ pub fn main(args: RunArgs) -> i32 {
             return refusal.code;
         }
     };
-    for reaped in ledger::reap(&args.state.state_dir, &layout) {
+    for reaped in ledger::reap_records(&args.state.state_dir, &layout) {
         tracing::info!(session_id = %reaped.session_id, killed = reaped.killed_processes, error = ?reaped.error, "reaped a session left by a crashed supervisor");
     }
 

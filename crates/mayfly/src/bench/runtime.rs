@@ -188,7 +188,12 @@ pub(super) enum Slot {
 pub(super) fn set_up_mayfly(state_dir: &Path) -> Slot {
     match std::env::current_exe() {
         Ok(executable) => {
-            let command_line = format!("{} run --state-dir {} -- {PROGRAM}", executable.display(), state_dir.display());
+            let command_line = format!(
+                "{} run --state-dir {} --report {} -- {PROGRAM}",
+                executable.display(),
+                state_dir.display(),
+                report_path(state_dir).display()
+            );
             let version = Some(format!("mayfly {}", env!("CARGO_PKG_VERSION")));
             Slot::Ready(Runtime::new("mayfly", version, command_line, Launcher::Mayfly { executable, state_dir: state_dir.to_path_buf() }))
         }
