@@ -1,10 +1,10 @@
-//! Why a session ended, and the process exit code `mayfly run` reports for it.
+//! The reason a session ended, and the process exit code `mayfly run` reports for it.
 
 use serde::{Deserialize, Serialize};
 
 /// Exit codes of `mayfly run` when the session did not end with the
 /// command's own exit status. The command's own status (0 to 255) is passed
-/// through unchanged, so a script tells these apart by the reason printed on
+/// through unchanged, so a script distinguishes these by the reason printed on
 /// standard error or the `end` field of the `--json` report.
 pub struct ExitCode;
 

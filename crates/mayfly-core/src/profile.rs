@@ -46,9 +46,9 @@ pub enum Kind {
     Job,
 }
 
-/// Whether a profile needs Landlock. `required` refuses to start a session on a
-/// kernel without it; `if-available` applies it where present and records in
-/// the session report whether it was applied.
+/// Whether a profile needs Landlock. `required` rejects a session on a kernel
+/// without it. `if-available` applies it where present and records in the
+/// session report whether it was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Landlock {
@@ -183,7 +183,7 @@ fn valid_hostname(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-/// A timezone name as found under /usr/share/zoneinfo: letters, digits and
+/// Checks a timezone name as found under /usr/share/zoneinfo: letters, digits and
 /// `_+-/`, with no `..` component and no leading slash.
 fn valid_timezone(name: &str) -> bool {
     !name.is_empty()

@@ -123,7 +123,7 @@ impl Layout {
     }
 }
 
-/// How a new process joins the session's cgroups; see [`SessionCgroup::open_join`].
+/// The means by which a new process joins the session's cgroups; see [`SessionCgroup::open_join`].
 #[derive(Debug)]
 pub enum Join {
     V2 { directory: std::fs::File },

@@ -108,7 +108,7 @@ pub enum DeadlineEnforcer {
     Supervisor,
 }
 
-/// Where a session's time went, in microseconds, for operators and `mayfly bench`.
+/// Durations of a session's phases in microseconds, for operators and `mayfly bench`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
     /// From the start of the session to init running in its namespaces and cgroups.

@@ -1,4 +1,4 @@
-//! What the supervisor tells the in-sandbox init, and what init reports back.
+//! The spec the supervisor sends to the in-sandbox init, and the reports init sends back.
 //!
 //! Both travel as JSON over pipes that the supervisor sets up at fixed file
 //! descriptor numbers before init starts.

@@ -3,8 +3,8 @@
 //! apply no_new_privs, Landlock and seccomp, and exec.
 //!
 //! A failure is written to the error pipe as one JSON line before the child
-//! exits; a successful exec closes the pipe (it is close-on-exec), which is
-//! how init learns that the command started.
+//! exits. A successful exec closes the pipe, because it is close-on-exec,
+//! and that is how init learns that the command started.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{InitSpec, LandlockStatus, SANDBOX_GID, SANDBOX_UID, WORK_DIR};
 use crate::{caps, landlock_policy, seccomp};
 
-/// What the child writes to the error pipe.
+/// A message from the command child to init on the error pipe.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ChildMessage {

@@ -93,7 +93,7 @@ impl HostMounts {
 }
 
 /// Binds `source` on `target` recursively, then remounts it and every mount
-/// below it read-only, nosuid and nodev. `host` tells which submounts came
+/// below it read-only, nosuid and nodev. `host` lists the submounts that came
 /// along; a source that is not on the host's tree (such as a fresh /proc
 /// entry) has none.
 pub fn bind_read_only(host: &HostMounts, source: &Path, target: &Path) -> Result<(), SetupError> {

@@ -6,7 +6,7 @@
 //! system call number to build its cache of always-allowed calls. A search
 //! tree visits about thirty instructions per call instead of hundreds.
 
-/// What the filter does with one system call.
+/// The filter's decision for one system call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Allow,
@@ -120,7 +120,8 @@ fn assemble(ops: &[Op], labels: usize) -> Vec<libc::sock_filter> {
     }
     let offset = |from: usize, to: Label| -> u32 {
         let target = positions[to.0];
-        assert!(target != usize::MAX && target > from, "every label is placed after the jumps to it");
+        assert_ne!(target, usize::MAX, "every label is placed");
+        assert!(target > from, "every label is placed after the jumps to it");
         (target - from - 1) as u32
     };
     let mut program = Vec::with_capacity(position);

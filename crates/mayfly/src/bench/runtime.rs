@@ -58,7 +58,7 @@ impl Launcher {
     }
 }
 
-/// The session report each measured `mayfly run` writes, for its phase timings.
+/// Returns the path of the session report each measured `mayfly run` writes, for its phase timings.
 fn report_path(state_dir: &Path) -> PathBuf {
     state_dir.join("bench-report.json")
 }
