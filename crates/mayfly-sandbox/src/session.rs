@@ -113,9 +113,15 @@ pub enum DeadlineEnforcer {
 pub struct Timings {
     /// From the start of the session to init running in its namespaces and cgroups.
     pub launch_us: u64,
+    /// From the start of the session to the start of init's own code, after its exec.
+    pub init_started_us: u64,
     /// Init's own setup, from its start to the command's exec, as init measured it.
     pub init_setup_us: u64,
-    /// From the start of the session to init's exit.
+    /// From the start of the session to init's report that every session
+    /// process is gone and the artifacts are out.
+    pub init_reported_us: u64,
+    /// From the start of the session to init's exit, which includes the
+    /// kernel's teardown of the session's namespaces.
     pub ended_us: u64,
     /// Kill, cgroup removal and stream joins after init's exit.
     pub teardown_us: u64,
@@ -271,18 +277,24 @@ fn start_relays(
 fn end_reason(
     reports: Reports,
     supervisor_killed: bool,
+    started_ns: u64,
     timings: &mut Timings,
 ) -> (EndReason, Option<LandlockStatus>, Option<DeadlineEnforcer>) {
+    let since_start = |ns: u64| ns.saturating_sub(started_ns) / 1000;
     let _ = reports.thread.join();
     let mut landlock = None;
     let mut end = None;
     for report in reports.receiver.try_iter() {
         match report {
-            InitReport::Started { landlock: status, setup_us } => {
+            InitReport::Started { landlock: status, setup_us, init_started_ns } => {
                 landlock = Some(status);
                 timings.init_setup_us = setup_us;
+                timings.init_started_us = since_start(init_started_ns);
             }
-            InitReport::Ended { end: reason, .. } => end = Some(reason),
+            InitReport::Ended { end: reason, reported_ns, .. } => {
+                end = Some(reason);
+                timings.init_reported_us = since_start(reported_ns);
+            }
         }
     }
     if supervisor_killed {
@@ -352,6 +364,7 @@ pub fn run(
     }
     let started_wall = SystemTime::now();
     let started = Instant::now();
+    let started_ns = monotonic_now_ns();
     let mut timings = Timings::default();
     let deadline_wall = started_wall + config.ttl;
 
@@ -418,7 +431,7 @@ pub fn run(
     timings.ended_us = started.elapsed().as_micros() as u64;
     // SAFETY: waitpid on the init process this supervisor started.
     unsafe { libc::waitpid(init_pid, std::ptr::null_mut(), 0) };
-    let (end, landlock, enforcer) = end_reason(reports, supervisor_killed, &mut timings);
+    let (end, landlock, enforcer) = end_reason(reports, supervisor_killed, started_ns, &mut timings);
 
     // 7. Usage, then the kill and verified teardown.
     let usage = cgroup.usage();

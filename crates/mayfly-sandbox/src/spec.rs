@@ -94,10 +94,12 @@ pub enum LandlockStatus {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum InitReport {
     /// The command passed every setup step and is about to run. `setup_us`
-    /// is the time from init's start to the command's exec.
-    Started { landlock: LandlockStatus, setup_us: u64 },
+    /// is the time from init's start to the command's exec, and
+    /// `init_started_ns` the CLOCK_MONOTONIC time at which init started.
+    Started { landlock: LandlockStatus, setup_us: u64, init_started_ns: u64 },
     /// The session is over and every process in it has been killed.
-    Ended { end: EndReason, artifacts_truncated: bool },
+    /// `reported_ns` is the CLOCK_MONOTONIC time of this report.
+    Ended { end: EndReason, artifacts_truncated: bool, reported_ns: u64 },
 }
 
 /// Returns the current CLOCK_MONOTONIC time in nanoseconds.

@@ -229,7 +229,7 @@ fn report_file_is_written() {
     assert_eq!(report["end"]["reason"], "exited");
     assert_eq!(report["landlock"], "fully_enforced");
     assert_clean(&report);
-    for phase in ["launch_us", "init_setup_us", "ended_us", "teardown_us", "verify_us"] {
+    for phase in ["launch_us", "init_started_us", "init_setup_us", "init_reported_us", "ended_us", "teardown_us", "verify_us"] {
         assert!(report["timings"][phase].as_u64().unwrap() > 0, "{phase}: {}", report["timings"]);
     }
     assert!(report["timings"]["ended_us"].as_u64() >= report["timings"]["launch_us"].as_u64());

@@ -195,7 +195,7 @@ fn wait_signal(set: &SigSet, timeout: Duration) -> Option<i32> {
 }
 
 /// Starts the command and supervises it until the session ends.
-fn supervise(spec: &InitSpec, reports: &mut File, started: Instant) -> EndReason {
+fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: u64) -> EndReason {
     let (error_read, error_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(pair) => pair,
         Err(e) => return EndReason::SetupFailed { step: "create the error pipe".into(), error: e.to_string() },
@@ -236,7 +236,7 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant) -> EndReason
         }
     }
     let setup_us = started.elapsed().as_micros() as u64;
-    report(reports, &InitReport::Started { landlock, setup_us });
+    report(reports, &InitReport::Started { landlock, setup_us, init_started_ns: started_ns });
 
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGCHLD);
@@ -295,6 +295,7 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant) -> EndReason
 /// because the end reason travels on the report pipe.
 pub fn main() -> ! {
     let started = Instant::now();
+    let started_ns = monotonic_now_ns();
     // SAFETY: the launcher placed the report pipe at this descriptor.
     let mut reports = unsafe { File::from_raw_fd(fd::REPORT) };
 
@@ -316,12 +317,13 @@ pub fn main() -> ! {
     let spec = match read_spec(&mut spec_pipe) {
         Ok(spec) => spec,
         Err(error) => {
-            report(&mut reports, &InitReport::Ended { end: EndReason::SetupFailed { step: error.step, error: error.error }, artifacts_truncated: false });
+            let end = EndReason::SetupFailed { step: error.step, error: error.error };
+            report(&mut reports, &InitReport::Ended { end, artifacts_truncated: false, reported_ns: monotonic_now_ns() });
             std::process::exit(0);
         }
     };
     let end = match setup(&spec) {
-        Ok(()) => supervise(&spec, &mut reports, started),
+        Ok(()) => supervise(&spec, &mut reports, started, started_ns),
         Err(error) => EndReason::SetupFailed { step: error.step, error: error.error },
     };
     kill_and_reap_all();
@@ -335,6 +337,6 @@ pub fn main() -> ! {
         let mut out = io::BufWriter::new(File::from(pipe));
         artifacts_truncated = transfer::write_artifacts(Path::new(ARTIFACTS_DIR), limit, &mut out).unwrap_or(false);
     }
-    report(&mut reports, &InitReport::Ended { end, artifacts_truncated });
+    report(&mut reports, &InitReport::Ended { end, artifacts_truncated, reported_ns: monotonic_now_ns() });
     std::process::exit(0);
 }

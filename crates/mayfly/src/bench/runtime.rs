@@ -64,7 +64,8 @@ fn report_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Phases of Mayfly's session report (`timings`), in the order they happen.
-pub(super) const PHASES: &[&str] = &["launch_us", "init_setup_us", "ended_us", "teardown_us", "verify_us"];
+pub(super) const PHASES: &[&str] =
+    &["launch_us", "init_started_us", "init_setup_us", "init_reported_us", "ended_us", "teardown_us", "verify_us"];
 
 /// Returns the median of each phase in milliseconds, or `None` without samples.
 fn phase_medians(phases: &[Vec<u64>]) -> Option<Vec<(&'static str, f64)>> {
@@ -243,11 +244,16 @@ mod tests {
 
     #[test]
     fn phase_medians_take_middle_value() {
-        let phases = vec![vec![1000, 2000, 3000, 100, 1000], vec![3000, 2000, 5000, 300, 1000], vec![2000, 2000, 4000, 200, 1000]];
+        let phases = vec![
+            vec![1000, 1500, 2000, 3000, 3000, 100, 1000],
+            vec![3000, 3500, 2000, 5000, 5000, 300, 1000],
+            vec![2000, 2500, 2000, 4000, 4000, 200, 1000],
+        ];
         let medians = phase_medians(&phases).unwrap();
         assert_eq!(medians[0], ("launch", 2.0));
-        assert_eq!(medians[2], ("ended", 4.0));
-        assert_eq!(medians[3], ("teardown", 0.2));
+        assert_eq!(medians[1], ("init_started", 2.5));
+        assert_eq!(medians[4], ("ended", 4.0));
+        assert_eq!(medians[5], ("teardown", 0.2));
         assert!(phase_medians(&[]).is_none());
     }
 
