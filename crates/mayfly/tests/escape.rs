@@ -183,3 +183,14 @@ fn hostname_comes_from_profile() {
     let (_, lines) = scratch.probe(&[], &["hostname"]);
     assert_eq!(result(&lines, "hostname")["hostname"], "mayfly");
 }
+
+#[test]
+fn landlock_blocks_writes_outside_rules() {
+    let scratch = Scratch::new("landlock");
+    // A process may normally rename itself through /proc/self/comm, which it
+    // owns; only Landlock's read-only rule for /proc stops the write.
+    let (output, lines) = scratch.probe(&["--json"], &["write:/proc/self/comm", "write:/dev/tty"]);
+    assert_eq!(assert_blocked(&lines, "write:/proc/self/comm"), "EACCES");
+    assert_eq!(assert_blocked(&lines, "write:/dev/tty"), "EACCES");
+    assert_eq!(report(&output)["landlock"], "fully_enforced");
+}

@@ -282,6 +282,30 @@ mod tests {
     }
 
     #[test]
+    fn argument_rules_hold_for_many_values() {
+        // A fixed xorshift sequence: the same values on every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let value = next();
+            let low = value as u32;
+            let ioctl = decide(libc::SYS_ioctl, [0, value, 0, 0, 0, 0]);
+            let blocked = BLOCKED_IOCTLS.iter().any(|(request, _)| *request as u32 == low);
+            assert_eq!(ioctl, if blocked { EPERM } else { RET_ALLOW }, "ioctl request {value:#x}");
+            let clone = decide(libc::SYS_clone, [value, 0, 0, 0, 0, 0]);
+            assert_eq!(clone, if low & NAMESPACE_FLAGS == 0 { RET_ALLOW } else { EPERM }, "clone flags {value:#x}");
+            let socket = decide(libc::SYS_socket, [value, 0, 0, 0, 0, 0]);
+            let family_allowed = SOCKET_FAMILIES.iter().any(|family| *family as u32 == low);
+            assert_eq!(socket, if family_allowed { RET_ALLOW } else { EPERM }, "socket family {value:#x}");
+        }
+    }
+
+    #[test]
     fn personality_allows_only_default_and_query() {
         assert_eq!(decide(libc::SYS_personality, [0, 0, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(decide(libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0, 0]), RET_ALLOW);
