@@ -1,0 +1,326 @@
+//! The audit log on disk: `STATE/audit/log.jsonl`, the signing key beside it,
+//! and `head.json`, the signed position of the last checkpoint.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{verify_lines, Break, Verified};
+use crate::key::{checkpoint_message, KeyError, SigningKeyFile};
+use crate::record::{Entry, Record, GENESIS};
+
+/// Largest record accepted, so that the last record is always found in the
+/// tail that [`AuditLog::append`] reads.
+const MAX_RECORD_BYTES: usize = 60 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("failed to create the audit directory {path}: {source}")]
+    Directory { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("failed to write the audit log {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("failed to read the audit log {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("the last record of {path} cannot be read ({reason}); run `mayfly audit verify` to find the damage")]
+    Tail { path: PathBuf, reason: String },
+    #[error("an audit record of kind {kind:?} is {size} bytes, above the limit of {MAX_RECORD_BYTES}")]
+    TooLarge { kind: String, size: usize },
+    #[error("the audit log is not intact: {0}")]
+    Broken(#[from] Break),
+}
+
+/// The signed position of the newest checkpoint, kept outside the log so that
+/// cutting records off the end of the log is detected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+    pub signature: String,
+}
+
+pub struct AuditLog {
+    log: PathBuf,
+    head: PathBuf,
+    key: SigningKeyFile,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl AuditLog {
+    /// Opens the log under `state_dir/audit`, creating the directory and the
+    /// signing key on first use.
+    pub fn open(state_dir: &Path) -> Result<AuditLog, AuditError> {
+        let dir = state_dir.join("audit");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| AuditError::Directory { path: dir.clone(), source })?;
+        let key = SigningKeyFile::load_or_create(&dir.join("signing.key"))?;
+        Ok(AuditLog { log: dir.join("log.jsonl"), head: dir.join("head.json"), key })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Reads the sequence number and hash of the last record.
+    fn last(&self, file: &mut File) -> Result<(u64, String), AuditError> {
+        let tail_error = |reason: String| AuditError::Tail { path: self.log.clone(), reason };
+        let read_error = |source| AuditError::Read { path: self.log.clone(), source };
+        let length = file.seek(SeekFrom::End(0)).map_err(read_error)?;
+        if length == 0 {
+            return Ok((0, GENESIS.into()));
+        }
+        let start = length.saturating_sub(2 * MAX_RECORD_BYTES as u64);
+        file.seek(SeekFrom::Start(start)).map_err(read_error)?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(read_error)?;
+        if tail.last() != Some(&b'\n') {
+            return Err(tail_error("the file does not end with a complete line".into()));
+        }
+        let body = &tail[..tail.len() - 1];
+        let line = body.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+        let record: Record = serde_json::from_slice(line).map_err(|e| tail_error(e.to_string()))?;
+        Ok((record.seq, record.hash))
+    }
+
+    /// Appends `entries` in order, and a signed checkpoint after them when
+    /// `checkpoint` is set, then flushes them to disk. Returns the records
+    /// written. Nothing is written unless all of them can be.
+    pub fn append(&self, entries: Vec<Entry>, checkpoint: bool) -> Result<Vec<Record>, AuditError> {
+        let write_error = |source| AuditError::Write { path: self.log.clone(), source };
+        let mut file = File::options()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.log)
+            .map_err(write_error)?;
+        // An exclusive flock, released when `file` closes at the end of this call.
+        file.lock().map_err(write_error)?;
+        let (mut seq, mut prev) = self.last(&mut file)?;
+
+        let time = now_unix_ms();
+        let mut records = Vec::new();
+        for entry in entries {
+            seq += 1;
+            let record = Record::seal(entry, seq, time, &prev);
+            prev = record.hash.clone();
+            records.push(record);
+        }
+        let mut head = None;
+        if checkpoint {
+            let signature = self.key.sign(&checkpoint_message(seq, &prev));
+            let entry = Entry::new("checkpoint", "mayfly").field("signature", signature.clone());
+            head = Some(Head { seq, hash: prev.clone(), signature });
+            seq += 1;
+            records.push(Record::seal(entry, seq, time, &prev));
+        }
+
+        let mut bytes = Vec::new();
+        for record in &records {
+            let line = serde_json::to_vec(record).expect("records serialize");
+            if line.len() > MAX_RECORD_BYTES {
+                return Err(AuditError::TooLarge { kind: record.entry.kind.clone(), size: line.len() });
+            }
+            bytes.extend_from_slice(&line);
+            bytes.push(b'\n');
+        }
+        file.write_all(&bytes).and_then(|()| file.sync_data()).map_err(write_error)?;
+        if let Some(head) = head {
+            self.write_head(&head)?;
+        }
+        Ok(records)
+    }
+
+    fn write_head(&self, head: &Head) -> Result<(), AuditError> {
+        let write_error = |source| AuditError::Write { path: self.head.clone(), source };
+        let temporary = self.head.with_extension("json.tmp");
+        let mut file = File::options().write(true).create(true).truncate(true).mode(0o600).open(&temporary).map_err(write_error)?;
+        file.write_all(&serde_json::to_vec(head).expect("heads serialize")).and_then(|()| file.sync_data()).map_err(write_error)?;
+        fs::rename(&temporary, &self.head).map_err(write_error)
+    }
+
+    fn read_head(&self) -> Result<Option<Head>, AuditError> {
+        match fs::read(&self.head) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| AuditError::Broken(Break { line: 0, reason: format!("the signed head {} is not valid JSON ({e})", self.head.display()) })),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(AuditError::Read { path: self.head.clone(), source }),
+        }
+    }
+
+    fn read_text(&self) -> Result<String, AuditError> {
+        match fs::read_to_string(&self.log) {
+            Ok(text) => Ok(text),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(source) => Err(AuditError::Read { path: self.log.clone(), source }),
+        }
+    }
+
+    /// Verifies the whole log and the signed head.
+    pub fn verify(&self) -> Result<Verified, AuditError> {
+        let text = self.read_text()?;
+        let head = self.read_head()?;
+        Ok(verify_lines(text.lines(), &self.key.verifying_key(), head.as_ref())?)
+    }
+
+    /// Returns the records with a sequence number of at least `since`.
+    pub fn records(&self, since: u64) -> Result<Vec<Record>, AuditError> {
+        let text = self.read_text()?;
+        let mut records = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let record: Record = serde_json::from_str(line).map_err(|e| {
+                AuditError::Broken(Break { line: index as u64 + 1, reason: format!("not a valid audit record ({e})") })
+            })?;
+            if record.seq >= since {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Scratch {
+            let path = std::env::temp_dir().join(format!("mayfly-audit-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Scratch(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn filled(label: &str) -> (Scratch, AuditLog) {
+        let scratch = Scratch::new(label);
+        let log = AuditLog::open(&scratch.0).unwrap();
+        for session in ["s-1", "s-2", "s-3"] {
+            log.append(vec![Entry::new("session.started", "cli").session(session)], false).unwrap();
+            log.append(vec![Entry::new("session.ended", "cli").session(session).field("reason", "exited")], true).unwrap();
+        }
+        (scratch, log)
+    }
+
+    fn rewrite(log: &AuditLog, change: impl FnOnce(&mut Vec<String>)) {
+        let mut lines: Vec<String> = fs::read_to_string(log.path()).unwrap().lines().map(String::from).collect();
+        change(&mut lines);
+        fs::write(log.path(), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    }
+
+    #[test]
+    fn intact_log_verifies() {
+        let (_scratch, log) = filled("intact");
+        let verified = log.verify().unwrap();
+        assert_eq!(verified.records, 9);
+        assert_eq!(verified.checkpoints, 3);
+        assert_eq!(verified.signed_head_seq, Some(8));
+        assert_eq!(verified.unsigned_tail, 0);
+    }
+
+    #[test]
+    fn edited_record_is_detected() {
+        let (_scratch, log) = filled("edited");
+        rewrite(&log, |lines| {
+            assert!(lines[4].contains("exited"));
+            lines[4] = lines[4].replace("exited", "signaled");
+        });
+        let error = log.verify().unwrap_err().to_string();
+        assert!(error.contains("line 5"), "{error}");
+        assert!(error.contains("changed after it was written"), "{error}");
+    }
+
+    #[test]
+    fn deleted_record_is_detected() {
+        let (_scratch, log) = filled("deleted");
+        rewrite(&log, |lines| {
+            lines.remove(1);
+        });
+        let error = log.verify().unwrap_err().to_string();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(error.contains("deleted"), "{error}");
+    }
+
+    #[test]
+    fn reordered_records_are_detected() {
+        let (_scratch, log) = filled("reordered");
+        rewrite(&log, |lines| lines.swap(3, 4));
+        let error = log.verify().unwrap_err().to_string();
+        assert!(error.contains("line 4"), "{error}");
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let (_scratch, log) = filled("truncated");
+        rewrite(&log, |lines| lines.truncate(5));
+        let error = log.verify().unwrap_err().to_string();
+        assert!(error.contains("truncated"), "{error}");
+    }
+
+    #[test]
+    fn forged_checkpoint_is_detected() {
+        let (scratch, log) = filled("forged");
+        // A whole new log written with another key: every hash is valid, but
+        // the checkpoints are not signed with this log's key.
+        let other = Scratch::new("forger");
+        let forger = AuditLog::open(&other.0).unwrap();
+        forger.append(vec![Entry::new("session.started", "cli")], true).unwrap();
+        fs::copy(forger.path(), log.path()).unwrap();
+        fs::remove_file(scratch.0.join("audit/head.json")).unwrap();
+        let error = log.verify().unwrap_err().to_string();
+        assert!(error.contains("signature is invalid"), "{error}");
+    }
+
+    #[test]
+    fn appends_continue_the_chain() {
+        let (_scratch, log) = filled("continue");
+        let records = log.append(vec![Entry::new("x", "cli"), Entry::new("y", "cli")], false).unwrap();
+        assert_eq!(records[0].seq, 10);
+        assert_eq!(records[1].prev, records[0].hash);
+        let verified = log.verify().unwrap();
+        assert_eq!(verified.unsigned_tail, 2);
+        assert_eq!(log.records(9).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn concurrent_appends_keep_one_chain() {
+        let (scratch, _log) = filled("threads");
+        let path = scratch.0.clone();
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let log = AuditLog::open(&path).unwrap();
+                    for j in 0..10 {
+                        log.append(vec![Entry::new("x", "cli").field("n", i * 100 + j)], j % 3 == 0).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let verified = AuditLog::open(&path).unwrap().verify().unwrap();
+        assert_eq!(verified.records, 9 + 40 + 16);
+    }
+}
