@@ -22,6 +22,26 @@ pub enum Command {
     Reap(StateArgs),
     /// Measure cold session start against bubblewrap and runc, side by side.
     Bench(BenchArgs),
+    /// Check or export the hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain, the checkpoint signatures and the signed head; exits with 1 where the log is broken.
+    Verify(StateArgs),
+    /// Print audit records as JSON lines.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Print only records with this sequence number or a later one.
+    #[arg(long, default_value_t = 1)]
+    pub since: u64,
 }
 
 #[derive(Debug, Args, Clone)]

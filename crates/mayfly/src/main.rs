@@ -1,5 +1,6 @@
 //! The `mayfly` command.
 
+mod audit;
 mod bench;
 mod cli;
 mod doctor;
@@ -27,6 +28,7 @@ fn main() {
         cli::Command::Doctor(args) => doctor::main(args),
         cli::Command::Reap(args) => reap::main(args),
         cli::Command::Bench(args) => bench::main(args),
+        cli::Command::Audit(command) => audit::main(command),
     };
     std::process::exit(code);
 }

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use mayfly_audit::{AuditLog, Entry};
 use mayfly_core::limits::cpus_to_millis;
 use mayfly_core::profile::valid_env_name;
 use mayfly_core::{ByteSize, ExitCode, Landlock, LimitOverrides, Profile, Ttl};
@@ -11,7 +12,7 @@ use mayfly_sandbox::spec::{BindMount, LandlockMode};
 use mayfly_sandbox::{host, ledger, transfer};
 
 use crate::cli::RunArgs;
-use crate::{profiles, state};
+use crate::{audit, profiles, state};
 
 /// A failure before the session started, with the exit code it maps to.
 struct Refusal {
@@ -175,6 +176,20 @@ pub fn main(args: RunArgs) -> i32 {
         tracing::info!(session_id = %reaped.session_id, killed = reaped.killed_processes, error = ?reaped.error, "reaped a session left by a crashed supervisor");
     }
 
+    // Fail closed: a session that cannot be audited does not start.
+    let audit_log = match AuditLog::open(&args.state.state_dir) {
+        Ok(log) => log,
+        Err(error) => {
+            eprintln!("mayfly: the audit log cannot be opened, so no session starts: {error}");
+            return ExitCode::SETUP_FAILED;
+        }
+    };
+    let ttl = Ttl::from_duration(config.ttl).to_string();
+    if let Err(error) = audit_log.append(vec![audit::started(&config, &args.profile, &ttl)], false) {
+        eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
+        return ExitCode::SETUP_FAILED;
+    }
+
     let session_id = config.session_id.clone();
     tracing::info!(session_id = %session_id, profile = %args.profile, "starting session");
     let outcome = match session::run(
@@ -187,11 +202,19 @@ pub fn main(args: RunArgs) -> i32 {
         Ok(outcome) => outcome,
         Err(error) => {
             eprintln!("mayfly: session {session_id} could not start: {error}");
+            let entry = Entry::new("session.failed", &audit::actor()).session(&session_id).field("error", error.to_string());
+            if let Err(audit_error) = audit_log.append(vec![entry], true) {
+                eprintln!("mayfly: failed to record the failure in the audit log: {audit_error}");
+            }
             return ExitCode::SETUP_FAILED;
         }
     };
 
     print_outcome(&outcome);
+    let audit_error = audit_log.append(vec![audit::ended(&outcome)], true).err();
+    if let Some(error) = &audit_error {
+        eprintln!("mayfly: failed to record the end of session {session_id} in the audit log: {error}");
+    }
     let json = serde_json::to_string(&outcome).expect("the outcome serializes");
     if let Some(path) = &args.report {
         if let Err(error) = std::fs::write(path, format!("{json}\n")) {
@@ -200,6 +223,9 @@ pub fn main(args: RunArgs) -> i32 {
     }
     if args.state.json {
         eprintln!("{json}");
+    }
+    if audit_error.is_some() {
+        return ExitCode::SETUP_FAILED;
     }
 
     outcome.exit_code
