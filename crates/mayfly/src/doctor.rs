@@ -67,7 +67,9 @@ pub fn main(args: DoctorArgs) -> i32 {
             let name = profile["name"].as_str().unwrap_or_default();
             let source = profile["source"].as_str().unwrap_or_default();
             if let Some(error) = profile.get("error") {
-                println!("  INVALID {name} ({source}): {}", error.as_str().unwrap_or_default());
+                // TOML errors span several lines; indent them under the profile.
+                let error = error.as_str().unwrap_or_default().trim_end().replace('\n', "\n          ");
+                println!("  INVALID {name} ({source}): {error}");
             } else if profile["ready"].as_bool() == Some(true) {
                 println!("  ready   {name} ({source})");
             } else {
