@@ -411,6 +411,7 @@ pub fn run(
     let init_pid = launched.pid;
     record.init_pid = Some(init_pid);
     let _ = ledger::write(&config.state_dir, &record);
+    let held_namespaces = teardown::hold_namespaces(init_pid);
     let namespaces = teardown::namespace_ids(init_pid);
     if config.forward_signals {
         if let Ok(pidfd) = launched.pidfd.try_clone() {
@@ -437,6 +438,7 @@ pub fn run(
     let usage = cgroup.usage();
     let end = apply_oom(end, &usage);
     let (evidence, artifacts, artifacts_error) = tear_down(&cgroup, relays, &namespaces, &config, &mut timings);
+    drop(held_namespaces);
 
     // A failed export or an incomplete teardown overrides the command's status.
     let exit_code = if artifacts_error.is_some() || !evidence.clean { mayfly_core::ExitCode::SETUP_FAILED } else { end.exit_code() };

@@ -47,6 +47,23 @@ impl Evidence {
     }
 }
 
+/// Open references to a session's scanned namespaces, taken when it starts.
+///
+/// The kernel reuses a namespace's inode number as soon as the namespace is
+/// freed, so a session starting at the same moment could get the number and
+/// look like a holder. While these references are open, the numbers stay
+/// taken, so a match in the scan is the session's own namespace.
+pub struct HeldNamespaces(#[allow(dead_code)] Vec<fs::File>);
+
+/// Opens the [`SCANNED_KINDS`] namespaces of a process, close-on-exec.
+pub fn hold_namespaces(pid: i32) -> HeldNamespaces {
+    let files = SCANNED_KINDS
+        .iter()
+        .filter_map(|kind| fs::File::open(format!("/proc/{pid}/ns/{}", kind.to_string_lossy())).ok())
+        .collect();
+    HeldNamespaces(files)
+}
+
 /// Reads the namespace identities (`net:[4026532001]`) of a process.
 pub fn namespace_ids(pid: i32) -> BTreeMap<String, String> {
     NAMESPACE_KINDS
@@ -56,6 +73,13 @@ pub fn namespace_ids(pid: i32) -> BTreeMap<String, String> {
             Some((kind.to_string(), link.to_string_lossy().into_owned()))
         })
         .collect()
+}
+
+/// Describes a process for the evidence: its command name, state and parent.
+fn describe(pid: i32) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("?").to_string();
+    format!("{}, state {}, parent {}", field("Name:"), field("State:"), field("PPid:"))
 }
 
 /// Looks for processes among `pids` that live in one of the `wanted` namespaces.
@@ -74,7 +98,7 @@ fn scan_processes(pids: &[i32], wanted: &[&[u8]]) -> Vec<String> {
             }
             let link = &buffer[..length as usize];
             if wanted.contains(&link) {
-                found.push(format!("{} is the namespace of pid {pid}", String::from_utf8_lossy(link)));
+                found.push(format!("{} is the namespace of pid {pid} ({})", String::from_utf8_lossy(link), describe(*pid)));
             }
         }
     }
