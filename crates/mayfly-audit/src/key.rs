@@ -25,20 +25,35 @@ pub struct SigningKeyFile {
 }
 
 impl SigningKeyFile {
+    /// Loads the key at `path`.
+    pub fn load(path: &Path) -> Result<SigningKeyFile, KeyError> {
+        let bytes = fs::read(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
+        let secret: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed { path: path.into() })?;
+        Ok(SigningKeyFile { key: SigningKey::from_bytes(&secret) })
+    }
+
     /// Loads the key at `path`, creating it from /dev/urandom when missing.
     pub fn load_or_create(path: &Path) -> Result<SigningKeyFile, KeyError> {
         match fs::read(path) {
-            Ok(bytes) => {
-                let secret: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed { path: path.into() })?;
-                Ok(SigningKeyFile { key: SigningKey::from_bytes(&secret) })
-            }
+            Ok(_) => Self::load(path),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                // Write the key under a private name, then link it into place:
+                // a second process starting at the same moment either wins the
+                // link or reads the complete key that won.
                 let create = |source| KeyError::Create { path: path.into(), source };
                 let mut secret = [0u8; 32];
                 fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut secret)).map_err(create)?;
-                let mut file = fs::File::options().write(true).create_new(true).mode(0o600).open(path).map_err(create)?;
+                let unique: String = secret[..8].iter().map(|b| format!("{b:02x}")).collect();
+                let temporary = path.with_extension(format!("tmp.{unique}"));
+                let mut file = fs::File::options().write(true).create(true).truncate(true).mode(0o600).open(&temporary).map_err(create)?;
                 file.write_all(&secret).and_then(|()| file.sync_all()).map_err(create)?;
-                Ok(SigningKeyFile { key: SigningKey::from_bytes(&secret) })
+                let linked = fs::hard_link(&temporary, path);
+                let _ = fs::remove_file(&temporary);
+                match linked {
+                    Ok(()) => Ok(SigningKeyFile { key: SigningKey::from_bytes(&secret) }),
+                    Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Self::load(path),
+                    Err(source) => Err(create(source)),
+                }
             }
             Err(source) => Err(KeyError::Read { path: path.into(), source }),
         }

@@ -33,6 +33,8 @@ pub enum AuditError {
     TooLarge { kind: String, size: usize },
     #[error("the audit log is not intact: {0}")]
     Broken(#[from] Break),
+    #[error("there is no audit log under {dir}: no session has run with this state directory, or its audit directory was removed")]
+    Missing { dir: PathBuf },
 }
 
 /// The signed position of the newest checkpoint, kept outside the log so that
@@ -55,8 +57,8 @@ fn now_unix_ms() -> u64 {
 }
 
 impl AuditLog {
-    /// Opens the log under `state_dir/audit`, creating the directory and the
-    /// signing key on first use.
+    /// Opens the log under `state_dir/audit` for appending, creating the
+    /// directory, the signing key and a signed empty head on first use.
     pub fn open(state_dir: &Path) -> Result<AuditLog, AuditError> {
         let dir = state_dir.join("audit");
         fs::DirBuilder::new()
@@ -65,6 +67,27 @@ impl AuditLog {
             .create(&dir)
             .map_err(|source| AuditError::Directory { path: dir.clone(), source })?;
         let key = SigningKeyFile::load_or_create(&dir.join("signing.key"))?;
+        let log = AuditLog { log: dir.join("log.jsonl"), head: dir.join("head.json"), key };
+        // The head exists from the first use on, so deleting it is detected.
+        // Only a new log gets one here, under the log's lock: a missing head
+        // beside existing records is damage for `verify` to report.
+        let file = log.open_for_append()?;
+        let log_is_empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
+        if log_is_empty && !log.head.exists() {
+            let signature = log.key.sign(&checkpoint_message(0, GENESIS));
+            log.write_head(&Head { seq: 0, hash: GENESIS.into(), signature })?;
+        }
+        drop(file);
+        Ok(log)
+    }
+
+    /// Opens an existing log for reading, creating nothing.
+    pub fn open_existing(state_dir: &Path) -> Result<AuditLog, AuditError> {
+        let dir = state_dir.join("audit");
+        if !dir.is_dir() {
+            return Err(AuditError::Missing { dir });
+        }
+        let key = SigningKeyFile::load(&dir.join("signing.key"))?;
         Ok(AuditLog { log: dir.join("log.jsonl"), head: dir.join("head.json"), key })
     }
 
@@ -90,7 +113,19 @@ impl AuditLog {
         let body = &tail[..tail.len() - 1];
         let line = body.rsplit(|b| *b == b'\n').next().unwrap_or_default();
         let record: Record = serde_json::from_slice(line).map_err(|e| tail_error(e.to_string()))?;
+        if record.compute_hash() != record.hash {
+            return Err(tail_error("its hash does not match its content".into()));
+        }
         Ok((record.seq, record.hash))
+    }
+
+    /// Opens the log for appending and takes its exclusive lock, which lasts
+    /// until the returned file is closed.
+    fn open_for_append(&self) -> Result<File, AuditError> {
+        let write_error = |source| AuditError::Write { path: self.log.clone(), source };
+        let file = File::options().read(true).append(true).create(true).mode(0o600).open(&self.log).map_err(write_error)?;
+        file.lock().map_err(write_error)?;
+        Ok(file)
     }
 
     /// Appends `entries` in order, and a signed checkpoint after them when
@@ -98,15 +133,7 @@ impl AuditLog {
     /// written. Nothing is written unless all of them can be.
     pub fn append(&self, entries: Vec<Entry>, checkpoint: bool) -> Result<Vec<Record>, AuditError> {
         let write_error = |source| AuditError::Write { path: self.log.clone(), source };
-        let mut file = File::options()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&self.log)
-            .map_err(write_error)?;
-        // An exclusive flock, released when `file` closes at the end of this call.
-        file.lock().map_err(write_error)?;
+        let mut file = self.open_for_append()?;
         let (mut seq, mut prev) = self.last(&mut file)?;
 
         let time = now_unix_ms();
@@ -168,11 +195,20 @@ impl AuditLog {
         }
     }
 
-    /// Verifies the whole log and the signed head.
+    /// Verifies the whole log and the signed head, which must exist.
     pub fn verify(&self) -> Result<Verified, AuditError> {
         let text = self.read_text()?;
         let head = self.read_head()?;
-        Ok(verify_lines(text.lines(), &self.key.verifying_key(), head.as_ref())?)
+        // The chain is checked first, so damage inside the log is reported
+        // with its line even when the head is gone too.
+        let verified = verify_lines(text.lines(), &self.key.verifying_key(), head.as_ref())?;
+        if head.is_none() {
+            return Err(AuditError::Broken(Break {
+                line: 0,
+                reason: format!("the signed head {} is missing: records may have been cut off or the log replaced", self.head.display()),
+            }));
+        }
+        Ok(verified)
     }
 
     /// Returns the records with a sequence number of at least `since`.
@@ -289,6 +325,67 @@ mod tests {
         fs::remove_file(scratch.0.join("audit/head.json")).unwrap();
         let error = log.verify().unwrap_err().to_string();
         assert!(error.contains("signature is invalid"), "{error}");
+    }
+
+    #[test]
+    fn deleted_head_is_detected() {
+        let (scratch, log) = filled("nohead");
+        rewrite(&log, |lines| lines.truncate(3));
+        fs::remove_file(scratch.0.join("audit/head.json")).unwrap();
+        let error = log.verify().unwrap_err().to_string();
+        assert!(error.contains("signed head"), "{error}");
+        assert!(error.contains("missing"), "{error}");
+    }
+
+    #[test]
+    fn emptied_log_is_detected() {
+        let (_scratch, log) = filled("emptied");
+        fs::write(log.path(), "").unwrap();
+        let error = log.verify().unwrap_err().to_string();
+        assert!(error.contains("truncated"), "{error}");
+    }
+
+    #[test]
+    fn new_log_verifies_empty() {
+        let scratch = Scratch::new("new");
+        let log = AuditLog::open(&scratch.0).unwrap();
+        assert_eq!(log.verify().unwrap().records, 0);
+    }
+
+    #[test]
+    fn open_existing_creates_nothing() {
+        let scratch = Scratch::new("existing");
+        assert!(matches!(AuditLog::open_existing(&scratch.0), Err(AuditError::Missing { .. })));
+        assert!(!scratch.0.join("audit").exists());
+        AuditLog::open(&scratch.0).unwrap();
+        fs::remove_file(scratch.0.join("audit/signing.key")).unwrap();
+        let error = AuditLog::open_existing(&scratch.0).err().unwrap().to_string();
+        assert!(error.contains("signing.key"), "{error}");
+    }
+
+    #[test]
+    fn damaged_tail_blocks_appends() {
+        let (_scratch, log) = filled("tail");
+        rewrite(&log, |lines| {
+            let last = lines.len() - 1;
+            lines[last] = lines[last].replace("checkpoint", "checkpoinT");
+        });
+        let error = log.append(vec![Entry::new("x", "cli")], false).unwrap_err().to_string();
+        assert!(error.contains("hash does not match"), "{error}");
+    }
+
+    #[test]
+    fn concurrent_first_opens_share_one_key() {
+        let scratch = Scratch::new("firstopen");
+        let path = scratch.0.clone();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || AuditLog::open(&path).map(|log| log.key.verifying_key()).map_err(|e| e.to_string()))
+            })
+            .collect();
+        let keys: Vec<_> = threads.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+        assert!(keys.windows(2).all(|pair| pair[0] == pair[1]));
     }
 
     #[test]

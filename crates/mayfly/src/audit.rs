@@ -35,6 +35,25 @@ pub fn started(config: &SessionConfig, profile: &str, ttl: &str) -> Entry {
         .field("artifacts_dir", config.artifacts.as_ref().map(|(dir, _)| dir.display().to_string()))
 }
 
+/// Builds the record written when `reap` acted on a session whose supervisor is gone.
+pub fn reaped(reaped: &mayfly_sandbox::ledger::Reaped) -> Entry {
+    Entry::new("session.reaped", &actor())
+        .session(&reaped.session_id)
+        .field("killed_processes", reaped.killed_processes)
+        .field("error", reaped.error.clone())
+        .field("running_until_unix_ms", reaped.running_until_unix_ms)
+}
+
+/// Appends a record for each reaped session that was acted on. Sessions left
+/// running until their deadline get no record until a later reap ends them.
+pub fn record_reaped(log: &AuditLog, reaped: &[mayfly_sandbox::ledger::Reaped]) -> Result<(), mayfly_audit::AuditError> {
+    let entries: Vec<Entry> = reaped.iter().filter(|r| r.running_until_unix_ms.is_none()).map(self::reaped).collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    log.append(entries, true).map(|_| ())
+}
+
 /// Builds the record written after a session ended and was torn down.
 pub fn ended(outcome: &SessionOutcome) -> Entry {
     let artifacts = outcome.artifacts.as_ref().map(|a| serde_json::json!({ "files": a.files.len(), "bytes": a.bytes, "truncated": a.truncated }));
@@ -51,7 +70,7 @@ pub fn ended(outcome: &SessionOutcome) -> Entry {
 }
 
 fn verify(args: StateArgs) -> i32 {
-    let log = match AuditLog::open(&args.state_dir) {
+    let log = match AuditLog::open_existing(&args.state_dir) {
         Ok(log) => log,
         Err(error) => {
             eprintln!("mayfly: {error}");
@@ -90,8 +109,10 @@ fn verify(args: StateArgs) -> i32 {
     }
 }
 
+/// Prints the records as they are stored. Export does not verify them; run
+/// `mayfly audit verify` for that.
 fn export(args: ExportArgs) -> i32 {
-    let records = AuditLog::open(&args.state.state_dir).and_then(|log| log.records(args.since));
+    let records = AuditLog::open_existing(&args.state_dir).and_then(|log| log.records(args.since));
     match records {
         Ok(records) => {
             let mut stdout = std::io::stdout().lock();

@@ -37,8 +37,9 @@ pub enum AuditCommand {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    #[command(flatten)]
-    pub state: StateArgs,
+    /// State directory whose audit log to read.
+    #[arg(long, env = "MAYFLY_STATE_DIR", default_value = "/var/lib/mayfly")]
+    pub state_dir: PathBuf,
     /// Print only records with this sequence number or a later one.
     #[arg(long, default_value_t = 1)]
     pub since: u64,
@@ -46,7 +47,7 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct StateArgs {
-    /// Directory for the crash ledger and id-range locks.
+    /// State directory: the audit log, the crash ledger and the id-range locks.
     #[arg(long, env = "MAYFLY_STATE_DIR", default_value = "/var/lib/mayfly")]
     pub state_dir: PathBuf,
     /// Print machine-readable JSON instead of text.

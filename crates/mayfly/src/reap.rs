@@ -4,6 +4,9 @@ use mayfly_core::ExitCode;
 use mayfly_sandbox::cgroup::Layout;
 use mayfly_sandbox::ledger;
 
+use mayfly_audit::AuditLog;
+
+use crate::audit;
 use crate::cli::StateArgs;
 
 pub fn main(args: StateArgs) -> i32 {
@@ -14,7 +17,18 @@ pub fn main(args: StateArgs) -> i32 {
             return ExitCode::PROTECTION_MISSING;
         }
     };
+    let audit_log = match AuditLog::open(&args.state_dir) {
+        Ok(log) => log,
+        Err(error) => {
+            eprintln!("mayfly: the audit log cannot be opened, so nothing is reaped: {error}");
+            return ExitCode::SETUP_FAILED;
+        }
+    };
     let reaped = ledger::reap(&args.state_dir, &layout);
+    let audit_error = audit::record_reaped(&audit_log, &reaped).err();
+    if let Some(error) = &audit_error {
+        eprintln!("mayfly: failed to record the reap in the audit log: {error}");
+    }
     if args.json {
         println!("{}", serde_json::to_string(&reaped).expect("serializes"));
     } else if reaped.is_empty() {
@@ -31,7 +45,7 @@ pub fn main(args: StateArgs) -> i32 {
             }
         }
     }
-    if reaped.iter().any(|r| r.error.is_some()) {
+    if audit_error.is_some() || reaped.iter().any(|r| r.error.is_some()) {
         ExitCode::SETUP_FAILED
     } else {
         0

@@ -172,10 +172,6 @@ pub fn main(args: RunArgs) -> i32 {
             return refusal.code;
         }
     };
-    for reaped in ledger::reap_records(&args.state.state_dir, &layout) {
-        tracing::info!(session_id = %reaped.session_id, killed = reaped.killed_processes, error = ?reaped.error, "reaped a session left by a crashed supervisor");
-    }
-
     // Fail closed: a session that cannot be audited does not start.
     let audit_log = match AuditLog::open(&args.state.state_dir) {
         Ok(log) => log,
@@ -184,6 +180,14 @@ pub fn main(args: RunArgs) -> i32 {
             return ExitCode::SETUP_FAILED;
         }
     };
+    let reaped = ledger::reap_records(&args.state.state_dir, &layout);
+    for entry in &reaped {
+        tracing::info!(session_id = %entry.session_id, killed = entry.killed_processes, error = ?entry.error, "reaped a session left by a crashed supervisor");
+    }
+    if let Err(error) = audit::record_reaped(&audit_log, &reaped) {
+        eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
+        return ExitCode::SETUP_FAILED;
+    }
     let ttl = Ttl::from_duration(config.ttl).to_string();
     if let Err(error) = audit_log.append(vec![audit::started(&config, &args.profile, &ttl)], false) {
         eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");

@@ -103,3 +103,36 @@ fn export_since_skips_earlier_records() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[0]["seq"], 2);
 }
+
+#[test]
+fn verify_of_missing_log_creates_nothing() {
+    let scratch = Scratch::new("nolog");
+    let output = audit(&scratch, "verify");
+    assert_ne!(output.status.code(), Some(0));
+    assert!(stderr(&output).contains("there is no audit log"), "{}", stderr(&output));
+    assert!(!scratch.state_dir().exists(), "verify must not create the state directory");
+}
+
+#[test]
+fn deleted_head_is_reported() {
+    let scratch = Scratch::new("nohead");
+    scratch.run().args(["--", "/bin/true"]).output().unwrap();
+    std::fs::remove_file(scratch.state_dir().join("audit/head.json")).unwrap();
+    let verify = audit(&scratch, "verify");
+    assert_eq!(verify.status.code(), Some(1));
+    let result: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert!(result["reason"].as_str().unwrap().contains("signed head"), "{result}");
+}
+
+#[test]
+fn damaged_tail_blocks_next_session() {
+    let scratch = Scratch::new("damagedtail");
+    scratch.run().args(["--", "/bin/true"]).output().unwrap();
+    let log = scratch.state_dir().join("audit/log.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replace("\"checkpoint\"", "\"checkpoinT\"")).unwrap();
+    let output = scratch.run().args(["--", "/bin/sh", "-c", "echo ran"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(125));
+    assert_eq!(stdout(&output), "");
+    assert!(stderr(&output).contains("mayfly audit verify"), "{}", stderr(&output));
+}

@@ -106,6 +106,11 @@ fn deadline_holds_when_supervisor_is_killed() {
         assert!(!path.exists(), "{} remains after reap", path.display());
     }
     assert!(session_records(&scratch.state_dir()).is_empty());
+
+    // The reap is audited, since the dead supervisor never wrote the end.
+    let export = Command::new(MAYFLY).args(["audit", "export", "--state-dir"]).arg(scratch.state_dir()).output().unwrap();
+    let kinds: Vec<String> = parse_lines(&export.stdout).iter().map(|r| r["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["session.started", "session.reaped", "checkpoint"]);
 }
 
 #[test]
