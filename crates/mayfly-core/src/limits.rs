@@ -53,6 +53,8 @@ pub const ARTIFACTS: Range<ByteSize> = Range { key: "limits.artifacts", min: Byt
 pub enum LimitError {
     #[error("{key} = {value} is out of range: allowed is {min} to {max}")]
     OutOfRange { key: &'static str, value: String, min: String, max: String },
+    #[error("{flag} {value} is out of range: allowed is {min} to {max}")]
+    FlagOutOfRange { flag: &'static str, value: String, min: String, max: String },
     #[error("{flag} {value} is above the profile's {key} of {profile_value}: a command-line limit may lower the profile's limit, never raise it")]
     AboveProfile { flag: &'static str, key: &'static str, value: String, profile_value: String },
 }
@@ -118,8 +120,8 @@ fn lower<T: PartialOrd + fmt::Display + Copy>(
             profile_value: display(profile_value),
         });
     }
-    range.check(value).map_err(|_| LimitError::OutOfRange {
-        key: flag,
+    range.check(value).map_err(|_| LimitError::FlagOutOfRange {
+        flag,
         value: display(value),
         min: display(range.min),
         max: display(range.max),

@@ -30,6 +30,8 @@ pub enum ProfileError {
     NotFound { name: String, built_in: String, directory: String },
     #[error("invalid profile {name:?}: {message}")]
     Syntax { name: String, message: String },
+    #[error("the profiles directory {path} does not exist or is not a directory; check --profiles-dir or MAYFLY_PROFILES_DIR")]
+    Directory { path: String },
     #[error("invalid profile {name:?}: {source}")]
     Limit { name: String, source: LimitError },
     #[error("invalid profile {name:?}: {key} {message}")]
@@ -100,11 +102,32 @@ struct RawLimits {
 }
 
 /// A core count, written as an integer or a float in TOML.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum Cpus {
     Whole(u32),
     Fraction(f64),
+}
+
+impl<'de> Deserialize<'de> for Cpus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Cpus;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of cores such as 1 or 0.5, without quotes")
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Cpus, E> {
+                u32::try_from(value).map(Cpus::Whole).map_err(|_| E::custom(format!("{value} cores is out of range: allowed is 0.01 to 1024")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Cpus, E> {
+                u32::try_from(value).map(Cpus::Whole).map_err(|_| E::custom(format!("{value} cores is out of range: allowed is 0.01 to 1024")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Cpus, E> {
+                Ok(Cpus::Fraction(value))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,7 +299,8 @@ impl Profile {
 }
 
 /// Paths the sandbox builds itself; a profile mount may not cover them.
-const RESERVED_TARGETS: &[&str] = &["/", "/proc", "/dev", "/etc", "/tmp", "/work", "/usr", "/bin", "/sbin", "/lib", "/lib64"];
+const RESERVED_TARGETS: &[&str] =
+    &["/proc", "/dev", "/etc", "/tmp", "/work", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/var", "/sys"];
 
 fn check_mount(mount: &ProfileMount) -> Result<(), String> {
     for (field, path) in [("source", &mount.source), ("target", &mount.target)] {
@@ -289,12 +313,13 @@ fn check_mount(mount: &ProfileMount) -> Result<(), String> {
         }
     }
     let target = mount.target.to_string_lossy();
-    let reserved = RESERVED_TARGETS
-        .iter()
-        .any(|r| target == *r || (*r != "/" && target.starts_with(&format!("{r}/"))));
+    if target == "/" {
+        return Err("target \"/\" would replace the sandbox's root; mount below it, such as under /opt".into());
+    }
+    let reserved = RESERVED_TARGETS.iter().any(|r| target == *r || target.starts_with(&format!("{r}/")));
     if reserved {
         return Err(format!(
-            "target {target:?} is inside a path the sandbox builds itself ({}); mount elsewhere, such as under /opt",
+            "target {target:?} is inside a path the sandbox builds or keeps empty ({}); mount elsewhere, such as under /opt",
             RESERVED_TARGETS.join(", ")
         ));
     }
@@ -377,6 +402,10 @@ mod tests {
         let text = format!("{}\n[[sandbox.mounts]]\nsource = \"/opt/x\"\ntarget = \"/etc/x\"\n", default_text());
         let message = Profile::parse("m", &text).unwrap_err().to_string();
         assert!(message.contains("sandbox.mounts[0]"), "{message}");
+        for target in ["/sys", "/sys/fs", "/var/lib/x", "/"] {
+            let text = format!("{}\n[[sandbox.mounts]]\nsource = \"/opt/x\"\ntarget = \"{target}\"\n", default_text());
+            assert!(Profile::parse("m", &text).is_err(), "{target} must be rejected");
+        }
         let relative = format!("{}\n[[sandbox.mounts]]\nsource = \"opt/x\"\ntarget = \"/opt/x\"\n", default_text());
         assert!(Profile::parse("m", &relative).unwrap_err().to_string().contains("absolute"));
         let fine = format!("{}\n[[sandbox.mounts]]\nsource = \"/opt/x\"\ntarget = \"/opt/x\"\n", default_text());
@@ -396,5 +425,8 @@ mod tests {
         assert_eq!(Profile::parse("half", &text).unwrap().limits.cpu_millis, 500);
         let zero = default_text().replace("cpus = 1", "cpus = 0");
         assert!(Profile::parse("zero", &zero).unwrap_err().to_string().contains("limits.cpus"));
+        let quoted = default_text().replace("cpus = 1", "cpus = \"1\"");
+        let message = Profile::parse("quoted", &quoted).unwrap_err().to_string();
+        assert!(message.contains("a number of cores such as 1 or 0.5"), "{message}");
     }
 }

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize, Serializer};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
-    #[error("invalid size {value:?}: expected a whole number with a unit, such as 64MiB, 512KiB, 2GiB or 4096 (bytes)")]
+    #[error("invalid size {value:?}: expected a whole number with a unit, such as 64MiB, 512KiB, 2GiB, 500MB or 4096 (bytes), no larger than 16EiB")]
     InvalidSize { value: String },
-    #[error("invalid duration {value:?}: expected a number with a unit, such as 30s, 15m, 2h or 1h30m")]
+    #[error("invalid duration {value:?}: expected whole numbers with units, such as 30s, 15m, 2h, 1h30m or 1500ms")]
     InvalidDuration { value: String },
 }
 

@@ -145,15 +145,22 @@ pub struct SessionOutcome {
     pub namespaces: BTreeMap<String, String>,
     pub teardown: Evidence,
     pub timings: Timings,
+    /// Whether the command's standard error ended without a newline.
+    #[serde(skip)]
+    pub stderr_ended_mid_line: bool,
 }
 
-fn copy_thread(mut from: File, mut to: Box<dyn Write + Send>) -> thread::JoinHandle<()> {
+/// Copies a stream until end-of-file. Returns whether the last byte copied
+/// was something other than a newline.
+fn copy_thread(mut from: File, mut to: Box<dyn Write + Send>) -> thread::JoinHandle<bool> {
     thread::spawn(move || {
         let mut buffer = [0u8; 16 * 1024];
+        let mut mid_line = false;
         loop {
             match from.read(&mut buffer) {
                 Ok(0) => break,
                 Ok(n) => {
+                    mid_line = buffer[n - 1] != b'\n';
                     if to.write_all(&buffer[..n]).and_then(|()| to.flush()).is_err() {
                         // The reader is gone; keep draining so the command is not blocked.
                         to = Box::new(io::sink());
@@ -163,6 +170,7 @@ fn copy_thread(mut from: File, mut to: Box<dyn Write + Send>) -> thread::JoinHan
                 Err(_) => break,
             }
         }
+        mid_line
     })
 }
 
@@ -222,8 +230,8 @@ fn init_spec(config: &SessionConfig, deadline_monotonic_ns: u64) -> InitSpec {
 
 /// The threads that move a running session's data: stdio and the artifact stream.
 struct Relays {
-    stdout: thread::JoinHandle<()>,
-    stderr: thread::JoinHandle<()>,
+    stdout: thread::JoinHandle<bool>,
+    stderr: thread::JoinHandle<bool>,
     artifacts: Option<thread::JoinHandle<Result<ExportSummary, transfer::TransferError>>>,
 }
 
@@ -316,14 +324,14 @@ fn tear_down(
     namespaces: &BTreeMap<String, String>,
     config: &SessionConfig,
     timings: &mut Timings,
-) -> (Evidence, Option<ExportSummary>, Option<String>) {
+) -> (Evidence, Option<ExportSummary>, Option<String>, bool) {
     let teardown_started = Instant::now();
     let mut evidence = Evidence::default();
     if let Err(error) = cgroup.kill_all(KILL_TIMEOUT) {
         evidence.errors.push(error.to_string());
     }
     let _ = relays.stdout.join();
-    let _ = relays.stderr.join();
+    let stderr_ended_mid_line = relays.stderr.join().unwrap_or(false);
     let (artifacts, artifacts_error) = match relays.artifacts.map(|t| t.join()) {
         None => (None, None),
         Some(Ok(Ok(summary))) => (Some(summary), None),
@@ -346,7 +354,7 @@ fn tear_down(
     }
     evidence.ledger_record_removed = !ledger::exists(&config.state_dir, &config.session_id);
     timings.verify_us = verify_started.elapsed().as_micros() as u64;
-    (evidence.finish(), artifacts, artifacts_error)
+    (evidence.finish(), artifacts, artifacts_error, stderr_ended_mid_line)
 }
 
 /// Runs one session: claims ids, records it in the ledger, creates its
@@ -437,7 +445,7 @@ pub fn run(
     // 7. Usage, then the kill and verified teardown.
     let usage = cgroup.usage();
     let end = apply_oom(end, &usage);
-    let (evidence, artifacts, artifacts_error) = tear_down(&cgroup, relays, &namespaces, &config, &mut timings);
+    let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) = tear_down(&cgroup, relays, &namespaces, &config, &mut timings);
     drop(held_namespaces);
 
     // A failed export or an incomplete teardown overrides the command's status.
@@ -457,5 +465,6 @@ pub fn run(
         namespaces,
         teardown: evidence,
         timings,
+        stderr_ended_mid_line,
     })
 }

@@ -72,25 +72,25 @@ pub struct RunArgs {
     #[command(flatten)]
     pub state: StateArgs,
     /// Session lifetime, such as 30s, 15m or 1h30m; at most the profile's maximum.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub ttl: Option<String>,
     /// Memory limit including swap, such as 256MiB; may only lower the profile's.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// CPU quota in cores, such as 0.5 or 2; may only lower the profile's.
-    #[arg(long)]
-    pub cpus: Option<f64>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub cpus: Option<String>,
     /// Maximum number of processes and threads; may only lower the profile's.
     #[arg(long)]
     pub pids: Option<u32>,
     /// Size of /tmp, such as 64MiB; may only lower the profile's.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub tmp: Option<String>,
     /// Size of /dev/shm; may only lower the profile's.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub shm: Option<String>,
     /// Size of /work, the working directory; may only lower the profile's.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub work: Option<String>,
     /// Maximum open files per process; may only lower the profile's.
     #[arg(long)]

@@ -24,8 +24,13 @@ pub fn main(args: DoctorArgs) -> i32 {
     let directory = args.profiles.profiles_dir.as_deref();
     let mut profile_results = Vec::new();
     let mut any_missing = false;
+    if let Some(path) = directory.filter(|d| !d.is_dir()) {
+        eprintln!("mayfly: the profiles directory {} does not exist or is not a directory; check --profiles-dir or MAYFLY_PROFILES_DIR", path.display());
+        return ExitCode::USAGE;
+    }
     for name in profiles::names(directory) {
-        match profiles::load(&name, directory) {
+        let loaded = profiles::load(&name, directory).map_err(|e| e.to_string());
+        match loaded.and_then(|profile| profiles::check_on_host(&profile).map(|()| profile)) {
             Ok(profile) => {
                 let mode = match profile.landlock {
                     Landlock::Required => LandlockMode::Required,
@@ -44,7 +49,7 @@ pub fn main(args: DoctorArgs) -> i32 {
             }
             Err(error) => {
                 any_missing = true;
-                profile_results.push(json!({ "name": name, "source": profiles::source(&name, directory), "ready": false, "error": error.to_string() }));
+                profile_results.push(json!({ "name": name, "source": profiles::source(&name, directory), "ready": false, "error": error }));
             }
         }
     }

@@ -19,10 +19,7 @@ pub fn load(name: &str, directory: Option<&Path>) -> Result<Profile, ProfileErro
     validate_name(name)?;
     if let Some(directory) = directory {
         if !directory.is_dir() {
-            return Err(ProfileError::Syntax {
-                name: name.into(),
-                message: format!("the profiles directory {} does not exist or is not a directory", directory.display()),
-            });
+            return Err(ProfileError::Directory { path: directory.display().to_string() });
         }
         let path = directory.join(format!("{name}.toml"));
         match std::fs::read_to_string(&path) {
@@ -67,4 +64,22 @@ pub fn names(directory: Option<&Path>) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// Checks what a profile names on this host: its timezone file and the
+/// sources of its mounts. Parsing cannot, because it performs no I/O.
+pub fn check_on_host(profile: &Profile) -> Result<(), String> {
+    let zone = Path::new("/usr/share/zoneinfo").join(&profile.timezone);
+    if !zone.is_file() {
+        return Err(format!(
+            "profile {:?}: sandbox.timezone {:?} is not in /usr/share/zoneinfo; use a name such as UTC or Europe/Berlin (install the tzdata package if none exist)",
+            profile.name, profile.timezone
+        ));
+    }
+    for mount in &profile.mounts {
+        if !mount.source.exists() {
+            return Err(format!("profile {:?}: sandbox.mounts source {} does not exist", profile.name, mount.source.display()));
+        }
+    }
+    Ok(())
 }

@@ -31,6 +31,14 @@ fn parse_size(flag: &str, value: &Option<String>) -> Result<Option<ByteSize>, Re
         .transpose()
 }
 
+fn parse_cpus(value: &Option<String>) -> Result<Option<u32>, Refusal> {
+    let Some(text) = value else { return Ok(None) };
+    match text.trim().parse::<f64>() {
+        Ok(cores) if cores.is_finite() => Ok(Some(cpus_to_millis(cores))),
+        _ => Err(usage(format!("--cpus: invalid number {text:?}: expected cores such as 1, 2 or 0.5"))),
+    }
+}
+
 /// Builds the command's environment: the profile's variables, then `--env`.
 fn environment(profile: &Profile, flags: &[String]) -> Result<Vec<(String, String)>, Refusal> {
     let mut env = profile.environment.clone();
@@ -64,7 +72,7 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
     let ttl = profile.resolve_ttl(ttl).map_err(|e| usage(e.to_string()))?;
     let overrides = LimitOverrides {
         memory: parse_size("--memory", &args.memory)?,
-        cpu_millis: args.cpus.map(cpus_to_millis),
+        cpu_millis: parse_cpus(&args.cpus)?,
         pids: args.pids,
         tmp: parse_size("--tmp", &args.tmp)?,
         shm: parse_size("--shm", &args.shm)?,
@@ -73,25 +81,23 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
     };
     let limits = profile.limits.lowered_by(&overrides).map_err(|e| usage(e.to_string()))?;
     let env = environment(&profile, &args.env)?;
-    let zone = std::path::Path::new("/usr/share/zoneinfo").join(&profile.timezone);
-    if !zone.is_file() {
-        return Err(usage(format!(
-            "profile {:?}: sandbox.timezone {:?} is not in /usr/share/zoneinfo; use a name such as UTC or Europe/Berlin (install the tzdata package if none exist)",
-            profile.name, profile.timezone
-        )));
-    }
+    profiles::check_on_host(&profile).map_err(usage)?;
     if let Some(path) = &args.report {
         std::fs::write(path, b"").map_err(|e| usage(format!("--report {}: {e}", path.display())))?;
     }
     let inputs = transfer::open_inputs(&args.inputs, limits.inputs.as_bytes()).map_err(|e| usage(e.to_string()))?;
+    let input_bytes: u64 = inputs.iter().map(|i| i.size).sum();
+    for (flag, limit) in [("--work", limits.work), ("--memory", limits.memory)] {
+        if input_bytes > limit.as_bytes() {
+            return Err(usage(format!(
+                "the inputs total {}, more than fits in {flag} {limit}, which holds them; copy less or raise {flag}",
+                ByteSize::bytes(input_bytes)
+            )));
+        }
+    }
     if let Some(dir) = &args.artifacts {
         if dir.exists() && !dir.is_dir() {
             return Err(usage(format!("--artifacts {}: not a directory", dir.display())));
-        }
-    }
-    for mount in &profile.mounts {
-        if !mount.source.exists() {
-            return Err(usage(format!("profile {:?}: sandbox.mounts source {} does not exist", profile.name, mount.source.display())));
         }
     }
 
@@ -143,7 +149,8 @@ fn print_outcome(outcome: &SessionOutcome) {
             let _ = writeln!(stderr, "mayfly: some artifacts were not exported because they would pass the profile's limits.artifacts");
         }
         for skipped in &summary.skipped {
-            let _ = writeln!(stderr, "mayfly: artifact not exported: {skipped}");
+            // Names come from the session, so control characters are escaped.
+            let _ = writeln!(stderr, "mayfly: artifact not exported: {}", skipped.escape_debug());
         }
     }
     if !outcome.teardown.clean {
@@ -226,7 +233,10 @@ pub fn main(args: RunArgs) -> i32 {
         }
     }
     if args.state.json {
-        eprintln!("{json}");
+        // The report must be a line of its own even when the command's last
+        // output on standard error did not end with a newline.
+        let separator = if outcome.stderr_ended_mid_line { "\n" } else { "" };
+        eprintln!("{separator}{json}");
     }
     if audit_error.is_some() {
         return ExitCode::SETUP_FAILED;

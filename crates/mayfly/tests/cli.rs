@@ -339,3 +339,48 @@ fn failed_export_sets_report_exit_code() {
     assert_eq!(report["end"]["reason"], "exited");
     assert!(report["artifacts_error"].as_str().unwrap().contains("already exists"));
 }
+
+#[test]
+fn inputs_larger_than_work_are_rejected() {
+    let scratch = Scratch::new("inputwork");
+    let data = scratch.path.join("data");
+    std::fs::write(&data, vec![b'x'; 3 << 20]).unwrap();
+    let output = scratch.run().args(["--work", "2MiB"]).arg("--input").arg(&data).args(["--", "/bin/true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("more than fits in --work 2MiB"), "{}", stderr(&output));
+}
+
+#[test]
+fn json_report_starts_its_own_line() {
+    let scratch = Scratch::new("midline");
+    let output = scratch.run().args(["--json", "--", "/bin/sh", "-c", "printf abc >&2"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = stderr(&output);
+    assert!(text.starts_with("abc\n{"), "{text}");
+    assert_eq!(report(&output)["end"]["reason"], "exited");
+}
+
+#[test]
+fn doctor_checks_profile_timezone() {
+    let scratch = Scratch::new("doctortz");
+    let profiles = scratch.path.join("profiles");
+    write(&profiles.join("mars.toml"), &default_profile_text().replace("timezone = \"UTC\"", "timezone = \"Mars/Olympus\""));
+    let output = Command::new(MAYFLY).args(["doctor", "--profiles-dir"]).arg(&profiles).output().unwrap();
+    assert_eq!(output.status.code(), Some(122));
+    assert!(stdout(&output).contains("INVALID mars"), "{}", stdout(&output));
+}
+
+#[test]
+fn flag_values_are_checked_with_clear_errors() {
+    let scratch = Scratch::new("flagvalues");
+    let cases = [
+        (vec!["--cpus", "abc"], "--cpus: invalid number \"abc\""),
+        (vec!["--ttl", "-5s"], "--ttl: invalid duration \"-5s\""),
+        (vec!["--memory", "0"], "--memory 0B is out of range: allowed is 16MiB to 1TiB"),
+    ];
+    for (flags, expected) in cases {
+        let output = scratch.run().args(&flags).args(["--", "/bin/true"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{flags:?}");
+        assert!(stderr(&output).contains(expected), "{flags:?}: {}", stderr(&output));
+    }
+}

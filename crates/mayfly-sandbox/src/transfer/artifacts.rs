@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use mayfly_core::ByteSize;
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{mkdirat, Mode};
@@ -72,7 +73,8 @@ pub fn write_artifacts(root: &Path, limit: u64, out: &mut impl Write) -> io::Res
             } else if kind.is_file() {
                 if metadata.len() > budget {
                     truncated = true;
-                    write_header(out, &Record::Skipped { name, kind: "over the size limit".into() })?;
+                    let kind = format!("would pass the size limit of {} (limits.artifacts)", ByteSize::bytes(limit));
+                    write_header(out, &Record::Skipped { name, kind })?;
                     continue;
                 }
                 let mut file = match File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(entry.path()) {
