@@ -12,6 +12,8 @@ pub enum UnitError {
     InvalidSize { value: String },
     #[error("invalid duration {value:?}: expected whole numbers with units, such as 30s, 15m, 2h, 1h30m or 1500ms")]
     InvalidDuration { value: String },
+    #[error("invalid duration {value:?}: write each unit once, largest first, such as 1h30m")]
+    DurationOrder { value: String },
 }
 
 /// A size in bytes. Accepts binary units (KiB, MiB, GiB, TiB), their short
@@ -67,9 +69,19 @@ impl ByteSize {
 
 impl fmt::Display for ByteSize {
     /// Formats with the largest binary unit that divides the size exactly,
-    /// so that a parsed value prints the way a user would write it.
+    /// or else the largest decimal one, so that a parsed value prints the way
+    /// a user would write it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        const UNITS: [(u64, &str); 8] = [
+            (1 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+            (1_000_000_000_000, "TB"),
+            (1_000_000_000, "GB"),
+            (1_000_000, "MB"),
+            (1_000, "kB"),
+        ];
         for (size, name) in UNITS {
             if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{}", self.0 / size, name);
@@ -124,6 +136,10 @@ impl Ttl {
             return Err(invalid());
         }
         let mut total = Duration::ZERO;
+        // Units must come from largest to smallest, each at most once, so
+        // that `30s30s` or `1s1h` is not silently summed.
+        const ORDER: [&str; 5] = ["d", "h", "m", "s", "ms"];
+        let mut next_unit = 0;
         while !rest.is_empty() {
             let digits_end = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
             if digits_end == 0 {
@@ -132,7 +148,13 @@ impl Ttl {
             let number: u64 = rest[..digits_end].parse().map_err(|_| invalid())?;
             rest = &rest[digits_end..];
             let unit_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-            let part = match &rest[..unit_end] {
+            let unit = &rest[..unit_end];
+            let position = ORDER.iter().position(|u| *u == unit).ok_or_else(invalid)?;
+            if position < next_unit {
+                return Err(UnitError::DurationOrder { value: text.to_string() });
+            }
+            next_unit = position + 1;
+            let part = match unit {
                 "ms" => Duration::from_millis(number),
                 "s" => Duration::from_secs(number),
                 "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(invalid)?),
@@ -215,6 +237,8 @@ mod tests {
         assert_eq!(ByteSize::bytes(1536).to_string(), "1536B");
         assert_eq!(ByteSize::kib(1536).to_string(), "1536KiB");
         assert_eq!(ByteSize::gib(1).to_string(), "1GiB");
+        assert_eq!(ByteSize::bytes(600_000_000).to_string(), "600MB");
+        assert_eq!(ByteSize::bytes(1000).to_string(), "1kB");
     }
 
     #[test]
@@ -228,9 +252,10 @@ mod tests {
 
     #[test]
     fn ttl_rejects_garbage() {
-        for text in ["", "30", "s", "1.5h", "10 minutes", "-3s", "5y"] {
+        for text in ["", "30", "s", "1.5h", "10 minutes", "-3s", "5y", "30s30s", "1s1h"] {
             assert!(Ttl::parse(text).is_err(), "{text} should be rejected");
         }
+        assert!(Ttl::parse("1s1h").unwrap_err().to_string().contains("largest first"));
     }
 
     #[test]
