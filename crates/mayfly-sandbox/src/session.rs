@@ -26,6 +26,10 @@ pub const KILL_GRACE: Duration = Duration::from_millis(500);
 /// the session's cgroup itself.
 const SUPERVISOR_SLACK: Duration = Duration::from_millis(250);
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time init gets to exit after its end report, even past the deadline: by
+/// then the other processes are dead and the artifacts are out, so init has
+/// nothing left to do but exit.
+const EXIT_AFTER_REPORT: Duration = Duration::from_secs(5);
 /// The setup step named when init ends without a report.
 const INIT_STEP: &str = "run init";
 
@@ -125,7 +129,8 @@ pub struct Timings {
     pub ended_us: u64,
     /// Kill, cgroup removal and stream joins after init's exit.
     pub teardown_us: u64,
-    /// The scan for anything of the session left on the host.
+    /// Time teardown waited for the scan for anything of the session left on
+    /// the host; the scan starts when init reports the end, while init exits.
     pub verify_us: u64,
 }
 
@@ -281,18 +286,37 @@ fn start_relays(
     (relays, Reports { thread: report_thread, receiver: report_receiver }, launched.pidfd)
 }
 
+/// Collects init's reports until the end report arrives, `until` passes or
+/// init closes its report pipe. Returns whether the end report arrived.
+fn wait_for_end_report(receiver: &mpsc::Receiver<InitReport>, until: Instant, received: &mut Vec<InitReport>) -> bool {
+    loop {
+        match receiver.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(report) => {
+                let is_end = matches!(report, InitReport::Ended { .. });
+                received.push(report);
+                if is_end {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Reads init's reports once it has exited and decides how the session ended.
 fn end_reason(
     reports: Reports,
+    mut received: Vec<InitReport>,
     supervisor_killed: bool,
     started_ns: u64,
     timings: &mut Timings,
 ) -> (EndReason, Option<LandlockStatus>, Option<DeadlineEnforcer>) {
     let since_start = |ns: u64| ns.saturating_sub(started_ns) / 1000;
     let _ = reports.thread.join();
+    received.extend(reports.receiver.try_iter());
     let mut landlock = None;
     let mut end = None;
-    for report in reports.receiver.try_iter() {
+    for report in received {
         match report {
             InitReport::Started { landlock: status, setup_us, init_started_ns } => {
                 landlock = Some(status);
@@ -322,6 +346,7 @@ fn tear_down(
     cgroup: &SessionCgroup,
     relays: Relays,
     namespaces: &BTreeMap<String, String>,
+    early_scan: Option<thread::JoinHandle<Vec<String>>>,
     config: &SessionConfig,
     timings: &mut Timings,
 ) -> (Evidence, Option<ExportSummary>, Option<String>, bool) {
@@ -346,7 +371,10 @@ fn tear_down(
     timings.teardown_us = teardown_started.elapsed().as_micros() as u64;
 
     let verify_started = Instant::now();
-    evidence.namespaces_remaining = teardown::find_namespace_holders(namespaces);
+    evidence.namespaces_remaining = match early_scan.map(|scan| scan.join()) {
+        Some(Ok(found)) => found,
+        _ => teardown::find_namespace_holders(namespaces, None),
+    };
     if evidence.processes_remaining.is_empty() && evidence.cgroups_remaining.is_empty() {
         if let Err(error) = ledger::remove(&config.state_dir, &config.session_id) {
             evidence.errors.push(error.to_string());
@@ -433,19 +461,30 @@ pub fn run(
     // 6. Wait for init. Init enforces the deadline itself; the supervisor
     //    steps in only if init has not ended the session shortly after it.
     let limit = config.ttl + KILL_GRACE + SUPERVISOR_SLACK;
-    let supervisor_killed = !wait_exit(&pidfd, limit.saturating_sub(started_wall.elapsed().unwrap_or_default()));
+    let limit_at = Instant::now() + limit.saturating_sub(started_wall.elapsed().unwrap_or_default());
+    let mut received = Vec::new();
+    let reported_end = wait_for_end_report(&reports.receiver, limit_at, &mut received);
+
+    // Init reports the end after it has killed and reaped every other session
+    // process, so the scan for namespace holders can run while init exits.
+    let early_scan = reported_end.then(|| {
+        let ids = namespaces.clone();
+        thread::spawn(move || teardown::find_namespace_holders(&ids, Some(init_pid)))
+    });
+    let exit_wait = if reported_end { limit_at.saturating_duration_since(Instant::now()).max(EXIT_AFTER_REPORT) } else { limit_at.saturating_duration_since(Instant::now()) };
+    let supervisor_killed = !wait_exit(&pidfd, exit_wait);
     if supervisor_killed {
         let _ = cgroup.kill_all(KILL_TIMEOUT);
     }
     timings.ended_us = started.elapsed().as_micros() as u64;
     // SAFETY: waitpid on the init process this supervisor started.
     unsafe { libc::waitpid(init_pid, std::ptr::null_mut(), 0) };
-    let (end, landlock, enforcer) = end_reason(reports, supervisor_killed, started_ns, &mut timings);
+    let (end, landlock, enforcer) = end_reason(reports, received, supervisor_killed, started_ns, &mut timings);
 
     // 7. Usage, then the kill and verified teardown.
     let usage = cgroup.usage();
     let end = apply_oom(end, &usage);
-    let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) = tear_down(&cgroup, relays, &namespaces, &config, &mut timings);
+    let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) = tear_down(&cgroup, relays, &namespaces, early_scan, &config, &mut timings);
     drop(held_namespaces);
 
     // A failed export or an incomplete teardown overrides the command's status.

@@ -110,10 +110,17 @@ fn scan_processes(pids: &[i32], wanted: &[&[u8]]) -> Vec<String> {
 /// a namespace are not looked for: only host root can open one from outside
 /// the session, and scanning every descriptor of every process costs
 /// milliseconds per session.
-pub fn find_namespace_holders(ids: &BTreeMap<String, String>) -> Vec<String> {
+///
+/// `except` is skipped: the session's init, when the scan starts while init,
+/// the last process of the session, is exiting.
+pub fn find_namespace_holders(ids: &BTreeMap<String, String>, except: Option<i32>) -> Vec<String> {
     let wanted: Vec<&[u8]> = ids.values().map(|id| id.as_bytes()).collect();
     let pids: Vec<i32> = match fs::read_dir("/proc") {
-        Ok(entries) => entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect(),
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|pid| Some(*pid) != except)
+            .collect(),
         Err(_) => Vec::new(),
     };
     let mut found = scan_processes(&pids, &wanted);
@@ -138,14 +145,22 @@ mod tests {
     fn scan_finds_a_live_holder() {
         let own = namespace_ids(std::process::id() as i32);
         assert_eq!(own.len(), NAMESPACE_KINDS.len());
-        let found = find_namespace_holders(&own);
+        let found = find_namespace_holders(&own, None);
         let me = format!("is the namespace of pid {}", std::process::id());
         assert!(found.iter().any(|line| line.contains(&me)), "{found:?}");
     }
 
     #[test]
+    fn scan_skips_the_excepted_pid() {
+        let own = namespace_ids(std::process::id() as i32);
+        let found = find_namespace_holders(&own, Some(std::process::id() as i32));
+        let me = format!("is the namespace of pid {} ", std::process::id());
+        assert!(!found.iter().any(|line| line.contains(&me)), "{found:?}");
+    }
+
+    #[test]
     fn scan_of_unknown_namespace_is_empty() {
         let ids = BTreeMap::from([("net".to_string(), "net:[1]".to_string())]);
-        assert!(find_namespace_holders(&ids).is_empty());
+        assert!(find_namespace_holders(&ids, None).is_empty());
     }
 }

@@ -69,3 +69,48 @@ fn bounded_burst_leaves_nothing() {
     let records = std::fs::read_dir(scratch.state_dir().join("sessions")).unwrap().count();
     assert_eq!(records, 0, "every ledger record is removed");
 }
+
+#[test]
+fn teardown_reports_foreign_namespace_holder() {
+    let scratch = Scratch::new("holder");
+    let mut session = scratch
+        .run()
+        .args(["--json", "--ttl", "30s", "--", "/bin/sleep", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Find init through the ledger, then hold the session's network
+    // namespace from the host with a process of the test's own.
+    let mut init_pid = None;
+    for _ in 0..500 {
+        if let Ok(entries) = std::fs::read_dir(scratch.state_dir().join("sessions")) {
+            for entry in entries.filter_map(Result::ok) {
+                let record: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap_or_default()).unwrap_or_default();
+                init_pid = init_pid.or(record["init_pid"].as_i64());
+            }
+        }
+        if init_pid.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let init_pid = init_pid.expect("the session started");
+    let mut holder = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{init_pid}/ns/net"))
+        .args(["/bin/sleep", "30"])
+        .spawn()
+        .unwrap();
+
+    let output = session.wait_with_output().unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+
+    assert_eq!(output.status.code(), Some(125), "{}", stderr(&output));
+    let report = report(&output);
+    assert_eq!(report["teardown"]["clean"], false);
+    let remaining = report["teardown"]["namespaces_remaining"].to_string();
+    assert!(remaining.contains(&format!("pid {}", holder.id())), "{remaining}");
+    assert!(stderr(&output).contains("teardown of session"), "{}", stderr(&output));
+}
