@@ -10,7 +10,7 @@ use crate::key::{checkpoint_message, verify_signature};
 use crate::log::Head;
 use crate::record::{Record, GENESIS};
 
-/// Where and why a log stops being trustworthy.
+/// The place where a log stops being trustworthy, and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("line {line}: {reason}")]
 pub struct Break {

@@ -82,7 +82,7 @@ pub fn verify_signature(key: &VerifyingKey, message: &[u8], signature: &str) -> 
     key.verify_strict(message, &signature).is_ok()
 }
 
-/// The message a checkpoint signs: the position and hash of the record it covers.
+/// Builds the message a checkpoint signs: the position and hash of the record it covers.
 pub fn checkpoint_message(seq: u64, head: &str) -> Vec<u8> {
     format!("mayfly-audit-checkpoint\n{seq}\n{head}").into_bytes()
 }

@@ -1,8 +1,8 @@
 //! Mayfly's audit log: append-only JSON lines, each carrying the SHA-256 of
 //! the one before, with checkpoints signed by an Ed25519 key.
 //!
-//! Editing, deleting or reordering a record breaks the hash chain; a forged
-//! checkpoint fails its signature; truncating the log below the last signed
+//! Editing, deleting or reordering a record breaks the hash chain. A forged
+//! checkpoint fails its signature. Truncating the log below the last signed
 //! head is caught by the head file written beside it. Someone who holds the
 //! signing key can still rewrite the whole log, so the key and the log live
 //! in a state directory that only root can read.

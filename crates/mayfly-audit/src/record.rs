@@ -6,8 +6,8 @@ use sha2::{Digest, Sha256};
 /// The `prev` value of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// What a caller asks to record: the kind of event, the session it concerns
-/// and structured fields. Fields hold identifiers, reasons and numbers, never
+/// An event to record: its kind, the session it concerns and structured
+/// fields. Fields hold identifiers, reasons and numbers, never
 /// secrets or environment values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
