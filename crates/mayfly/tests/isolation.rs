@@ -73,7 +73,7 @@ fn bounded_burst_leaves_nothing() {
 #[test]
 fn teardown_reports_foreign_namespace_holder() {
     let scratch = Scratch::new("holder");
-    let mut session = scratch
+    let session = scratch
         .run()
         .args(["--json", "--ttl", "30s", "--", "/bin/sleep", "1"])
         .stdout(Stdio::null())

@@ -1,24 +1,30 @@
 //! One sandboxed session from start to verified teardown, on the
 //! supervisor's side. Used by `mayfly run`.
 
+mod outcome;
+mod relay;
+mod signals;
+
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use mayfly_core::EndReason;
-use nix::sys::signal::{SigSet, Signal};
-use serde::Serialize;
-
-use crate::cgroup::{CgroupLimits, Layout, SessionCgroup, Usage};
-use crate::spec::{monotonic_now_ns, BindMount, InitReport, InitSpec, InputFile, LandlockMode, LandlockStatus};
+use crate::cgroup::{CgroupLimits, Layout, SessionCgroup};
+use crate::spec::{monotonic_now_ns, BindMount, InitSpec, InputFile, LandlockMode};
 use crate::teardown::{self, Evidence};
-use crate::transfer::{self, ExportSummary, OpenedInput};
+use crate::transfer::{ExportSummary, OpenedInput};
 use crate::{ids, launch, ledger};
+
+use outcome::{apply_oom, end_reason};
+use relay::{start_relays, wait_for_end_report, Relays};
+use signals::forward_signals;
+
+pub use outcome::{DeadlineEnforcer, SessionOutcome, Timings};
+pub use signals::block_forwarded_signals;
 
 /// Time init waits between SIGTERM and SIGKILL at the deadline.
 pub const KILL_GRACE: Duration = Duration::from_millis(500);
@@ -58,38 +64,6 @@ pub struct SessionConfig {
     pub forward_signals: bool,
 }
 
-/// Signals the supervisor passes on to the session's command through init.
-const FORWARDED: &[Signal] = &[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
-
-fn forwarded_set() -> SigSet {
-    let mut set = SigSet::empty();
-    for signal in FORWARDED {
-        set.add(*signal);
-    }
-    set
-}
-
-/// Blocks the forwarded signals in the calling thread, and so in every
-/// thread it starts later, so that only the forwarding thread receives them.
-pub fn block_forwarded_signals() -> Result<(), nix::Error> {
-    forwarded_set().thread_block()
-}
-
-/// Passes each forwarded signal to init through its pidfd, which cannot
-/// reach another process even after init's PID is reused.
-fn forward_signals(pidfd: OwnedFd) {
-    thread::spawn(move || loop {
-        let Ok(signal) = forwarded_set().wait() else { return };
-        // SAFETY: pidfd_send_signal reads no memory given a null info pointer.
-        let result = unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal as i32, std::ptr::null::<libc::siginfo_t>(), 0u32)
-        };
-        if result != 0 {
-            return;
-        }
-    });
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("invalid session: {0}")]
@@ -102,81 +76,6 @@ pub enum SessionError {
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("failed to start the sandbox: {0}")]
     Launch(#[from] launch::LaunchError),
-}
-
-/// Process that ended the session at its deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeadlineEnforcer {
-    Init,
-    Supervisor,
-}
-
-/// Durations of a session's phases in microseconds, for operators and `mayfly bench`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Timings {
-    /// From the start of the session to init running in its namespaces and cgroups.
-    pub launch_us: u64,
-    /// From the start of the session to the start of init's own code, after its exec.
-    pub init_started_us: u64,
-    /// Init's own setup, from its start to the command's exec, as init measured it.
-    pub init_setup_us: u64,
-    /// From the start of the session to init's report that every session
-    /// process is gone and the artifacts are out.
-    pub init_reported_us: u64,
-    /// From the start of the session to init's exit, which includes the
-    /// kernel's teardown of the session's namespaces.
-    pub ended_us: u64,
-    /// Kill, cgroup removal and stream joins after init's exit.
-    pub teardown_us: u64,
-    /// Time teardown waited for the scan for anything of the session left on
-    /// the host; the scan starts when init reports the end, while init exits.
-    pub verify_us: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionOutcome {
-    pub session_id: String,
-    pub end: EndReason,
-    pub exit_code: i32,
-    pub landlock: Option<LandlockStatus>,
-    pub deadline_enforced_by: Option<DeadlineEnforcer>,
-    pub started_at_unix_ms: u64,
-    pub ended_at_unix_ms: u64,
-    pub deadline_unix_ms: u64,
-    pub usage: Usage,
-    pub artifacts: Option<ExportSummary>,
-    pub artifacts_error: Option<String>,
-    pub namespaces: BTreeMap<String, String>,
-    pub teardown: Evidence,
-    pub timings: Timings,
-    /// Whether the command's standard error ended without a newline.
-    #[serde(skip)]
-    pub stderr_ended_mid_line: bool,
-}
-
-/// Copies a stream until end-of-file. Returns whether the last byte copied
-/// was something other than a newline.
-fn copy_thread(mut from: File, mut to: Box<dyn Write + Send>) -> thread::JoinHandle<bool> {
-    thread::spawn(move || {
-        let mut buffer = [0u8; 16 * 1024];
-        let mut mid_line = false;
-        loop {
-            match from.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => {
-                    mid_line = buffer[n - 1] != b'\n';
-                    if to.write_all(&buffer[..n]).and_then(|()| to.flush()).is_err() {
-                        // The reader is gone; keep draining so the command is not blocked.
-                        to = Box::new(io::sink());
-                    }
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        mid_line
-    })
 }
 
 /// Waits until the pidfd becomes readable (the process exited) or `timeout` passes.
@@ -194,20 +93,6 @@ fn wait_exit(pidfd: &impl AsRawFd, timeout: Duration) -> bool {
         if ready == 0 || started.elapsed() >= timeout {
             return false;
         }
-    }
-}
-
-/// Interprets the kernel's OOM counter: a command killed by SIGKILL, or one
-/// that failed after a process of the session was OOM-killed, ran out of memory.
-fn apply_oom(end: EndReason, usage: &Usage) -> EndReason {
-    if usage.oom_kills == 0 {
-        return end;
-    }
-    match end {
-        EndReason::Signaled { signal, .. } if signal == libc::SIGKILL => EndReason::OutOfMemory,
-        EndReason::Exited { code } if code != 0 => EndReason::OutOfMemory,
-        EndReason::SetupFailed { step, .. } if step == INIT_STEP => EndReason::OutOfMemory,
-        other => other,
     }
 }
 
@@ -231,113 +116,6 @@ fn init_spec(config: &SessionConfig, deadline_monotonic_ns: u64) -> InitSpec {
         landlock: config.landlock,
         cgroup_membership: Vec::new(),
     }
-}
-
-/// The threads that move a running session's data: stdio and the artifact stream.
-struct Relays {
-    stdout: thread::JoinHandle<bool>,
-    stderr: thread::JoinHandle<bool>,
-    artifacts: Option<thread::JoinHandle<Result<ExportSummary, transfer::TransferError>>>,
-}
-
-/// The thread that reads init's reports, and the channel it passes them on.
-struct Reports {
-    thread: thread::JoinHandle<()>,
-    receiver: mpsc::Receiver<InitReport>,
-}
-
-/// Starts the relay threads. The stdin thread is detached: it may block on
-/// the caller's input after the session has ended.
-fn start_relays(
-    launched: launch::Launched,
-    stdin: Box<dyn Read + Send>,
-    stdout: Box<dyn Write + Send>,
-    stderr: Box<dyn Write + Send>,
-    artifacts: Option<(PathBuf, u64)>,
-) -> (Relays, Reports, OwnedFd) {
-    let stdout_thread = copy_thread(launched.stdout, stdout);
-    let stderr_thread = copy_thread(launched.stderr, stderr);
-    let mut stdin = stdin;
-    let mut stdin_pipe = launched.stdin;
-    thread::spawn(move || {
-        let _ = io::copy(&mut stdin, &mut stdin_pipe);
-    });
-    let artifacts_pipe = launched.artifacts;
-    let artifacts_thread = artifacts.map(|(dir, limit)| {
-        thread::spawn(move || {
-            let mut pipe = artifacts_pipe;
-            let result = transfer::read_artifacts(&mut pipe, &dir, limit);
-            // After an error, drain the rest so that init never blocks on a full pipe.
-            let _ = io::copy(&mut pipe, &mut io::sink());
-            result
-        })
-    });
-    let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
-    let reports = launched.reports;
-    let report_thread = thread::spawn(move || {
-        for line in io::BufReader::new(reports).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(report) = serde_json::from_str::<InitReport>(&line) {
-                let _ = report_sender.send(report);
-            }
-        }
-    });
-    let relays = Relays { stdout: stdout_thread, stderr: stderr_thread, artifacts: artifacts_thread };
-    (relays, Reports { thread: report_thread, receiver: report_receiver }, launched.pidfd)
-}
-
-/// Collects init's reports until the end report arrives, `until` passes or
-/// init closes its report pipe. Returns whether the end report arrived.
-fn wait_for_end_report(receiver: &mpsc::Receiver<InitReport>, until: Instant, received: &mut Vec<InitReport>) -> bool {
-    loop {
-        match receiver.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(report) => {
-                let is_end = matches!(report, InitReport::Ended { .. });
-                received.push(report);
-                if is_end {
-                    return true;
-                }
-            }
-            Err(_) => return false,
-        }
-    }
-}
-
-/// Reads init's reports once it has exited and decides how the session ended.
-fn end_reason(
-    reports: Reports,
-    mut received: Vec<InitReport>,
-    supervisor_killed: bool,
-    started_ns: u64,
-    timings: &mut Timings,
-) -> (EndReason, Option<LandlockStatus>, Option<DeadlineEnforcer>) {
-    let since_start = |ns: u64| ns.saturating_sub(started_ns) / 1000;
-    let _ = reports.thread.join();
-    received.extend(reports.receiver.try_iter());
-    let mut landlock = None;
-    let mut end = None;
-    for report in received {
-        match report {
-            InitReport::Started { landlock: status, setup_us, init_started_ns } => {
-                landlock = Some(status);
-                timings.init_setup_us = setup_us;
-                timings.init_started_us = since_start(init_started_ns);
-            }
-            InitReport::Ended { end: reason, reported_ns, .. } => {
-                end = Some(reason);
-                timings.init_reported_us = since_start(reported_ns);
-            }
-        }
-    }
-    if supervisor_killed {
-        return (EndReason::Deadline, landlock, Some(DeadlineEnforcer::Supervisor));
-    }
-    let end = end.unwrap_or_else(|| EndReason::SetupFailed {
-        step: INIT_STEP.into(),
-        error: "init exited without reporting how the session ended".into(),
-    });
-    let enforcer = (end == EndReason::Deadline).then_some(DeadlineEnforcer::Init);
-    (end, landlock, enforcer)
 }
 
 /// Kills what is left, joins the relays, removes the cgroups and the ledger
