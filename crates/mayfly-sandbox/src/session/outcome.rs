@@ -1,4 +1,4 @@
-//! How a session ended, what it used and where its time went.
+//! The end of a session: its reason, its usage and where its time went.
 
 use std::collections::BTreeMap;
 
