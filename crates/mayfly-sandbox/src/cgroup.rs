@@ -205,7 +205,8 @@ impl SessionCgroup {
         match &self.layout {
             Layout::V2 { root, .. } => {
                 // NOTE: the test hosts so far are hybrid (v1 controllers, empty v2
-                // hierarchy), so this branch has not run under the test suite.
+                // hierarchy), so this branch has run only against plain files in
+                // a unit test, never against a real cgroup2 hierarchy.
                 // 1. Enable the controllers for the mayfly parent and create it.
                 //    The root cgroup may have processes, so this is allowed there.
                 let parent = root.join(PARENT);
@@ -440,4 +441,75 @@ pub fn list_sessions(layout: &Layout) -> Vec<String> {
     ids.sort();
     ids.dedup();
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory that stands in for a cgroup hierarchy: plain files take the
+    /// writes, so the values can be read back without a real cgroupfs.
+    fn fake_root(label: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("mayfly-cgroup-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        root
+    }
+
+    const LIMITS: CgroupLimits = CgroupLimits { memory_bytes: 256 << 20, cpu_millis: 1500, pids: 64 };
+
+    #[test]
+    fn v2_limits_are_written() {
+        let root = fake_root("v2");
+        let layout = Layout::V2 { root: root.clone(), controllers: V2_CONTROLLERS.iter().map(|c| c.to_string()).collect() };
+        // Present on real hosts with swap accounting, so it is written too.
+        fs::create_dir_all(root.join(PARENT).join("s-test")).unwrap();
+        fs::write(root.join(PARENT).join("s-test/memory.swap.max"), "max").unwrap();
+
+        let cgroup = SessionCgroup::create(&layout, "s-test", LIMITS).unwrap();
+        let dir = root.join(PARENT).join("s-test");
+        assert_eq!(cgroup.paths(), &[dir.clone()]);
+        let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(read("memory.max"), (256u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("pids.max"), "64");
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
+        assert_eq!(cgroup.membership(), vec![String::new()]);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn v1_limits_are_written() {
+        let root = fake_root("v1");
+        let controllers: BTreeMap<String, PathBuf> =
+            V1_CONTROLLERS.iter().map(|(name, _)| (name.to_string(), root.join(name))).collect();
+        for path in controllers.values() {
+            fs::create_dir_all(path).unwrap();
+        }
+        let layout = Layout::V1 { controllers };
+        fs::create_dir_all(root.join("memory").join(PARENT).join("s-test")).unwrap();
+        fs::write(root.join("memory").join(PARENT).join("s-test/memory.memsw.limit_in_bytes"), "").unwrap();
+
+        let cgroup = SessionCgroup::create(&layout, "s-test", LIMITS).unwrap();
+        assert_eq!(cgroup.paths().len(), V1_CONTROLLERS.len());
+        let read = |controller: &str, name: &str| fs::read_to_string(root.join(controller).join(PARENT).join("s-test").join(name)).unwrap();
+        assert_eq!(read("memory", "memory.limit_in_bytes"), (256u64 << 20).to_string());
+        assert_eq!(read("memory", "memory.memsw.limit_in_bytes"), (256u64 << 20).to_string());
+        assert_eq!(read("pids", "pids.max"), "64");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "150000");
+        let mut membership = cgroup.membership();
+        membership.sort();
+        assert_eq!(membership, ["cpu", "cpuacct", "freezer", "memory", "pids"]);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn missing_controllers_are_named() {
+        let layout = Layout::V1 { controllers: BTreeMap::from([("memory".to_string(), PathBuf::from("/x"))]) };
+        let missing = layout.missing_controllers();
+        assert!(missing.contains(&"pids (v1)".to_string()), "{missing:?}");
+        assert!(!missing.iter().any(|m| m.starts_with("memory")), "{missing:?}");
+    }
 }
