@@ -468,7 +468,7 @@ mod tests {
 
         let cgroup = SessionCgroup::create(&layout, "s-test", LIMITS).unwrap();
         let dir = root.join(PARENT).join("s-test");
-        assert_eq!(cgroup.paths(), &[dir.clone()]);
+        assert_eq!(cgroup.paths(), std::slice::from_ref(&dir));
         let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap();
         assert_eq!(read("memory.max"), (256u64 << 20).to_string());
         assert_eq!(read("memory.swap.max"), "0");
