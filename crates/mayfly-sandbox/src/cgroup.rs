@@ -447,8 +447,8 @@ pub fn list_sessions(layout: &Layout) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// A directory that stands in for a cgroup hierarchy: plain files take the
-    /// writes, so the values can be read back without a real cgroupfs.
+    /// Creates a directory to use in place of a cgroup hierarchy. Plain files
+    /// take the writes, so the values can be read back without a real cgroupfs.
     fn fake_root(label: &str) -> PathBuf {
         let root = std::env::temp_dir().join(format!("mayfly-cgroup-{label}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);

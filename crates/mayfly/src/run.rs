@@ -90,7 +90,7 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
     for (flag, limit) in [("--work", limits.work), ("--memory", limits.memory)] {
         if input_bytes > limit.as_bytes() {
             return Err(usage(format!(
-                "the inputs total {}, more than fits in {flag} {limit}, which holds them; copy less or raise {flag}",
+                "the inputs total {}, more than {flag} {limit} can hold; copy less or raise {flag}",
                 ByteSize::bytes(input_bytes)
             )));
         }

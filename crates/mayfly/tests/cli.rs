@@ -347,7 +347,7 @@ fn inputs_larger_than_work_are_rejected() {
     std::fs::write(&data, vec![b'x'; 3 << 20]).unwrap();
     let output = scratch.run().args(["--work", "2MiB"]).arg("--input").arg(&data).args(["--", "/bin/true"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("more than fits in --work 2MiB"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("more than --work 2MiB can hold"), "{}", stderr(&output));
 }
 
 #[test]

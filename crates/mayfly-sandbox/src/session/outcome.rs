@@ -38,7 +38,7 @@ pub struct Timings {
     /// Kill, cgroup removal and stream joins after init's exit.
     pub teardown_us: u64,
     /// Time teardown waited for the scan for anything of the session left on
-    /// the host; the scan starts when init reports the end, while init exits.
+    /// the host. The scan starts when init reports the end, while init exits.
     pub verify_us: u64,
 }
 
