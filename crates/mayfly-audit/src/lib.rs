@@ -3,7 +3,7 @@
 //!
 //! Editing, deleting or reordering a record breaks the hash chain. A forged
 //! checkpoint fails its signature. Truncating the log below the last signed
-//! head is caught by the head file written beside it. Someone who holds the
+//! head is caught by the head file written beside it. Someone who has the
 //! signing key can still rewrite the whole log, so the key and the log live
 //! in a state directory that only root can read.
 //!

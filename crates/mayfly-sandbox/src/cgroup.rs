@@ -307,14 +307,6 @@ impl SessionCgroup {
         }
     }
 
-    /// Moves a process into every cgroup of the session.
-    pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
-        for path in &self.paths {
-            write(&path.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
-    }
-
     /// Lists the processes in any of the session's cgroups.
     pub fn processes(&self) -> Vec<i32> {
         let mut pids: Vec<i32> = self

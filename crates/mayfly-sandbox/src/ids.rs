@@ -1,4 +1,4 @@
-//! Host id ranges for sessions. Each running session holds one range of
+//! Host id ranges for sessions. Each running session has one range of
 //! 65536 uids and gids, so two sessions never share a host uid.
 //!
 //! A range is claimed with an exclusive flock on a file in the state

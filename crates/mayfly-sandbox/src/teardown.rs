@@ -12,9 +12,9 @@ use serde::Serialize;
 pub const NAMESPACE_KINDS: &[&str] = &["user", "pid", "mnt", "net", "ipc", "uts"];
 
 /// Namespace kinds looked for at teardown: the ones that can keep files,
-/// sockets or shared memory alive. A surviving user or UTS namespace holds
-/// none of those by itself, and no process can join the PID namespace once
-/// its init is gone. Each kind costs one system call per host process.
+/// sockets or shared memory alive. A surviving user or UTS namespace keeps
+/// none of those alive by itself, and no process can join the PID namespace
+/// once its init is gone. Each kind costs one system call per host process.
 const SCANNED_KINDS: &[&std::ffi::CStr] = &[c"mnt", c"net", c"ipc"];
 
 /// Evidence that nothing of a session remains on the host.

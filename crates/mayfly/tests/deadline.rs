@@ -76,15 +76,8 @@ fn deadline_holds_when_supervisor_is_killed() {
         .unwrap();
 
     // Wait until the session runs, then kill the supervisor outright.
-    let mut paths: Vec<std::path::PathBuf> = Vec::new();
-    for _ in 0..500 {
-        if let Some(record) = session_records(&scratch.state_dir()).into_iter().find(|r| r["init_pid"].is_number()) {
-            paths = record["cgroup_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(!paths.is_empty(), "the session never started");
+    let paths = record_cgroups(&wait_for_started_record(&scratch.state_dir()));
+    assert!(!paths.is_empty(), "the session has cgroups");
     let started = Instant::now();
     supervisor.kill().unwrap();
     supervisor.wait().unwrap();

@@ -83,20 +83,7 @@ fn teardown_reports_foreign_namespace_holder() {
 
     // Find init through the ledger, then hold the session's network
     // namespace from the host with a process of the test's own.
-    let mut init_pid = None;
-    for _ in 0..500 {
-        if let Ok(entries) = std::fs::read_dir(scratch.state_dir().join("sessions")) {
-            for entry in entries.filter_map(Result::ok) {
-                let record: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap_or_default()).unwrap_or_default();
-                init_pid = init_pid.or(record["init_pid"].as_i64());
-            }
-        }
-        if init_pid.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let init_pid = init_pid.expect("the session started");
+    let init_pid = wait_for_started_record(&scratch.state_dir())["init_pid"].as_i64().unwrap();
     let mut holder = std::process::Command::new("nsenter")
         .arg(format!("--net=/proc/{init_pid}/ns/net"))
         .args(["/bin/sleep", "30"])

@@ -107,24 +107,6 @@ fn orphaned_zombies_are_reaped() {
     assert_eq!(stdout(&output).trim(), "0", "zombies remain");
 }
 
-/// Returns the cgroup directories of the first session recorded in the
-/// ledger of `state_dir`, waiting up to five seconds for the record.
-fn recorded_cgroups(state_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    for _ in 0..500 {
-        if let Ok(entries) = std::fs::read_dir(state_dir.join("sessions")) {
-            for entry in entries.filter_map(Result::ok) {
-                let Ok(bytes) = std::fs::read(entry.path()) else { continue };
-                let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
-                if record["init_pid"].is_number() {
-                    return record["cgroup_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect();
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("no ledger record with an init pid appeared");
-}
-
 fn read_trimmed(path: std::path::PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
 }
@@ -138,7 +120,7 @@ fn cgroup_limits_are_applied() {
         .args(["--cpus", "0.5", "--memory", "200MiB", "--pids", "50", "--", "/bin/sleep", "3"])
         .spawn()
         .unwrap();
-    let paths = recorded_cgroups(&scratch.state_dir());
+    let paths = record_cgroups(&wait_for_started_record(&scratch.state_dir()));
     let mut checked = 0;
     for path in &paths {
         if path.join("cpu.cfs_quota_us").exists() {

@@ -184,11 +184,6 @@ pub fn install(filter: &Filter) -> Result<(), SeccompError> {
     Ok(())
 }
 
-/// Returns the number of distinct system calls the policy names, for reports.
-pub fn allowed_count() -> usize {
-    policy().len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::bpf::{run, RET_ALLOW, RET_ERRNO, RET_KILL_PROCESS, X32_SYSCALL_BIT};

@@ -117,3 +117,26 @@ pub fn default_profile_text() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mayfly-core/profiles/default.toml");
     std::fs::read_to_string(path).unwrap()
 }
+
+/// Waits up to five seconds for a ledger record whose init has started, and
+/// returns it.
+pub fn wait_for_started_record(state_dir: &Path) -> serde_json::Value {
+    for _ in 0..500 {
+        if let Ok(entries) = std::fs::read_dir(state_dir.join("sessions")) {
+            for entry in entries.filter_map(Result::ok) {
+                let Ok(bytes) = std::fs::read(entry.path()) else { continue };
+                let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+                if record["init_pid"].is_number() {
+                    return record;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no ledger record with an init pid appeared in {}", state_dir.display());
+}
+
+/// Returns the cgroup directories a ledger record lists.
+pub fn record_cgroups(record: &serde_json::Value) -> Vec<PathBuf> {
+    record["cgroup_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect()
+}
