@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 pub struct ExitCode;
 
 impl ExitCode {
+    /// The control plane restarted while the session ran, and its sandbox
+    /// was destroyed during recovery.
+    pub const INTERRUPTED: i32 = 120;
+    /// The session was destroyed on request (an API delete or a server
+    /// shutdown) before it ended on its own.
+    pub const DESTROYED: i32 = 121;
     /// Invalid command line, profile, input or artifact directory.
     pub const USAGE: i32 = 2;
     /// This host lacks a protection that the profile requires.
@@ -43,6 +49,12 @@ pub enum EndReason {
     CommandNotExecutable { command: String, error: String },
     /// A sandbox setup step failed before the command ran.
     SetupFailed { step: String, error: String },
+    /// Destroyed on request before the command ended; `detail` says by whom
+    /// and why.
+    Destroyed { detail: String },
+    /// The control plane stopped while the session ran, and recovery
+    /// destroyed what was left of it.
+    Interrupted { detail: String },
 }
 
 impl EndReason {
@@ -55,6 +67,8 @@ impl EndReason {
             EndReason::CommandNotFound { .. } => ExitCode::NOT_FOUND,
             EndReason::CommandNotExecutable { .. } => ExitCode::NOT_EXECUTABLE,
             EndReason::SetupFailed { .. } => ExitCode::SETUP_FAILED,
+            EndReason::Destroyed { .. } => ExitCode::DESTROYED,
+            EndReason::Interrupted { .. } => ExitCode::INTERRUPTED,
         }
     }
 
@@ -71,6 +85,8 @@ impl EndReason {
                 Some(format!("command {command:?} could not be executed inside the sandbox: {error}"))
             }
             EndReason::SetupFailed { step, error } => Some(format!("sandbox setup failed at step {step:?}: {error}")),
+            EndReason::Destroyed { detail } => Some(format!("the session was destroyed: {detail}")),
+            EndReason::Interrupted { detail } => Some(format!("the session was interrupted: {detail}")),
         }
     }
 }
@@ -88,6 +104,8 @@ mod tests {
             EndReason::SetupFailed { step: "mount /proc".into(), error: "EPERM".into() },
             EndReason::CommandNotFound { command: "nope".into() },
             EndReason::CommandNotExecutable { command: "x".into(), error: "EACCES".into() },
+            EndReason::Destroyed { detail: "deleted by alice".into() },
+            EndReason::Interrupted { detail: "server restarted".into() },
         ];
         let mut codes: Vec<i32> = reasons.iter().map(EndReason::exit_code).collect();
         codes.push(ExitCode::PROTECTION_MISSING);

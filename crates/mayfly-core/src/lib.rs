@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod end;
+pub mod lifecycle;
 pub mod limits;
 pub mod profile;
 pub mod units;
 
 pub use end::{EndReason, ExitCode};
+pub use lifecycle::SessionState;
 pub use limits::{LimitOverrides, Limits};
 pub use profile::{Kind, Landlock, Profile, ProfileError, ProfileMount};
 pub use units::{ByteSize, Ttl, UnitError};

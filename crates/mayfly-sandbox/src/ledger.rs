@@ -118,6 +118,19 @@ pub fn reap(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
 /// Like [`reap`], for the ledger records only: the check `mayfly run` makes
 /// before each session, which skips the slower walk of every cgroup hierarchy.
 pub fn reap_records(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
+    reap_records_with(state_dir, layout, true)
+}
+
+/// Like [`reap`], but also destroys sessions that still run under their
+/// init: what a restarted control plane does, since the output streams and
+/// the handles of those sessions died with the old process.
+pub fn destroy_orphans(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
+    let mut reaped = reap_records_with(state_dir, layout, false);
+    reaped.extend(reap_orphan_cgroups(state_dir, layout));
+    reaped
+}
+
+fn reap_records_with(state_dir: &Path, layout: &Layout, keep_running: bool) -> Vec<Reaped> {
     let now = unix_ms(SystemTime::now());
     let mut reaped = Vec::new();
     for record in list(state_dir) {
@@ -126,7 +139,7 @@ pub fn reap_records(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
         }
         let cgroup = SessionCgroup::existing(layout, &record.session_id);
         let processes = cgroup.processes();
-        if !processes.is_empty() && now < record.deadline_unix_ms {
+        if keep_running && !processes.is_empty() && now < record.deadline_unix_ms {
             reaped.push(Reaped {
                 session_id: record.session_id,
                 killed_processes: 0,

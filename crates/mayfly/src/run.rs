@@ -132,6 +132,7 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
         mounts: profile.mounts.iter().map(|m| BindMount { source: m.source.clone(), target: m.target.clone() }).collect(),
         landlock,
         forward_signals: true,
+        control: None,
     };
     Ok((config, layout))
 }

@@ -1,6 +1,7 @@
 //! One sandboxed session from start to verified teardown, on the
 //! supervisor's side. Used by `mayfly run`.
 
+mod control;
 mod outcome;
 mod relay;
 mod signals;
@@ -13,6 +14,8 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use mayfly_core::EndReason;
+
 use crate::cgroup::{CgroupLimits, Layout, SessionCgroup};
 use crate::spec::{monotonic_now_ns, BindMount, InitSpec, InputFile, LandlockMode};
 use crate::teardown::{self, Evidence};
@@ -23,6 +26,7 @@ use outcome::{apply_oom, end_reason};
 use relay::{start_relays, wait_for_end_report, Relays};
 use signals::forward_signals;
 
+pub use control::SessionControl;
 pub use outcome::{DeadlineEnforcer, SessionOutcome, Timings};
 pub use signals::block_forwarded_signals;
 
@@ -62,6 +66,8 @@ pub struct SessionConfig {
     /// the command. The caller must have called [`block_forwarded_signals`]
     /// before it started any thread.
     pub forward_signals: bool,
+    /// Lets another thread destroy the session and learn when it started.
+    pub control: Option<SessionControl>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +82,8 @@ pub enum SessionError {
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("failed to start the sandbox: {0}")]
     Launch(#[from] launch::LaunchError),
+    #[error("the session was destroyed before its sandbox started: {0}")]
+    DestroyedBeforeStart(String),
 }
 
 /// Waits until the pidfd becomes readable (the process exited) or `timeout` passes.
@@ -181,6 +189,9 @@ pub fn run(
     let started_ns = monotonic_now_ns();
     let mut timings = Timings::default();
     let deadline_wall = started_wall + config.ttl;
+    if let Some(reason) = config.control.as_ref().and_then(SessionControl::destroy_requested) {
+        return Err(SessionError::DestroyedBeforeStart(reason));
+    }
 
     // 1. A host id range of its own, held until every session process is gone.
     let id_range = ids::claim(&config.state_dir)?;
@@ -227,6 +238,9 @@ pub fn run(
     let _ = ledger::write(&config.state_dir, &record);
     let held_namespaces = teardown::hold_namespaces(init_pid);
     let namespaces = teardown::namespace_ids(init_pid);
+    if let (Some(control), Ok(pidfd)) = (&config.control, launched.pidfd.try_clone()) {
+        control.launched(init_pid, pidfd);
+    }
     if config.forward_signals {
         if let Ok(pidfd) = launched.pidfd.try_clone() {
             forward_signals(pidfd);
@@ -257,7 +271,15 @@ pub fn run(
     timings.ended_us = started.elapsed().as_micros() as u64;
     // SAFETY: waitpid on the init process this supervisor started.
     unsafe { libc::waitpid(init_pid, std::ptr::null_mut(), 0) };
-    let (end, landlock, enforcer) = end_reason(reports, received, supervisor_killed, started_ns, &mut timings);
+    let (mut end, landlock, mut enforcer) = end_reason(reports, received, supervisor_killed, started_ns, &mut timings);
+    if let Some(control) = &config.control {
+        control.finished();
+        // A destroy that came before init's own end report is why it ended.
+        if let (false, Some(reason)) = (reported_end, control.destroy_requested()) {
+            end = EndReason::Destroyed { detail: reason };
+            enforcer = None;
+        }
+    }
 
     // 7. Usage, then the kill and verified teardown.
     let usage = cgroup.usage();

@@ -1,0 +1,88 @@
+//! The rows the control plane keeps: principals, API tokens, sessions, their
+//! events and attach tokens.
+
+use mayfly_core::SessionState;
+use serde::Serialize;
+
+/// Someone or something that calls the API, with the groups policies see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub created_unix_ms: i64,
+}
+
+/// An API token. Only the SHA-256 of the secret is kept; the prefix is the
+/// visible part that identifies it in lists and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub prefix: String,
+    #[serde(skip)]
+    pub hash: String,
+    pub principal: String,
+    pub name: String,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: Option<i64>,
+    pub revoked_unix_ms: Option<i64>,
+}
+
+/// A session as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub owner: String,
+    pub profile: String,
+    pub kind: String,
+    pub state: SessionState,
+    pub command: Vec<String>,
+    pub ttl_ms: i64,
+    pub created_unix_ms: i64,
+    pub deadline_unix_ms: i64,
+    pub ended_unix_ms: Option<i64>,
+    /// The end reason as JSON ([`mayfly_core::EndReason`]), once ended.
+    pub end: Option<serde_json::Value>,
+    pub exit_code: Option<i32>,
+    /// Usage, teardown evidence and the isolation in place, once ended.
+    pub detail: Option<serde_json::Value>,
+}
+
+/// One lifecycle transition or notable moment of a session.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    pub session_id: String,
+    pub seq: i64,
+    pub time_unix_ms: i64,
+    pub kind: String,
+    pub state: SessionState,
+    pub detail: serde_json::Value,
+}
+
+/// A short-lived token that lets its holder attach to one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachTokenRecord {
+    pub hash: String,
+    pub session_id: String,
+    pub principal: String,
+    pub expires_unix_ms: i64,
+}
+
+/// What a session list is narrowed to.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub state: Option<SessionState>,
+    pub owner: Option<String>,
+    /// Return sessions whose id sorts after this one (the page cursor).
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// How a session's ended state is written.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    pub state: SessionState,
+    pub ended_unix_ms: i64,
+    pub end: serde_json::Value,
+    pub exit_code: i32,
+    pub detail: serde_json::Value,
+}
