@@ -6,7 +6,7 @@ use mayfly_sandbox::spec::LandlockMode;
 use serde_json::json;
 
 use crate::cli::DoctorArgs;
-use crate::profiles;
+use mayfly_control::profiles;
 
 /// Formats one check. A missing optional feature is "absent", not "MISSING",
 /// because no job profile needs it.

@@ -4,7 +4,6 @@ mod audit;
 mod bench;
 mod cli;
 mod doctor;
-mod profiles;
 mod reap;
 mod run;
 mod state;

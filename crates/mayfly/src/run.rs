@@ -12,7 +12,9 @@ use mayfly_sandbox::spec::{BindMount, LandlockMode};
 use mayfly_sandbox::{host, ledger, transfer};
 
 use crate::cli::RunArgs;
-use crate::{audit, profiles, state};
+use mayfly_control::profiles;
+
+use crate::{audit, state};
 
 /// A failure before the session started, with the exit code it maps to.
 struct Refusal {
