@@ -20,4 +20,4 @@ mod record;
 pub use chain::{verify_lines, Break, Verified};
 pub use key::{KeyError, SigningKeyFile};
 pub use log::{AuditError, AuditLog, Head};
-pub use record::{Entry, Record, GENESIS};
+pub use record::{hex, Entry, Record, GENESIS};

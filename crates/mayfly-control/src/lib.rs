@@ -3,8 +3,11 @@
 //! manager and crash recovery. It holds no privileged sandbox code; sessions
 //! run through `mayfly-sandbox`.
 
+pub mod config;
 pub mod policy;
 pub mod profiles;
+pub mod ratelimit;
 pub mod store;
+pub mod tokens;
 #[doc(hidden)]
 pub mod testing;
