@@ -3,11 +3,19 @@
 //! manager and crash recovery. It holds no privileged sandbox code; sessions
 //! run through `mayfly-sandbox`.
 
+pub mod api;
+pub mod app;
+pub mod audit;
 pub mod config;
+pub mod metrics;
 pub mod policy;
+pub mod problem;
 pub mod profiles;
 pub mod ratelimit;
+pub mod server;
+pub mod sessions;
 pub mod store;
-pub mod tokens;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
+pub mod tokens;

@@ -33,6 +33,7 @@ pub enum Action {
     SetGroups,
     ListProfiles,
     ReadAudit,
+    ReadMetrics,
 }
 
 impl Action {
@@ -50,6 +51,7 @@ impl Action {
             Action::SetGroups => "set_groups",
             Action::ListProfiles => "list_profiles",
             Action::ReadAudit => "read_audit",
+            Action::ReadMetrics => "read_metrics",
         }
     }
 }

@@ -36,9 +36,9 @@ pub enum ProfileError {
     Limit { name: String, source: LimitError },
     #[error("invalid profile {name:?}: {key} {message}")]
     InvalidValue { name: String, key: String, message: String },
-    #[error("--ttl {requested} is above the maximum of {max} that profile {name:?} allows; request at most {max}")]
+    #[error("the TTL {requested} is above the maximum of {max} that profile {name:?} allows; request at most {max}")]
     TtlAboveMax { name: String, requested: Ttl, max: Ttl },
-    #[error("--ttl {requested} is too short: the minimum is 1s")]
+    #[error("the TTL {requested} is too short: the minimum is 1s")]
     TtlTooShort { requested: Ttl },
 }
 

@@ -25,6 +25,8 @@ pub enum Command {
     /// Check or export the hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run the control plane: the sessions API on embedded defaults (SQLite, loopback).
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 #[derive(Debug, Subcommand)]

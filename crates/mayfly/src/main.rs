@@ -6,6 +6,7 @@ mod cli;
 mod doctor;
 mod reap;
 mod run;
+mod serve;
 mod state;
 
 use clap::Parser;
@@ -28,6 +29,7 @@ fn main() {
         cli::Command::Reap(args) => reap::main(args),
         cli::Command::Bench(args) => bench::main(args),
         cli::Command::Audit(command) => audit::main(command),
+        cli::Command::Serve(args) => serve::main(*args),
     };
     std::process::exit(code);
 }

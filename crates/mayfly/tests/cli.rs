@@ -41,7 +41,7 @@ fn ttl_above_profile_max_is_rejected() {
     let output = scratch.run().args(["--ttl", "2h", "--", "/bin/true"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let message = stderr(&output);
-    assert!(message.contains("--ttl 2h is above the maximum of 1h"), "{message}");
+    assert!(message.contains("the TTL 2h is above the maximum of 1h"), "{message}");
 }
 
 #[test]

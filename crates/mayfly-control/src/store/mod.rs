@@ -294,6 +294,11 @@ impl Store {
         Ok(done == 1)
     }
 
+    /// Counts every token ever made, revoked and expired ones included.
+    pub async fn count_tokens(&self) -> Result<i64, StoreError> {
+        on_pool!(self, "SELECT COUNT(*) AS n FROM tokens", |q, pool| Ok(q.fetch_one(pool).await?.try_get::<i64, _>("n")?))
+    }
+
     /// Counts tokens that are neither revoked nor expired.
     pub async fn count_live_tokens(&self, now_ms: i64) -> Result<i64, StoreError> {
         on_pool!(

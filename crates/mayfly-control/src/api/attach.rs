@@ -1,0 +1,133 @@
+//! `GET /v1/sessions/{id}/attach`: a WebSocket that carries a job's output
+//! and, at the end, its exit status or end reason.
+//!
+//! Binary messages hold output: the first byte is the stream (1 standard
+//! output, 2 standard error), the rest the bytes. Text messages are JSON:
+//! `{"type":"session",...}` first, `{"type":"dropped","chunks":N}` when a
+//! slow reader missed output the buffer no longer holds, and
+//! `{"type":"end","state":...,"end":...,"exit_code":N}` last.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Extension;
+use mayfly_audit::Entry;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::caller::{bearer, client_ip, Peer};
+use super::sessions::{gone, resource};
+use crate::app::{now_ms, App};
+use crate::policy::Action;
+use crate::problem::Problem;
+use crate::sessions::output::{Output, Read};
+use crate::tokens::{self, Authenticated, Refused};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachQuery {
+    token: Option<String>,
+}
+
+/// Authenticates an attach: an attach token for this session (in the query
+/// or as a bearer token), or an API token whose principal may attach.
+async fn attach_caller(app: &App, headers: &HeaderMap, peer: Peer, id: &str, query_token: Option<&str>) -> Result<Authenticated, Problem> {
+    let client = client_ip(headers, peer.0.ip(), &app.config.trusted_proxies);
+    let presented = query_token.or_else(|| bearer(headers));
+    match presented {
+        Some(text) if tokens::looks_like_attach_token(text) => {
+            let record = app.store.attach_token(&tokens::hash(text)).await.map_err(|e| Problem::store_failed(&e))?;
+            let Some(record) = record else { return Err(app.refuse(Refused::Unknown, client).await) };
+            if record.session_id != id {
+                return Err(app.refuse(Refused::Unknown, client).await);
+            }
+            if record.expires_unix_ms <= now_ms() {
+                return Err(app.refuse(Refused::Expired, client).await);
+            }
+            let principal = app.store.principal(&record.principal).await.map_err(|e| Problem::store_failed(&e))?;
+            let Some(principal) = principal else { return Err(app.refuse(Refused::Unknown, client).await) };
+            Ok(Authenticated { principal, token_id: "attach".into(), token_prefix: "attach-token".into() })
+        }
+        _ => app.caller(headers, peer).await,
+    }
+}
+
+pub async fn attach(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<AttachQuery>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let who = attach_caller(&app, &headers, peer, &id, query.token.as_deref()).await?;
+    let session = app.session_or_404(&id).await?;
+    app.authorize(&who, Action::AttachSession, &resource(&session), None).await?;
+    let upgrade = upgrade.map_err(|e| Problem::bad_request(format!("this endpoint needs a WebSocket upgrade: {}", e.body_text())))?;
+    let output = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| Arc::clone(&l.output));
+    let Some(output) = output else {
+        let session = app.session_or_404(&id).await?;
+        return Err(gone(&session));
+    };
+    let attached = Entry::new("session.attached", &crate::sessions::actor(&who)).session(&id).field("token", who.token_prefix.clone());
+    app.audit.one(attached).await.map_err(|e| Problem::audit_failed(&e))?;
+    let limit = app.config.limits.max_websocket_message_bytes;
+    let summary = json!({ "type": "session", "id": session.id, "state": session.state, "deadline_unix_ms": session.deadline_unix_ms });
+    Ok(upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
+        let reason = stream(socket, output, summary).await;
+        let detached = Entry::new("session.detached", &crate::sessions::actor(&who)).session(&id).field("reason", reason);
+        if let Err(error) = app.audit.one(detached).await {
+            tracing::error!(session_id = %id, error = %error, "failed to record a detach");
+        }
+    }))
+}
+
+/// Streams output until the session ends or the client leaves; returns why
+/// the attach ended.
+async fn stream(mut socket: WebSocket, output: Arc<Output>, summary: serde_json::Value) -> &'static str {
+    if socket.send(Message::Text(summary.to_string().into())).await.is_err() {
+        return "client gone";
+    }
+    let mut next = 0u64;
+    loop {
+        match output.read_after(next) {
+            Read::Chunks { chunks, skipped } => {
+                if skipped > 0 && socket.send(Message::Text(json!({ "type": "dropped", "chunks": skipped }).to_string().into())).await.is_err() {
+                    return "client gone";
+                }
+                for chunk in chunks {
+                    next = chunk.seq + 1;
+                    let mut frame = Vec::with_capacity(chunk.data.len() + 1);
+                    frame.push(chunk.stream);
+                    frame.extend_from_slice(&chunk.data);
+                    if socket.send(Message::Binary(frame.into())).await.is_err() {
+                        return "client gone";
+                    }
+                }
+            }
+            Read::Ended(end) => {
+                let mut message = json!({ "type": "end" });
+                if let (Some(target), serde_json::Value::Object(fields)) = (message.as_object_mut(), end) {
+                    target.extend(fields);
+                }
+                let _ = socket.send(Message::Text(message.to_string().into())).await;
+                let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "session ended".into() }))).await;
+                return "session ended";
+            }
+            Read::Wait => {
+                tokio::select! {
+                    () = output.changed(next) => {}
+                    incoming = socket.recv() => match incoming {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return "client closed",
+                        // Jobs take no input; other messages are ignored.
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+        }
+    }
+}

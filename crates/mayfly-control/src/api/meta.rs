@@ -1,0 +1,80 @@
+//! Health, readiness, metrics, the OpenAPI document, profiles and `me`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::json;
+
+use super::caller::Peer;
+use crate::app::App;
+use crate::policy::{Action, Resource};
+use crate::problem::Problem;
+use crate::profiles;
+
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// Liveness: the process answers. Needs no token.
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Readiness: recovery has finished, the audit log is writable, the database
+/// answers and the server is not shutting down. Needs no token.
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let database = app.store.ping().await.is_ok();
+    let checks = json!({
+        "recovered": app.recovered(),
+        "audit_writable": app.audit.writable(),
+        "database": database,
+        "accepting_sessions": !app.draining(),
+    });
+    let ready = app.recovered() && app.audit.writable() && database && !app.draining();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready, "checks": checks }))).into_response()
+}
+
+pub async fn metrics(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Result<Response, Problem> {
+    let who = app.caller(&headers, peer).await?;
+    app.authorize(&who, Action::ReadMetrics, &Resource::Server, None).await?;
+    let counts = app.store.count_by_state().await.map_err(|e| Problem::store_failed(&e))?;
+    let states: Vec<(&str, i64)> = mayfly_core::SessionState::ALL
+        .iter()
+        .map(|state| (state.as_str(), counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n)))
+        .collect();
+    let body = app.metrics.render(&states, app.audit.appended());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+/// The OpenAPI document of this API. Needs no token.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+pub async fn me(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Result<Response, Problem> {
+    let who = app.caller(&headers, peer).await?;
+    Ok(Json(json!({ "principal": who.principal.name, "groups": who.principal.groups, "token": who.token_prefix })).into_response())
+}
+
+pub async fn list_profiles(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Result<Response, Problem> {
+    let who = app.caller(&headers, peer).await?;
+    app.authorize(&who, Action::ListProfiles, &Resource::Server, None).await?;
+    let directory = app.config.profiles_dir.as_deref();
+    let mut list = Vec::new();
+    for name in profiles::names(directory) {
+        match profiles::load(&name, directory) {
+            Ok(profile) => list.push(json!({
+                "name": profile.name,
+                "kind": profile.kind,
+                "description": profile.description,
+                "default_ttl": profile.default_ttl.to_string(),
+                "max_ttl": profile.max_ttl.to_string(),
+                "limits": profile.limits,
+            })),
+            Err(error) => list.push(json!({ "name": name, "error": error.to_string() })),
+        }
+    }
+    Ok(Json(json!({ "profiles": list })).into_response())
+}

@@ -1,0 +1,227 @@
+//! `mayfly serve`: start-up, the first admin token, the listener with or
+//! without TLS, background duties and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use mayfly_audit::Entry;
+use tokio::net::TcpListener;
+
+use crate::api::{self, caller::Peer};
+use crate::app::{now_ms, App, HostSupport};
+use crate::audit::Auditor;
+use crate::config::{OnShutdown, ServerConfig};
+use crate::policy::Policies;
+use crate::sessions::SYSTEM;
+use crate::store::Store;
+use crate::tls;
+use crate::tokens;
+
+/// The principal and group of the first admin token.
+pub const ADMIN: &str = "admin";
+pub const ADMINS: &str = "admins";
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+
+/// Where the first admin token comes from when an operator supplies it.
+pub enum Bootstrap {
+    None,
+    Token(String),
+}
+
+/// What the server prints for the operator at start.
+pub struct Started {
+    pub address: SocketAddr,
+    pub tls_fingerprint: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+async fn open_store(config: &ServerConfig) -> Result<Store, String> {
+    match &config.database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Store::open_postgres(url).await.map_err(|e| format!("cannot connect to PostgreSQL: {e}"))
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            Store::open_sqlite(std::path::Path::new(path)).await.map_err(|e| format!("cannot open the SQLite database {path}: {e}"))
+        }
+        Some(url) => Err(format!(
+            "database_url {:?} is not supported: use postgres://USER@HOST/DB or sqlite:PATH",
+            url.split('@').next_back().unwrap_or_default()
+        )),
+        None => {
+            let path = config.sqlite_path();
+            Store::open_sqlite(&path).await.map_err(|e| format!("cannot open the SQLite database {}: {e}", path.display()))
+        }
+    }
+}
+
+/// Creates the admin principal and its first token when the store has no
+/// token at all, or stores a supplied one. Returns the token to print once.
+async fn bootstrap_admin(app: &App, bootstrap: Bootstrap) -> Result<Option<String>, String> {
+    let store = &app.store;
+    let now = now_ms();
+    let (record, secret) = match bootstrap {
+        Bootstrap::Token(secret) => {
+            let record = tokens::supplied_api_token(secret.trim(), ADMIN, "bootstrap", now)?;
+            if store.token_by_prefix(&record.prefix).await.map_err(|e| e.to_string())?.is_some() {
+                return Ok(None);
+            }
+            (record, None)
+        }
+        Bootstrap::None => {
+            if store.count_tokens().await.map_err(|e| e.to_string())? > 0 {
+                return Ok(None);
+            }
+            let token = tokens::new_api_token(ADMIN, "first admin token", now, None);
+            (token.record, Some(token.secret))
+        }
+    };
+    store.ensure_principal(ADMIN, &[ADMINS.to_string()], now).await.map_err(|e| e.to_string())?;
+    let entry = Entry::new("token.created", SYSTEM).field("principal", ADMIN).field("token", record.prefix.clone()).field("name", record.name.clone());
+    app.audit.one(entry).await.map_err(|e| format!("the audit log cannot be written: {e}"))?;
+    store.insert_token(&record).await.map_err(|e| e.to_string())?;
+    Ok(secret)
+}
+
+/// Prepares everything and binds the listener. The returned future serves
+/// until SIGTERM or SIGINT.
+pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Started, impl std::future::Future<Output = Result<(), String>>), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.state_dir)
+        .map_err(|e| format!("cannot create the state directory {}: {e}; choose another with --state-dir", config.state_dir.display()))?;
+    let policies = Policies::load(config.policy.as_deref()).map_err(|e| format!("the policy is invalid, so the server does not start: {e}"))?;
+    let audit = Auditor::open(&config.state_dir).map_err(|e| format!("the audit log cannot be opened, so the server does not start: {e}"))?;
+    let store = open_store(&config).await?;
+    let host = tokio::task::spawn_blocking(HostSupport::inspect).await.map_err(|e| e.to_string())?;
+    if !config.is_loopback() && config.tls.is_none() {
+        tracing::info!(listen = %config.listen, "not a loopback address: serving TLS with a self-signed certificate");
+    }
+    let identity = if config.is_loopback() && config.tls.is_none() {
+        None
+    } else {
+        Some(tls::identity(config.tls.as_ref(), &config.tls_dir(), config.listen.ip())?)
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}; choose another address with --listen", config.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = App::new(config, store, policies, audit, host);
+    let admin_token = bootstrap_admin(&app, bootstrap).await?;
+    let start_entry = Entry::new("server.started", SYSTEM)
+        .field("listen", address.to_string())
+        .field("tls", identity.is_some())
+        .field("store", app.store.backend())
+        .field("policy", app.policies.source.clone())
+        .field("version", env!("CARGO_PKG_VERSION"));
+    app.audit.record(vec![start_entry], true).await.map_err(|e| format!("the audit log cannot be written, so the server does not start: {e}"))?;
+
+    let started = Started { address, tls_fingerprint: identity.as_ref().map(|i| i.fingerprint.clone()), admin_token };
+    let acceptor = identity.map(|i| tokio_rustls::TlsAcceptor::from(i.config));
+    Ok((started, serve(app, listener, acceptor)))
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Runs recovery and the periodic duties in the background.
+fn spawn_background(app: &Arc<App>) {
+    let recovering = Arc::clone(app);
+    tokio::spawn(async move {
+        if let Err(error) = recovering.recover().await {
+            tracing::error!(error = %error, "recovery failed; the server stays not ready");
+        } else {
+            tracing::info!("recovery finished; ready");
+        }
+    });
+    let periodic = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let Some(app) = periodic.upgrade() else { return };
+            let _ = app.audit.checkpoint_if_needed().await;
+            let _ = app.store.prune_attach_tokens(now_ms()).await;
+        }
+    });
+}
+
+fn serve_connection<S>(app: &Arc<App>, router: axum::Router, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router.layer(Extension(Peer(peer))));
+    let max_headers = app.config.limits.max_header_bytes.max(8192);
+    tokio::spawn(async move {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.max_buf_size(max_headers).max_headers(100).timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+        if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await {
+            tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
+        }
+    });
+}
+
+async fn serve(app: Arc<App>, listener: TcpListener, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Result<(), String> {
+    spawn_background(&app);
+    let router = api::router(Arc::clone(&app));
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let why = loop {
+        tokio::select! {
+            why = &mut signal => break why,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                match &acceptor {
+                    None => serve_connection(&app, router.clone(), stream, peer),
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        let app = Arc::clone(&app);
+                        let router = router.clone();
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => serve_connection(&app, router, tls, peer),
+                                Ok(Err(error)) => tracing::debug!(peer = %peer, error = %error, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    };
+    drop(listener);
+    tracing::info!(signal = why, "shutting down");
+    app.start_draining();
+    let live = app.live_count();
+    if app.config.on_shutdown == OnShutdown::Destroy {
+        app.destroy_all("the server is shutting down", SHUTDOWN_WAIT).await;
+    }
+    let entry = Entry::new("server.stopped", SYSTEM)
+        .field("signal", why)
+        .field("on_shutdown", format!("{:?}", app.config.on_shutdown).to_lowercase())
+        .field("live_sessions", live)
+        .field("left_running", app.live_count());
+    app.audit.record(vec![entry], true).await.map_err(|e| format!("failed to record the shutdown in the audit log: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Admission control: sessions reserve their memory and CPU limits from the
+//! host's capacity, and creation is refused when they would not fit.
+
+use std::collections::HashMap;
+
+use crate::config::Capacity;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+}
+
+#[derive(Debug)]
+pub struct Admission {
+    capacity: Capacity,
+    held: HashMap<String, Reservation>,
+}
+
+impl Admission {
+    pub fn new(capacity: Capacity) -> Admission {
+        Admission { capacity, held: HashMap::new() }
+    }
+
+    fn used(&self) -> Reservation {
+        self.held.values().fold(Reservation { memory_bytes: 0, cpu_millis: 0 }, |a, r| Reservation {
+            memory_bytes: a.memory_bytes + r.memory_bytes,
+            cpu_millis: a.cpu_millis + r.cpu_millis,
+        })
+    }
+
+    /// Reserves room for a session, or says what is full.
+    pub fn admit(&mut self, session_id: &str, want: Reservation) -> Result<(), String> {
+        let used = self.used();
+        if self.held.len() as u64 >= u64::from(self.capacity.sessions) {
+            return Err(format!("the host runs its maximum of {} sessions", self.capacity.sessions));
+        }
+        if used.memory_bytes + want.memory_bytes > self.capacity.memory_bytes {
+            return Err(format!(
+                "the host has {} MiB of session memory left and this session reserves {} MiB",
+                self.capacity.memory_bytes.saturating_sub(used.memory_bytes) >> 20,
+                want.memory_bytes >> 20
+            ));
+        }
+        if used.cpu_millis + want.cpu_millis > self.capacity.cpu_millis {
+            return Err(format!(
+                "the host has {:.2} CPUs of session capacity left and this session reserves {:.2}",
+                self.capacity.cpu_millis.saturating_sub(used.cpu_millis) as f64 / 1000.0,
+                want.cpu_millis as f64 / 1000.0
+            ));
+        }
+        self.held.insert(session_id.to_string(), want);
+        Ok(())
+    }
+
+    /// Returns a session's reservation once its resources are gone.
+    pub fn release(&mut self, session_id: &str) {
+        self.held.remove(session_id);
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_does_not_fit_and_frees_on_release() {
+        let mut admission = Admission::new(Capacity { memory_bytes: 1 << 30, cpu_millis: 2000, sessions: 3 });
+        let half = Reservation { memory_bytes: 512 << 20, cpu_millis: 500 };
+        admission.admit("a", half).unwrap();
+        admission.admit("b", half).unwrap();
+        let error = admission.admit("c", half).unwrap_err();
+        assert!(error.contains("memory"), "{error}");
+        admission.release("a");
+        admission.admit("c", half).unwrap();
+        let error = admission.admit("d", Reservation { memory_bytes: 1, cpu_millis: 1 }).unwrap_err();
+        assert!(error.contains("maximum of 3"), "{error}");
+    }
+}

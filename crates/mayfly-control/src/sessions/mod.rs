@@ -1,0 +1,426 @@
+//! The session manager: creation with every check in order, the lifecycle
+//! transitions with their events and audit records, destroy, and crash
+//! recovery.
+
+pub mod admission;
+pub mod job;
+pub mod output;
+mod recovery;
+mod runner;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mayfly_audit::Entry;
+use mayfly_core::profile::valid_env_name;
+use mayfly_core::{ByteSize, EndReason, Kind, LimitOverrides, Profile, SessionState, Ttl};
+use mayfly_sandbox::session::SessionControl;
+use serde::{Deserialize, Serialize};
+
+use crate::app::{now_ms, App};
+use crate::policy::{Action, Resource};
+use crate::problem::Problem;
+use crate::profiles;
+use crate::store::{AttachTokenRecord, Ending, SessionRecord};
+use crate::tokens::{self, Authenticated};
+
+use admission::Reservation;
+use output::Output;
+
+/// How long an attach token stays valid, at most; never past the deadline.
+const ATTACH_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+const MAX_ARGS: usize = 4096;
+const MAX_ENV: usize = 256;
+
+/// A session this process runs.
+pub struct Live {
+    pub control: SessionControl,
+    pub output: Arc<Output>,
+    pub owner: String,
+    pub requested_at: Instant,
+}
+
+/// Limits a request may lower below its profile's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLimits {
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u32>,
+    pub tmp: Option<String>,
+    pub shm: Option<String>,
+    pub work: Option<String>,
+    pub open_files: Option<u32>,
+}
+
+/// The body of `POST /v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    pub ttl: Option<String>,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: RequestLimits,
+}
+
+fn default_profile() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachGrant {
+    pub token: String,
+    pub expires_unix_ms: i64,
+    pub url: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Created {
+    pub session: SessionRecord,
+    pub attach: AttachGrant,
+}
+
+/// The actor name of a principal in audit records.
+pub fn actor(who: &Authenticated) -> String {
+    format!("user:{}", who.principal.name)
+}
+
+pub const SYSTEM: &str = "mayfly";
+
+fn size(field: &str, value: &Option<String>) -> Result<Option<ByteSize>, Problem> {
+    value
+        .as_deref()
+        .map(|text| ByteSize::parse(text).map_err(|e| Problem::bad_request(format!("limits.{field}: {e}"))))
+        .transpose()
+}
+
+/// Words a limit error for the API, whose fields are `limits.NAME` rather
+/// than command-line flags.
+fn limit_message(error: mayfly_core::limits::LimitError) -> String {
+    use mayfly_core::limits::LimitError;
+    let field = |flag: &str| format!("limits.{}", flag.trim_start_matches("--").replace('-', "_"));
+    match error {
+        LimitError::FlagOutOfRange { flag, value, min, max } => format!("{} = {value} is out of range: allowed is {min} to {max}", field(flag)),
+        LimitError::AboveProfile { flag, key, value, profile_value } => format!(
+            "{} = {value} is above the profile's {key} of {profile_value}: a request may lower the profile's limits, never raise them",
+            field(flag)
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Checks the request against its profile and returns the TTL and limits.
+fn validate(profile: &Profile, request: &CreateRequest) -> Result<(Ttl, mayfly_core::Limits), Problem> {
+    if profile.kind != Kind::Job {
+        return Err(Problem::bad_request(format!(
+            "profile {:?} is of kind {:?}, and this server runs only job sessions so far; choose a job profile",
+            profile.name, profile.kind
+        )));
+    }
+    let ttl = request.ttl.as_deref().map(Ttl::parse).transpose().map_err(|e| Problem::bad_request(format!("ttl: {e}")))?;
+    let ttl = profile.resolve_ttl(ttl).map_err(|e| Problem::bad_request(e.to_string()).with("max_ttl", profile.max_ttl.to_string()))?;
+    let cpu_millis = match request.limits.cpus {
+        None => None,
+        Some(cores) if cores.is_finite() => Some(mayfly_core::limits::cpus_to_millis(cores)),
+        Some(_) => return Err(Problem::bad_request("limits.cpus must be a number of cores such as 1 or 0.5")),
+    };
+    let overrides = LimitOverrides {
+        memory: size("memory", &request.limits.memory)?,
+        cpu_millis,
+        pids: request.limits.pids,
+        tmp: size("tmp", &request.limits.tmp)?,
+        shm: size("shm", &request.limits.shm)?,
+        work: size("work", &request.limits.work)?,
+        open_files: request.limits.open_files,
+    };
+    let limits = profile.limits.lowered_by(&overrides).map_err(|e| Problem::bad_request(limit_message(e)))?;
+    if request.command.is_empty() || request.command[0].is_empty() {
+        return Err(Problem::bad_request("command is empty: give the program and its arguments, for example [\"/bin/echo\", \"hello\"]"));
+    }
+    if request.command.len() > MAX_ARGS {
+        return Err(Problem::bad_request(format!("command has {} arguments; at most {MAX_ARGS} are allowed", request.command.len())));
+    }
+    if let Some(index) = request.command.iter().position(|a| a.contains('\0')) {
+        return Err(Problem::bad_request(format!("command[{index}] contains a NUL byte")));
+    }
+    if request.env.len() > MAX_ENV {
+        return Err(Problem::bad_request(format!("env has {} variables; at most {MAX_ENV} are allowed", request.env.len())));
+    }
+    for (name, value) in &request.env {
+        if !valid_env_name(name) {
+            return Err(Problem::bad_request(format!(
+                "env: {name:?} is not a valid variable name; use letters, digits and underscores, not starting with a digit"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(Problem::bad_request(format!("env.{name}: the value contains a NUL byte")));
+        }
+    }
+    Ok((ttl, limits))
+}
+
+impl App {
+    /// Decides an action by policy and records the decision, allowed or
+    /// denied. A decision that cannot be recorded denies the request.
+    pub async fn authorize(&self, who: &Authenticated, action: Action, resource: &Resource<'_>, ttl_seconds: Option<i64>) -> Result<(), Problem> {
+        let decision = self.policies.authorize(&who.principal, action, resource, ttl_seconds);
+        let entry = Entry::new("authz.decision", &actor(who))
+            .field("action", action.name())
+            .field("resource", resource.describe())
+            .field("allowed", decision.allowed)
+            .field("policies", decision.policies.clone())
+            .field("errors", decision.errors.clone())
+            .field("token", who.token_prefix.clone())
+            .field("groups", who.principal.groups.clone());
+        let entry = match resource {
+            Resource::Session { id, .. } => entry.session(id),
+            _ => entry,
+        };
+        self.audit.one(entry).await.map_err(|e| Problem::audit_failed(&e))?;
+        if decision.allowed {
+            Ok(())
+        } else {
+            self.metrics.denials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(Problem::forbidden(action.name(), &resource.describe()).with("policies", decision.policies))
+        }
+    }
+
+    /// Fetches a session or answers 404.
+    pub async fn session_or_404(&self, id: &str) -> Result<SessionRecord, Problem> {
+        self.store.session(id).await.map_err(|e| Problem::store_failed(&e))?.ok_or_else(|| Problem::not_found(format!("there is no session {id:?}")))
+    }
+
+    /// Moves a session to a new state, then records the event and the audit
+    /// record. Returns false, doing nothing, when the lifecycle forbids it.
+    pub(crate) async fn transition(&self, id: &str, to: SessionState, actor: &str, detail: serde_json::Value) -> Result<bool, Problem> {
+        if !self.store.move_session(id, to).await.map_err(|e| Problem::store_failed(&e))? {
+            return Ok(false);
+        }
+        self.record_event(id, to.as_str(), to, actor, detail, false).await?;
+        Ok(true)
+    }
+
+    /// Records an event in the session's history, the audit log and the
+    /// live event stream.
+    async fn record_event(&self, id: &str, kind: &str, state: SessionState, actor: &str, detail: serde_json::Value, checkpoint: bool) -> Result<(), Problem> {
+        let mut entry = Entry::new(&format!("session.{kind}"), actor).session(id).field("state", state.as_str());
+        if let serde_json::Value::Object(fields) = &detail {
+            for (key, value) in fields {
+                entry = entry.field(key, value.clone());
+            }
+        }
+        let audited = self.audit.record(vec![entry], checkpoint).await;
+        let event = self.store.append_event(id, kind, state, &detail, now_ms()).await.map_err(|e| Problem::store_failed(&e))?;
+        let _ = self.events.send(event);
+        audited.map_err(|e| Problem::audit_failed(&e))
+    }
+
+    /// Writes a session's end: its final state, reason and evidence.
+    pub(crate) async fn finish(&self, id: &str, ending: Ending, actor: &str) -> Result<bool, Problem> {
+        if !self.store.end_session(id, &ending).await.map_err(|e| Problem::store_failed(&e))? {
+            return Ok(false);
+        }
+        let detail = serde_json::json!({
+            "end": ending.end,
+            "exit_code": ending.exit_code,
+            "detail": ending.detail,
+        });
+        self.record_event(id, "ended", ending.state, actor, detail, true).await?;
+        Ok(true)
+    }
+
+    /// Issues a short-lived token that attaches to one session.
+    pub async fn issue_attach_token(&self, session: &SessionRecord, principal: &str) -> Result<AttachGrant, Problem> {
+        let (text, hash) = tokens::new_attach_token();
+        let expires = (now_ms() + ATTACH_TOKEN_LIFETIME.as_millis() as i64).min(session.deadline_unix_ms);
+        let record = AttachTokenRecord { hash, session_id: session.id.clone(), principal: principal.into(), expires_unix_ms: expires };
+        self.store.insert_attach_token(&record).await.map_err(|e| Problem::store_failed(&e))?;
+        Ok(AttachGrant { token: text, expires_unix_ms: expires, url: format!("/v1/sessions/{}/attach", session.id) })
+    }
+
+    /// Creates a job session: validates, authorizes, checks quota and
+    /// capacity, records it, and starts its sandbox on a thread of its own.
+    pub async fn create_session(self: &Arc<Self>, who: &Authenticated, request: CreateRequest) -> Result<Created, Problem> {
+        let requested_at = Instant::now();
+        if self.draining() {
+            return Err(Problem::unavailable("shutting-down", "the server is shutting down and starts no new sessions", Some(5)));
+        }
+        if !self.recovered() {
+            return Err(Problem::unavailable("recovering", "the server is still recovering from its last stop; try again shortly", Some(2)));
+        }
+        let profile = profiles::load(&request.profile, self.config.profiles_dir.as_deref()).map_err(|e| Problem::bad_request(e.to_string()))?;
+        let (ttl, limits) = validate(&profile, &request)?;
+        let kind = "job";
+        self.authorize(who, Action::CreateSession, &Resource::Profile { name: &profile.name, kind }, Some(ttl.as_duration().as_secs() as i64))
+            .await?;
+        profiles::check_on_host(&profile).map_err(|message| Problem::unavailable("profile-unusable", message, None))?;
+        let missing = match profile.landlock {
+            mayfly_core::Landlock::Required => &self.host.missing_required,
+            mayfly_core::Landlock::IfAvailable => &self.host.missing_optional,
+        };
+        if !missing.is_empty() || self.host.layout.is_none() {
+            return Err(Problem::unavailable(
+                "protection-missing",
+                format!("profile {:?} needs protections this host lacks: {}; run `mayfly doctor` on the host", profile.name, missing.join("; ")),
+                None,
+            ));
+        }
+
+        let quota = self.quota.lock().await;
+        let now = now_ms();
+        let owner = who.principal.name.clone();
+        let (live, recent) = self.store.quota_usage(&owner, now - 60_000).await.map_err(|e| Problem::store_failed(&e))?;
+        let limits_cfg = &self.config.limits;
+        if live >= i64::from(limits_cfg.sessions_per_principal) {
+            self.metrics.quota_rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Problem::too_many(
+                "quota-exceeded",
+                format!("{owner} already has {live} live sessions, the most allowed at once; end one first"),
+                5,
+            )
+            .with("limit", limits_cfg.sessions_per_principal));
+        }
+        if recent >= i64::from(limits_cfg.creations_per_minute_per_principal) {
+            self.metrics.quota_rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Problem::too_many(
+                "quota-exceeded",
+                format!("{owner} created {recent} sessions in the last minute, the most allowed; wait a little"),
+                10,
+            )
+            .with("limit", limits_cfg.creations_per_minute_per_principal));
+        }
+        let id = job::new_session_id();
+        let reservation = Reservation { memory_bytes: limits.memory.as_bytes(), cpu_millis: u64::from(limits.cpu_millis) };
+        if let Err(reason) = self.admission.lock().unwrap_or_else(|e| e.into_inner()).admit(&id, reservation) {
+            self.metrics.admission_rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Problem::unavailable("host-full", format!("the host is full: {reason}; try again later"), Some(10)));
+        }
+        let release = |app: &App| app.admission.lock().unwrap_or_else(|e| e.into_inner()).release(&id);
+
+        let record = SessionRecord {
+            id: id.clone(),
+            owner: owner.clone(),
+            profile: profile.name.clone(),
+            kind: kind.into(),
+            state: SessionState::Pending,
+            command: request.command.clone(),
+            ttl_ms: ttl.as_duration().as_millis() as i64,
+            created_unix_ms: now,
+            deadline_unix_ms: now + ttl.as_duration().as_millis() as i64,
+            ended_unix_ms: None,
+            end: None,
+            exit_code: None,
+            detail: None,
+        };
+        // Fail closed: the creation is on record before anything exists.
+        let entry = Entry::new("session.created", &actor(who))
+            .session(&id)
+            .field("profile", profile.name.clone())
+            .field("ttl", ttl.to_string())
+            .field("deadline_unix_ms", record.deadline_unix_ms)
+            .field("program", request.command[0].clone())
+            .field("arguments", request.command.len() - 1)
+            .field("env_names", request.env.keys().cloned().collect::<Vec<_>>())
+            .field("limits", serde_json::to_value(&limits).expect("limits serialize"))
+            .field("token", who.token_prefix.clone());
+        if let Err(error) = self.audit.one(entry).await {
+            release(self);
+            return Err(Problem::audit_failed(&error));
+        }
+        if let Err(error) = self.store.insert_session(&record).await {
+            release(self);
+            let _ = self.audit.one(Entry::new("session.failed", SYSTEM).session(&id).field("error", "the database refused the session record")).await;
+            return Err(Problem::store_failed(&error));
+        }
+        drop(quota);
+        let event = self.store.append_event(&id, "pending", SessionState::Pending, &serde_json::json!({"owner": owner}), now).await;
+        if let Ok(event) = event {
+            let _ = self.events.send(event);
+        }
+
+        let attach = self.issue_attach_token(&record, &owner).await?;
+        let output = Output::new(self.config.limits.output_buffer_bytes);
+        let control = runner::control_for(self, &id);
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id.clone(),
+            Live { control: control.clone(), output: Arc::clone(&output), owner: owner.clone(), requested_at },
+        );
+        let spec = job::JobSpec {
+            session_id: id.clone(),
+            state_dir: self.config.state_dir.clone(),
+            argv: request.command,
+            env: request.env,
+            ttl: ttl.as_duration(),
+            limits,
+        };
+        let config = job::session_config(&profile, spec, Some(control));
+        runner::spawn(Arc::clone(self), config, record.deadline_unix_ms, output);
+        Ok(Created { session: record, attach })
+    }
+
+    /// Destroys a session in whatever state it is in. Idempotent: an ended
+    /// session is returned as it is. Waits briefly for the teardown so that
+    /// the answer usually shows the final state.
+    pub async fn destroy_session(&self, actor: &str, id: &str, reason: &str) -> Result<SessionRecord, Problem> {
+        let session = self.session_or_404(id).await?;
+        if session.state.is_final() {
+            return Ok(session);
+        }
+        let mut events = self.events.subscribe();
+        self.transition(id, SessionState::Terminating, actor, serde_json::json!({ "reason": reason })).await?;
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).get(id).map(|l| l.control.clone());
+        match live {
+            Some(control) => control.destroy(reason),
+            None => {
+                // No sandbox of this process belongs to it: nothing is left to kill.
+                let ending = Ending {
+                    state: SessionState::Destroyed,
+                    ended_unix_ms: now_ms(),
+                    end: serde_json::to_value(EndReason::Destroyed { detail: reason.into() }).expect("serializes"),
+                    exit_code: mayfly_core::ExitCode::DESTROYED,
+                    detail: serde_json::json!({ "note": "no sandbox was running for this session in this server" }),
+                };
+                self.finish(id, ending, actor).await?;
+            }
+        }
+        let wait = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                event = events.recv() => match event {
+                    Ok(event) if event.session_id == id && event.state.is_final() => break,
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if self.session_or_404(id).await?.state.is_final() { break }
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+        self.session_or_404(id).await
+    }
+
+    /// Destroys every live session, for a shutdown, and waits up to
+    /// `timeout` for their teardown.
+    pub async fn destroy_all(&self, reason: &str, timeout: Duration) {
+        let ids: Vec<String> = self.live.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        for id in &ids {
+            if let Err(problem) = self.destroy_session(SYSTEM, id, reason).await {
+                tracing::error!(session_id = %id, detail = %problem.detail, "failed to destroy a session at shutdown");
+            }
+        }
+        let started = Instant::now();
+        while self.live_count() > 0 && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! The thread that runs one session's sandbox and reports its transitions.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mayfly_core::{EndReason, ExitCode, SessionState};
+use mayfly_sandbox::session::{self, SessionConfig, SessionControl, SessionError, SessionOutcome};
+use tokio::runtime::Handle;
+
+use super::output::{Output, OutputWriter, STDERR, STDOUT};
+use super::SYSTEM;
+use crate::app::{now_ms, App};
+use crate::store::Ending;
+
+/// A control whose launch hook moves the session to `running`.
+pub(super) fn control_for(app: &Arc<App>, id: &str) -> SessionControl {
+    let app = Arc::downgrade(app);
+    let id = id.to_string();
+    let handle = Handle::current();
+    SessionControl::new(move |init_pid| {
+        let Some(app) = app.upgrade() else { return };
+        let detail = serde_json::json!({ "init_pid": init_pid });
+        // The hook runs on the session's own thread, never on a runtime
+        // thread, so it may wait for the transition to be recorded.
+        let moved = handle.block_on(app.transition(&id, SessionState::Running, SYSTEM, detail));
+        if let Ok(true) = moved {
+            if let Some(live) = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                app.metrics.creation_seconds.observe(live.requested_at.elapsed().as_secs_f64());
+            }
+        }
+    })
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// What the session record keeps of an outcome besides its end reason.
+fn outcome_detail(outcome: &SessionOutcome, output_bytes: u64) -> serde_json::Value {
+    serde_json::json!({
+        "usage": outcome.usage,
+        "output_bytes": output_bytes,
+        "teardown": outcome.teardown,
+        "landlock": outcome.landlock,
+        "deadline_enforced_by": outcome.deadline_enforced_by,
+        "namespaces": outcome.namespaces,
+        "timings": outcome.timings,
+    })
+}
+
+fn ending_of(result: Result<SessionOutcome, SessionError>, app: &App, output: &Output, deadline_unix_ms: i64) -> Ending {
+    match result {
+        Ok(outcome) => {
+            let clean = outcome.teardown.clean;
+            if outcome.end == EndReason::Deadline {
+                app.metrics.deadline_overshoot_seconds.observe((outcome.ended_at_unix_ms as i64 - deadline_unix_ms).max(0) as f64 / 1000.0);
+            }
+            let timings = &outcome.timings;
+            app.metrics.teardown_seconds.observe((timings.teardown_us + timings.verify_us) as f64 / 1e6);
+            Ending {
+                state: if clean { SessionState::Destroyed } else { SessionState::Failed },
+                ended_unix_ms: unix_ms(),
+                end: serde_json::to_value(&outcome.end).expect("end reasons serialize"),
+                exit_code: outcome.exit_code,
+                detail: outcome_detail(&outcome, output.total_bytes()),
+            }
+        }
+        Err(SessionError::DestroyedBeforeStart(reason)) => Ending {
+            state: SessionState::Destroyed,
+            ended_unix_ms: unix_ms(),
+            end: serde_json::to_value(EndReason::Destroyed { detail: reason }).expect("serializes"),
+            exit_code: ExitCode::DESTROYED,
+            detail: serde_json::json!({ "note": "destroyed before its sandbox existed" }),
+        },
+        Err(error) => Ending {
+            state: SessionState::Failed,
+            ended_unix_ms: unix_ms(),
+            end: serde_json::to_value(EndReason::SetupFailed { step: "create the sandbox".into(), error: error.to_string() }).expect("serializes"),
+            exit_code: ExitCode::SETUP_FAILED,
+            detail: serde_json::json!({}),
+        },
+    }
+}
+
+/// Starts the session's thread: `starting`, the sandbox run, then the end.
+pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: i64, output: Arc<Output>) {
+    let handle = Handle::current();
+    let id = config.session_id.clone();
+    let thread = std::thread::Builder::new().name(format!("session-{id}")).spawn(move || {
+        let _ = handle.block_on(app.transition(&id, SessionState::Starting, SYSTEM, serde_json::json!({})));
+        // The deadline counts from creation, so the time spent before the
+        // sandbox starts comes off the TTL.
+        let left = (deadline_unix_ms - now_ms()).max(1) as u64;
+        config.ttl = Duration::from_millis(left);
+        let layout = app.host.layout.clone().expect("creation checked the cgroup layout");
+        let stdout = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDOUT });
+        let stderr = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDERR });
+        let result = session::run(config, &layout, Box::new(std::io::empty()), stdout, stderr);
+        if let Err(error) = &result {
+            tracing::warn!(session_id = %id, error = %error, "the session's sandbox did not start");
+        }
+        let ending = ending_of(result, &app, &output, deadline_unix_ms);
+        let summary = serde_json::json!({ "state": ending.state, "end": ending.end, "exit_code": ending.exit_code });
+        if let Err(problem) = handle.block_on(app.finish(&id, ending, SYSTEM)) {
+            tracing::error!(session_id = %id, detail = %problem.detail, "failed to record the end of a session");
+        }
+        output.end(summary);
+        app.admission.lock().unwrap_or_else(|e| e.into_inner()).release(&id);
+        app.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    });
+    if let Err(error) = thread {
+        tracing::error!(error = %error, "failed to start a session thread");
+    }
+}
