@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 pub struct ExitCode;
 
 impl ExitCode {
+    /// The server refused a client request: authentication, policy, quota,
+    /// rate limit or an invalid request. The message says which.
+    pub const API_REFUSED: i32 = 118;
+    /// The server could not be reached, or failed to answer.
+    pub const API_UNAVAILABLE: i32 = 119;
     /// The control plane restarted while the session ran, and its sandbox
     /// was destroyed during recovery.
     pub const INTERRUPTED: i32 = 120;

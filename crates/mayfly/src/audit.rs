@@ -132,7 +132,13 @@ fn export(args: ExportArgs) -> i32 {
 
 pub fn main(command: AuditCommand) -> i32 {
     match command {
-        AuditCommand::Verify(args) => verify(args),
-        AuditCommand::Export(args) => export(args),
+        AuditCommand::Verify(args) => match &args.server {
+            Some(url) => crate::remote::audit_verify(url, &args.auth, args.state.json),
+            None => verify(args.state),
+        },
+        AuditCommand::Export(args) => match &args.server {
+            Some(url) => crate::remote::audit_export(url, &args.auth, args.since),
+            None => export(args),
+        },
     }
 }

@@ -27,18 +27,41 @@ pub enum Command {
     Audit(AuditCommand),
     /// Run the control plane: the sessions API on embedded defaults (SQLite, loopback).
     Serve(Box<crate::serve::ServeArgs>),
+    /// List sessions on a server.
+    Ls(crate::remote::LsArgs),
+    /// Destroy sessions on a server, in whatever state they are.
+    Kill(crate::remote::KillArgs),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(crate::remote::TokenCommand),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain, the checkpoint signatures and the signed head; exits with 1 where the log is broken.
-    Verify(StateArgs),
+    Verify(VerifyArgs),
     /// Print audit records as JSON lines.
     Export(ExportArgs),
 }
 
 #[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Ask this server to verify its log instead of reading a local state directory.
+    #[arg(long = "server", value_name = "URL")]
+    pub server: Option<String>,
+    #[command(flatten)]
+    pub auth: crate::remote::AuthArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// Read this server's log instead of a local state directory.
+    #[arg(long = "server", value_name = "URL")]
+    pub server: Option<String>,
+    #[command(flatten)]
+    pub auth: crate::remote::AuthArgs,
     /// State directory whose audit log to read.
     #[arg(long, env = "MAYFLY_STATE_DIR", default_value = "/var/lib/mayfly")]
     pub state_dir: PathBuf,
@@ -73,6 +96,9 @@ pub struct RunArgs {
     pub profiles: ProfileArgs,
     #[command(flatten)]
     pub state: StateArgs,
+    /// Run on a Mayfly server instead of this host (see `mayfly serve`).
+    #[command(flatten)]
+    pub remote: crate::remote::RemoteArgs,
     /// Session lifetime, such as 30s, 15m or 1h30m; at most the profile's maximum.
     #[arg(long, allow_hyphen_values = true)]
     pub ttl: Option<String>,

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod doctor;
 mod reap;
+mod remote;
 mod run;
 mod serve;
 mod state;
@@ -30,6 +31,9 @@ fn main() {
         cli::Command::Bench(args) => bench::main(args),
         cli::Command::Audit(command) => audit::main(command),
         cli::Command::Serve(args) => serve::main(*args),
+        cli::Command::Ls(args) => remote::ls(args),
+        cli::Command::Kill(args) => remote::kill(args),
+        cli::Command::Token(command) => remote::token(command),
     };
     std::process::exit(code);
 }

@@ -162,6 +162,9 @@ fn print_outcome(outcome: &SessionOutcome) {
 }
 
 pub fn main(args: RunArgs) -> i32 {
+    if args.remote.server.is_some() {
+        return crate::remote::run(&args);
+    }
     // Before any thread starts, so that only the forwarding thread gets them.
     if let Err(error) = session::block_forwarded_signals() {
         eprintln!("mayfly: failed to block signals for forwarding: {error}");
