@@ -49,6 +49,10 @@ async fn attach_caller(app: &App, headers: &HeaderMap, peer: Peer, id: &str, que
             }
             let principal = app.store.principal(&record.principal).await.map_err(|e| Problem::store_failed(&e))?;
             let Some(principal) = principal else { return Err(app.refuse(Refused::Unknown, client).await) };
+            if let Err(wait) = app.principal_limiter.check(&principal.name) {
+                app.metrics.rate_limited_principal.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(Problem::too_many("rate-limited", format!("too many requests for {}; slow down", principal.name), wait.as_secs().max(1)));
+            }
             Ok(Authenticated { principal, token_id: "attach".into(), token_prefix: "attach-token".into() })
         }
         _ => app.caller(headers, peer).await,
@@ -71,7 +75,15 @@ pub async fn attach(
     let output = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| Arc::clone(&l.output));
     let Some(output) = output else {
         let session = app.session_or_404(&id).await?;
-        return Err(gone(&session));
+        if session.state.is_final() {
+            return Err(gone(&session));
+        }
+        return Err(Problem::new(
+            axum::http::StatusCode::CONFLICT,
+            "not-attachable",
+            "Session not attachable here",
+            format!("session {id} is {} but this server process does not run it; its output cannot be streamed from here", session.state),
+        ));
     };
     let attached = Entry::new("session.attached", &crate::sessions::actor(&who)).session(&id).field("token", who.token_prefix.clone());
     app.audit.one(attached).await.map_err(|e| Problem::audit_failed(&e))?;

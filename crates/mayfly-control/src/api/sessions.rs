@@ -180,7 +180,8 @@ pub async fn events(
     if !streaming {
         return Ok(Json(json!({ "events": stored })).into_response());
     }
-    Ok(Sse::new(event_stream(app, id, stored, live)).keep_alive(KeepAlive::default()).into_response())
+    let ended = session.state.is_final() || stored.iter().any(|e| e.state.is_final());
+    Ok(Sse::new(event_stream(app, id, stored, live, ended)).keep_alive(KeepAlive::default()).into_response())
 }
 
 fn event_stream(
@@ -188,30 +189,35 @@ fn event_stream(
     id: String,
     stored: Vec<EventRecord>,
     live: tokio::sync::broadcast::Receiver<EventRecord>,
+    ended: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let last_seq = stored.last().map_or(0, |e| e.seq);
-    let ended = stored.iter().any(|e| e.state.is_final());
+    struct Follow {
+        live: tokio::sync::broadcast::Receiver<EventRecord>,
+        queue: std::collections::VecDeque<EventRecord>,
+        last: i64,
+        done: bool,
+        app: Arc<App>,
+        id: String,
+    }
+    let last = stored.last().map_or(0, |e| e.seq);
     let history = stream::iter(stored.iter().map(sse_event).map(Ok).collect::<Vec<_>>());
-    let follow = stream::unfold((live, last_seq, ended, app, id), |(mut live, mut last, ended, app, id)| async move {
-        if ended {
-            return None;
-        }
+    let state = Follow { live, queue: Default::default(), last, done: ended, app, id };
+    let follow = stream::unfold(state, |mut s| async move {
         loop {
-            match live.recv().await {
-                Ok(event) if event.session_id == id && event.seq > last => {
-                    last = event.seq;
-                    let done = event.state.is_final();
-                    return Some((Ok(sse_event(&event)), (live, last, done, app, id)));
-                }
-                Ok(_) => continue,
+            if let Some(event) = s.queue.pop_front() {
+                s.last = event.seq;
+                s.done = event.state.is_final();
+                return Some((Ok(sse_event(&event)), s));
+            }
+            if s.done {
+                return None;
+            }
+            match s.live.recv().await {
+                Ok(event) if event.session_id == s.id && event.seq > s.last => s.queue.push_back(event),
+                Ok(_) => {}
+                // Fell behind: take what was missed from the store, in order.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Fall back to the store for what was missed.
-                    let missed = app.store.events(&id, last).await.unwrap_or_default();
-                    if let Some(event) = missed.into_iter().next() {
-                        last = event.seq;
-                        let done = event.state.is_final();
-                        return Some((Ok(sse_event(&event)), (live, last, done, app, id)));
-                    }
+                    s.queue.extend(s.app.store.events(&s.id, s.last).await.unwrap_or_default());
                 }
                 Err(_) => return None,
             }

@@ -52,7 +52,7 @@ pub async fn create(
         return Err(Problem::bad_request(format!("principal {principal:?} is not a valid name: use 1 to 64 letters, digits, '.', '_', '-' or '@'")));
     }
     let name = request.name.trim();
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(Problem::bad_request("name must be 1 to 64 printable characters, for example \"ci-runner\""));
     }
     let expires_in = match request.expires_in.as_deref() {

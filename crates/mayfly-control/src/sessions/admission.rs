@@ -69,15 +69,23 @@ mod tests {
 
     #[test]
     fn refuses_what_does_not_fit_and_frees_on_release() {
-        let mut admission = Admission::new(Capacity { memory_bytes: 1 << 30, cpu_millis: 2000, sessions: 3 });
         let half = Reservation { memory_bytes: 512 << 20, cpu_millis: 500 };
+        let mut admission = Admission::new(Capacity { memory_bytes: 1 << 30, cpu_millis: 2000, sessions: 10 });
         admission.admit("a", half).unwrap();
         admission.admit("b", half).unwrap();
         let error = admission.admit("c", half).unwrap_err();
         assert!(error.contains("memory"), "{error}");
         admission.release("a");
         admission.admit("c", half).unwrap();
-        let error = admission.admit("d", Reservation { memory_bytes: 1, cpu_millis: 1 }).unwrap_err();
-        assert!(error.contains("maximum of 3"), "{error}");
+        assert_eq!(admission.held(), 2);
+
+        let mut counted = Admission::new(Capacity { memory_bytes: 1 << 40, cpu_millis: 1 << 20, sessions: 2 });
+        counted.admit("a", half).unwrap();
+        counted.admit("b", half).unwrap();
+        let error = counted.admit("c", half).unwrap_err();
+        assert!(error.contains("maximum of 2"), "{error}");
+        let mut cpu = Admission::new(Capacity { memory_bytes: 1 << 40, cpu_millis: 800, sessions: 10 });
+        cpu.admit("a", half).unwrap();
+        assert!(cpu.admit("b", half).unwrap_err().contains("CPUs"));
     }
 }

@@ -317,6 +317,13 @@ impl App {
             exit_code: None,
             detail: None,
         };
+        let attach = match self.issue_attach_token(&record, &owner).await {
+            Ok(attach) => attach,
+            Err(problem) => {
+                release(self);
+                return Err(problem);
+            }
+        };
         // Fail closed: the creation is on record before anything exists.
         let entry = Entry::new("session.created", &actor(who))
             .session(&id)
@@ -343,7 +350,6 @@ impl App {
             let _ = self.events.send(event);
         }
 
-        let attach = self.issue_attach_token(&record, &owner).await?;
         let output = Output::new(self.config.limits.output_buffer_bytes);
         let control = runner::control_for(self, &id);
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
