@@ -66,8 +66,32 @@ struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileTls {
-    cert: PathBuf,
-    key: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    /// Serve TLS with the generated self-signed certificate even on loopback.
+    #[serde(default)]
+    self_signed: bool,
+}
+
+/// How the listener serves TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain HTTP: allowed on loopback only.
+    Off,
+    /// A certificate generated at first start and kept in the state directory.
+    SelfSigned,
+    /// A configured certificate chain and key.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// What a listener on `ip` must serve: TLS unless it is loopback, with the
+/// configured certificate when there is one.
+pub fn tls_mode(ip: IpAddr, configured: Option<(PathBuf, PathBuf)>, self_signed: bool) -> TlsMode {
+    match configured {
+        Some((cert, key)) => TlsMode::Files { cert, key },
+        None if self_signed || !ip.is_loopback() => TlsMode::SelfSigned,
+        None => TlsMode::Off,
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -139,7 +163,7 @@ pub struct ServerConfig {
     pub on_shutdown: OnShutdown,
     pub trusted_proxies: Vec<IpAddr>,
     pub bootstrap_token_file: Option<PathBuf>,
-    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls: TlsMode,
     pub limits: ApiLimits,
     pub capacity: Capacity,
 }
@@ -255,7 +279,17 @@ impl ServerConfig {
             return Err(format!("{} = {} is too small: allow at least 16MiB", where_("capacity.memory"), ByteSize::bytes(capacity.memory_bytes)));
         }
 
+        let (files, self_signed) = match file.tls {
+            None => (None, false),
+            Some(FileTls { cert: Some(cert), key: Some(key), self_signed: false }) => (Some((cert, key)), false),
+            Some(FileTls { cert: None, key: None, self_signed }) => (None, self_signed),
+            Some(FileTls { self_signed: true, .. }) => {
+                return Err(format!("{}: set either cert and key, or self_signed = true, not both", where_("tls")));
+            }
+            Some(_) => return Err(format!("{}: cert and key must be set together", where_("tls"))),
+        };
         Ok(ServerConfig {
+            tls: tls_mode(listen.ip(), files, self_signed),
             listen,
             state_dir: overrides.state_dir.clone().or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             profiles_dir: overrides.profiles_dir.clone().or(file.profiles_dir),
@@ -264,7 +298,6 @@ impl ServerConfig {
             on_shutdown: file.on_shutdown.unwrap_or(OnShutdown::Destroy),
             trusted_proxies,
             bootstrap_token_file: file.bootstrap_token_file,
-            tls: file.tls.map(|t| (t.cert, t.key)),
             limits,
             capacity,
         })
@@ -273,11 +306,6 @@ impl ServerConfig {
     /// Where the SQLite database lives when no database URL is set.
     pub fn sqlite_path(&self) -> PathBuf {
         self.state_dir.join("mayfly.db")
-    }
-
-    /// Whether the listen address is loopback, where plain HTTP is allowed.
-    pub fn is_loopback(&self) -> bool {
-        self.listen.ip().is_loopback()
     }
 
     pub fn tls_dir(&self) -> PathBuf {
@@ -303,7 +331,7 @@ mod tests {
     fn defaults_listen_on_loopback_with_sqlite() {
         let config = ServerConfig::load(&Overrides::default()).unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
-        assert!(config.is_loopback());
+        assert_eq!(config.tls, TlsMode::Off);
         assert!(config.database_url.is_none());
         assert_eq!(config.on_shutdown, OnShutdown::Destroy);
     }
@@ -339,6 +367,21 @@ mod tests {
     fn a_bad_listen_address_says_what_is_expected() {
         let error = ServerConfig::load(&Overrides { listen: Some("localhost".into()), ..Default::default() }).unwrap_err();
         assert!(error.contains("\"localhost\"") && error.contains("ADDRESS:PORT"), "{error}");
+    }
+
+    #[test]
+    fn only_loopback_may_serve_plain_http() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(tls_mode(ip("127.0.0.1"), None, false), TlsMode::Off);
+        assert_eq!(tls_mode(ip("::1"), None, false), TlsMode::Off);
+        for address in ["0.0.0.0", "192.0.2.7", "::", "2001:db8::1"] {
+            assert_eq!(tls_mode(ip(address), None, false), TlsMode::SelfSigned, "{address}");
+        }
+        assert_eq!(tls_mode(ip("127.0.0.1"), None, true), TlsMode::SelfSigned);
+        let files = Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")));
+        assert!(matches!(tls_mode(ip("0.0.0.0"), files, false), TlsMode::Files { .. }));
+        let error = with_file("[tls]\ncert = \"c.pem\"\n").unwrap_err();
+        assert!(error.contains("cert and key must be set together"), "{error}");
     }
 
     #[test]

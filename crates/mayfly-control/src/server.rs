@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, caller::Peer};
 use crate::app::{now_ms, App, HostSupport};
 use crate::audit::Auditor;
-use crate::config::{OnShutdown, ServerConfig};
+use crate::config::{OnShutdown, ServerConfig, TlsMode};
 use crate::policy::Policies;
 use crate::sessions::SYSTEM;
 use crate::store::Store;
@@ -100,13 +100,10 @@ pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Starte
     let audit = Auditor::open(&config.state_dir).map_err(|e| format!("the audit log cannot be opened, so the server does not start: {e}"))?;
     let store = open_store(&config).await?;
     let host = tokio::task::spawn_blocking(HostSupport::inspect).await.map_err(|e| e.to_string())?;
-    if !config.is_loopback() && config.tls.is_none() {
-        tracing::info!(listen = %config.listen, "not a loopback address: serving TLS with a self-signed certificate");
-    }
-    let identity = if config.is_loopback() && config.tls.is_none() {
-        None
-    } else {
-        Some(tls::identity(config.tls.as_ref(), &config.tls_dir(), config.listen.ip())?)
+    let identity = match &config.tls {
+        TlsMode::Off => None,
+        TlsMode::SelfSigned => Some(tls::identity(None, &config.tls_dir(), config.listen.ip())?),
+        TlsMode::Files { cert, key } => Some(tls::identity(Some((cert, key)), &config.tls_dir(), config.listen.ip())?),
     };
     let listener = TcpListener::bind(config.listen)
         .await

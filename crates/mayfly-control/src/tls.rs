@@ -64,7 +64,7 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<(Vec<CertificateDer<'static
 }
 
 /// Loads the configured certificate, or the generated one under `dir`.
-pub fn identity(configured: Option<&(PathBuf, PathBuf)>, dir: &Path, listen: std::net::IpAddr) -> Result<Identity, String> {
+pub fn identity(configured: Option<(&PathBuf, &PathBuf)>, dir: &Path, listen: std::net::IpAddr) -> Result<Identity, String> {
     let (cert_path, key_path, generated) = match configured {
         Some((cert, key)) => (cert.clone(), key.clone(), false),
         None => {

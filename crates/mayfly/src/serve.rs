@@ -95,6 +95,7 @@ pub fn main(args: ServeArgs) -> i32 {
         if let Some(token) = &started.admin_token {
             println!("mayfly: first admin token, shown only this once; keep it safe:\n{token}");
         }
+        println!("mayfly: accepting connections; stop with SIGTERM or Ctrl-C");
         match serving.await {
             Ok(()) => 0,
             Err(message) => {

@@ -1,0 +1,271 @@
+//! The control plane as a real process: jobs through the API and the CLI
+//! client, delete, events, shutdown, admission, TLS and the first token.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::server::{self, output_text, raw_http, Server};
+use common::Scratch;
+use serde_json::{json, Value};
+
+fn process_alive(pid: i64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The host PID of a session's init, from its `running` event.
+fn init_pid(server: &Server, token: &str, id: &str) -> i64 {
+    let (_, events) = server.http("GET", &format!("/v1/sessions/{id}/events"), Some(token), None);
+    events["events"].as_array().unwrap().iter().find(|e| e["kind"] == "running").unwrap()["detail"]["init_pid"].as_i64().unwrap()
+}
+
+fn assert_clean_session(session: &Value) {
+    let teardown = &session["detail"]["teardown"];
+    assert_eq!(teardown["clean"], true, "{session}");
+    assert_eq!(teardown["processes_remaining"], json!([]));
+    assert_eq!(teardown["namespaces_remaining"], json!([]));
+}
+
+#[test]
+fn jobs_run_through_the_api_with_output_status_and_end_reason() {
+    let scratch = Scratch::new("server-jobs");
+    let server = server::start(&scratch.state_dir(), &[], &[]);
+    let token = server.token().to_string();
+
+    let output = server.cli(&token).args(["run", "--ttl", "20s", "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 7"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(7), "{}", output_text(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("err\n"), "{}", output_text(&output));
+
+    let started = Instant::now();
+    let output = server.cli(&token).args(["run", "--ttl", "2s", "--json", "--", "/bin/sleep", "60"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(124), "{}", output_text(&output));
+    assert!(started.elapsed() < Duration::from_secs(6));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reached its deadline"), "{stderr}");
+
+    let refused = server.cli(&token).args(["run", "--ttl", "2h", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(118), "{}", output_text(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("maximum of 1h"), "{}", output_text(&refused));
+
+    let listed = server.cli(&token).args(["ls", "--json"]).output().unwrap();
+    let sessions: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let sessions = sessions["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 2, "the refused request left no session");
+    for session in &sessions {
+        assert_eq!(session["state"], "destroyed", "{session}");
+        assert_clean_session(session);
+        let (_, events) = server.http("GET", &format!("/v1/sessions/{}/events", session["id"].as_str().unwrap()), Some(&token), None);
+        let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["pending", "starting", "running", "ended"]);
+    }
+    let deadline = sessions.iter().find(|s| s["end"]["reason"] == "deadline").unwrap();
+    let overshoot = deadline["ended_unix_ms"].as_i64().unwrap() - deadline["deadline_unix_ms"].as_i64().unwrap();
+    assert!(overshoot < 1500, "the deadline held within the kill grace: {overshoot} ms late");
+
+    let table = server.cli(&token).arg("ls").output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).starts_with("ID"), "{}", output_text(&table));
+    let verify = server.cli(&token).args(["audit", "verify", "--server", &server.url]).output().unwrap();
+    assert_eq!(verify.status.code(), Some(0), "{}", output_text(&verify));
+    assert!(server::ledger_records(&scratch.state_dir()).is_empty());
+    assert!(server.stop().success());
+}
+
+#[test]
+fn delete_destroys_a_running_session_at_once_and_events_stream_its_end() {
+    let scratch = Scratch::new("server-delete");
+    let server = server::start(&scratch.state_dir(), &[], &[]);
+    let token = server.token().to_string();
+    let id = server.create(&token, "60s", &["/bin/sh", "-c", "trap '' TERM; sleep 100"]);
+    server.wait_for_state(&token, &id, &["running"]);
+    let pid = init_pid(&server, &token, &id);
+    assert!(process_alive(pid));
+
+    // A live event stream, read on another thread until the server closes it.
+    let address = server.address;
+    let (stream_token, stream_path) = (token.clone(), format!("/v1/sessions/{id}/events"));
+    let stream = std::thread::spawn(move || raw_http(address, "GET", &stream_path, Some(&stream_token), None, &[("Accept", "text/event-stream")]));
+    std::thread::sleep(Duration::from_millis(200));
+
+    let started = Instant::now();
+    let (status, session) = server.http("DELETE", &format!("/v1/sessions/{id}"), Some(&token), None);
+    assert_eq!(status, 200, "{session}");
+    assert!(started.elapsed() < Duration::from_secs(2), "delete took {:?}", started.elapsed());
+    assert_eq!(session["state"], "destroyed");
+    assert_eq!(session["end"]["reason"], "destroyed");
+    assert_eq!(session["end"]["detail"], "deleted by admin");
+    assert_eq!(session["exit_code"], 121);
+    assert_clean_session(&session);
+    assert!(!process_alive(pid), "init {pid} survived the delete");
+
+    let (status, _, body) = stream.join().unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("event: terminating") && body.contains("event: ended"), "{body}");
+
+    let (status, gone) = server.http("GET", &format!("/v1/sessions/{id}"), Some(&token), None);
+    assert_eq!(status, 410);
+    assert_eq!(gone["end"]["reason"], "destroyed");
+    let (status, again) = server.http("DELETE", &format!("/v1/sessions/{id}"), Some(&token), None);
+    assert_eq!((status, again["ended_unix_ms"].clone()), (200, session["ended_unix_ms"].clone()));
+}
+
+#[test]
+fn a_full_host_answers_503_with_retry_after() {
+    let scratch = Scratch::new("server-admission");
+    let config = scratch.path.join("mayfly.toml");
+    std::fs::write(&config, "[capacity]\nsessions = 1\n").unwrap();
+    let server = server::start(&scratch.state_dir(), &["--config", config.to_str().unwrap()], &[]);
+    let token = server.token().to_string();
+    let first = server.create(&token, "60s", &["/bin/sleep", "100"]);
+    let body = json!({ "ttl": "10s", "command": ["/bin/true"] });
+    let (status, head, text) = raw_http(server.address, "POST", "/v1/sessions", Some(&token), Some(&body), &[]).unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    assert!(text.contains("host-full") && text.contains("maximum of 1 sessions"), "{text}");
+    server.http("DELETE", &format!("/v1/sessions/{first}"), Some(&token), None);
+    let second = server.create(&token, "10s", &["/bin/true"]);
+    server.wait_for_state(&token, &second, &["destroyed"]);
+}
+
+#[test]
+fn sigterm_destroys_running_sessions_and_records_why() {
+    let scratch = Scratch::new("server-sigterm");
+    let server = server::start(&scratch.state_dir(), &[], &[]);
+    let token = server.token().to_string();
+    let id = server.create(&token, "60s", &["/bin/sleep", "100"]);
+    server.wait_for_state(&token, &id, &["running"]);
+    let pid = init_pid(&server, &token, &id);
+    assert!(server.stop().success());
+    assert!(!process_alive(pid));
+    assert!(server::ledger_records(&scratch.state_dir()).is_empty());
+
+    let log = std::fs::read_to_string(scratch.state_dir().join("audit/log.jsonl")).unwrap();
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ended = records.iter().find(|r| r["kind"] == "session.ended" && r["session_id"] == id.as_str()).unwrap();
+    assert_eq!(ended["fields"]["end"]["detail"], "the server is shutting down");
+    let stopped = records.iter().find(|r| r["kind"] == "server.stopped").unwrap();
+    assert_eq!(stopped["fields"]["signal"], "SIGTERM");
+    assert_eq!(stopped["fields"]["left_running"], 0);
+}
+
+#[test]
+fn left_sessions_keep_their_deadline_while_the_server_is_down() {
+    let scratch = Scratch::new("server-leave");
+    let config = scratch.path.join("mayfly.toml");
+    std::fs::write(&config, "on_shutdown = \"leave\"\n").unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let server = server::start(&scratch.state_dir(), &args, &[]);
+    let token = server.token().to_string();
+    let id = server.create(&token, "3s", &["/bin/sh", "-c", "trap '' TERM; sleep 100"]);
+    server.wait_for_state(&token, &id, &["running"]);
+    let pid = init_pid(&server, &token, &id);
+    assert!(server.stop().success());
+    assert!(process_alive(pid), "leave mode keeps the session running");
+    // Nobody supervises it now: its own init ends it at the deadline.
+    let started = Instant::now();
+    while process_alive(pid) && started.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!process_alive(pid), "the deadline did not hold while the server was down");
+
+    let server = server::start(&scratch.state_dir(), &args, &[]);
+    assert!(server.admin_token.is_none(), "the admin token is printed only at the first start");
+    let session = server.wait_for_state(&token, &id, &["failed"]);
+    assert_eq!(session["end"]["reason"], "interrupted");
+    assert_eq!(session["exit_code"], 120);
+    assert!(server::ledger_records(&scratch.state_dir()).is_empty());
+}
+
+#[test]
+fn a_supplied_bootstrap_token_is_stored_only_as_a_hash() {
+    let scratch = Scratch::new("server-bootstrap");
+    let generated = std::process::Command::new(common::MAYFLY).args(["token", "generate"]).output().unwrap();
+    let token = String::from_utf8(generated.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("mfy_"));
+    let server = server::start(&scratch.state_dir(), &[], &[("MAYFLY_BOOTSTRAP_TOKEN", &token)]);
+    assert!(server.admin_token.is_none(), "a supplied token is not printed");
+    let (status, me) = server.http("GET", "/v1/me", Some(&token), None);
+    assert_eq!(status, 200);
+    assert_eq!(me["groups"], json!(["admins"]));
+    let db = std::fs::read(scratch.state_dir().join("mayfly.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(&token[13..]));
+
+    let bad = std::process::Command::new(common::MAYFLY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(scratch.path.join("other"))
+        .env("MAYFLY_BOOTSTRAP_TOKEN", "hunter2")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(125), "{}", output_text(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("mayfly token generate"), "{}", output_text(&bad));
+}
+
+#[test]
+fn bad_configuration_stops_the_server_with_a_named_cause() {
+    let scratch = Scratch::new("server-config");
+    let serve = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(common::MAYFLY);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--state-dir"]).arg(scratch.state_dir()).args(extra);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    let policy = scratch.path.join("bad.cedar");
+    std::fs::write(&policy, "permit (principal, action, resource);\n\npermit (principal, action resource);\n").unwrap();
+    let output = serve(&["--policy", policy.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("bad.cedar:3:"), "{}", output_text(&output));
+
+    let config = scratch.path.join("mayfly.toml");
+    std::fs::write(&config, "listen_port = 1\n").unwrap();
+    let output = serve(&["--config", config.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("listen_port"), "{}", output_text(&output));
+
+    let output = serve(&[], &[("MAYFLY_LISTN", "127.0.0.1:1")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("MAYFLY_LISTN"), "{}", output_text(&output));
+}
+
+#[test]
+fn tls_serves_with_a_generated_certificate_that_clients_pin() {
+    let scratch = Scratch::new("server-tls");
+    let config = scratch.path.join("mayfly.toml");
+    std::fs::write(&config, "[tls]\nself_signed = true\n").unwrap();
+    let server = server::start(&scratch.state_dir(), &["--config", config.to_str().unwrap()], &[]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let cert = scratch.state_dir().join("tls/cert.pem");
+    let fingerprint = std::process::Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&cert).output().unwrap();
+    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout).to_string();
+    assert!(fingerprint.contains(server.fingerprint.as_deref().unwrap()), "{fingerprint} vs {:?}", server.fingerprint);
+    let token = server.token().to_string();
+
+    let output = server.cli(&token).env("MAYFLY_CA_CERT", &cert).args(["run", "--ttl", "10s", "--", "/bin/echo", "over tls"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "over tls\n");
+    let untrusted = server.cli(&token).args(["ls"]).output().unwrap();
+    assert_eq!(untrusted.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("--ca-cert"), "{}", output_text(&untrusted));
+    // Plain HTTP to the TLS port gets nowhere.
+    assert!(server::try_http(server.address, "GET", "/healthz", None, None).map(|(s, _)| s != 200).unwrap_or(true));
+}
+
+#[test]
+fn the_postgres_store_serves_sessions() {
+    let scratch = Scratch::new("server-postgres");
+    let url = mayfly_control::testing::postgres_url();
+    let database = format!("mayfly_server_{}", std::process::id());
+    let admin = server::PgAdmin::new(&url);
+    admin.create_database(&database);
+    let url = format!("{}/{database}", url.rsplit_once('/').unwrap().0);
+    let server = server::start(&scratch.state_dir(), &["--database-url", &url], &[]);
+    let token = server.token().to_string();
+    let output = server.cli(&token).args(["run", "--ttl", "10s", "--", "/bin/echo", "stored in postgres"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    let (_, list) = server.http("GET", "/v1/sessions", Some(&token), None);
+    assert_eq!(list["sessions"][0]["state"], "destroyed");
+    assert!(!scratch.state_dir().join("mayfly.db").exists(), "no SQLite database beside PostgreSQL");
+    drop(server);
+    admin.drop_database(&database);
+}
