@@ -130,6 +130,8 @@ pub struct Policies {
     authorizer: Authorizer,
     /// Where the policies came from: a file path or `built-in`.
     pub source: String,
+    /// SHA-256 of the policy text, so that the audit log shows when it changed.
+    pub digest: String,
 }
 
 impl Policies {
@@ -161,7 +163,9 @@ impl Policies {
         if let Some(error) = result.validation_errors().next() {
             return Err(located(file, text, error, error.to_string()));
         }
-        Ok(Policies { schema, set, authorizer: Authorizer::new(), source: "built-in".into() })
+        use sha2::Digest;
+        let digest = mayfly_audit::hex(&sha2::Sha256::digest(text.as_bytes()));
+        Ok(Policies { schema, set, authorizer: Authorizer::new(), source: "built-in".into(), digest })
     }
 
     /// The name a policy is reported under: its `@id` annotation if it has one.

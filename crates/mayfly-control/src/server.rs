@@ -116,6 +116,7 @@ pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Starte
         .field("tls", identity.is_some())
         .field("store", app.store.backend())
         .field("policy", app.policies.source.clone())
+        .field("policy_sha256", app.policies.digest.clone())
         .field("version", env!("CARGO_PKG_VERSION"));
     app.audit.record(vec![start_entry], true).await.map_err(|e| format!("the audit log cannot be written, so the server does not start: {e}"))?;
 

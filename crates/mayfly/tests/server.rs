@@ -269,3 +269,67 @@ fn the_postgres_store_serves_sessions() {
     drop(server);
     admin.drop_database(&database);
 }
+
+#[test]
+fn metrics_headers_and_websocket_messages_are_bounded_and_reported() {
+    let scratch = Scratch::new("server-metrics");
+    let server = server::start(&scratch.state_dir(), &[], &[]);
+    let token = server.token().to_string();
+    let id = server.create(&token, "20s", &["/bin/sh", "-c", "exit 3"]);
+    server.wait_for_state(&token, &id, &["destroyed"]);
+    let (status, _) = server.http("GET", "/v1/me", Some("mfy_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"), None);
+    assert_eq!(status, 401);
+
+    let (status, _, text) = raw_http(server.address, "GET", "/metrics", Some(&token), None, &[]).unwrap();
+    assert_eq!(status, 200, "{text}");
+    for expected in [
+        "mayfly_sessions{state=\"destroyed\"} 1",
+        "mayfly_sessions{state=\"running\"} 0",
+        "mayfly_session_creation_seconds_count 1",
+        "mayfly_session_teardown_seconds_count 1",
+        "mayfly_deadline_overshoot_seconds_count 0",
+        "mayfly_authentication_failures_total 1",
+        "mayfly_authorization_denials_total 0",
+        "mayfly_rate_limited_source_total 0",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from\n{text}");
+    }
+
+    // Headers past the limit are refused before any handler runs.
+    let huge = "x".repeat(40 * 1024);
+    let (status, _, _) = raw_http(server.address, "GET", "/v1/me", Some(&token), None, &[("X-Padding", &huge)]).unwrap_or((431, String::new(), String::new()));
+    assert_eq!(status, 431);
+
+    // A WebSocket message past the limit closes the attach.
+    let id = server.create(&token, "20s", &["/bin/sleep", "30"]);
+    server.wait_for_state(&token, &id, &["running"]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        let mut request = format!("ws://{}/v1/sessions/{id}/attach", server.address).into_client_request().unwrap();
+        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+        let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+        let first = socket.next().await.unwrap().unwrap();
+        assert!(first.to_text().unwrap().contains("\"type\":\"session\""), "{first:?}");
+        socket.send(Message::Binary(vec![0u8; 200 * 1024].into())).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match socket.next().await {
+                    None | Some(Err(_)) => return None,
+                    Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await
+        .expect("the server closed the attach");
+        assert!(closed.is_none() || closed == Some(1009), "{closed:?}");
+    });
+    let (status, session) = server.http("DELETE", &format!("/v1/sessions/{id}"), Some(&token), None);
+    assert_eq!((status, session["state"].as_str()), (200, Some("destroyed")));
+    let log = std::fs::read_to_string(scratch.state_dir().join("audit/log.jsonl")).unwrap();
+    assert!(log.contains("\"session.attached\"") && log.contains("\"session.detached\""));
+    assert!(log.contains("\"policy_sha256\""));
+}
