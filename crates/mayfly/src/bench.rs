@@ -3,6 +3,8 @@
 //! alternates between them each iteration, so machine noise affects each
 //! runtime alike.
 
+mod api;
+mod http;
 mod report;
 mod runc_bundle;
 mod runtime;
@@ -53,6 +55,9 @@ pub fn main(args: BenchArgs) -> i32 {
     if let Err(message) = validate_runs(args.runs) {
         eprintln!("mayfly: {message}");
         return ExitCode::USAGE;
+    }
+    if args.suite == "api" {
+        return api::main(&args);
     }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("mayfly: warning: not running as root. `mayfly run` needs root, so its runs will fail.");

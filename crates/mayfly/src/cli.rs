@@ -151,6 +151,9 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// What to measure: `start` (cold start against bubblewrap and runc) or `api` (the control plane beside `mayfly run`).
+    #[arg(long, default_value = "start", value_parser = ["start", "api"])]
+    pub suite: String,
     /// Number of measured runs per runtime, from 1 to 10000, alternating between runtimes.
     #[arg(long, default_value_t = 50)]
     pub runs: u32,

@@ -19,14 +19,14 @@ pub(super) fn control_for(app: &Arc<App>, id: &str) -> SessionControl {
     let handle = Handle::current();
     SessionControl::new(move |init_pid| {
         let Some(app) = app.upgrade() else { return };
-        let detail = serde_json::json!({ "init_pid": init_pid });
+        let since_request = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|live| live.requested_at.elapsed());
+        let since_request_us = since_request.map(|d| d.as_micros() as u64);
+        let detail = serde_json::json!({ "init_pid": init_pid, "since_request_us": since_request_us });
         // The hook runs on the session's own thread, never on a runtime
         // thread, so it may wait for the transition to be recorded.
         let moved = handle.block_on(app.transition(&id, SessionState::Running, SYSTEM, detail));
-        if let Ok(true) = moved {
-            if let Some(live) = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
-                app.metrics.creation_seconds.observe(live.requested_at.elapsed().as_secs_f64());
-            }
+        if let (Ok(true), Some(elapsed)) = (moved, since_request) {
+            app.metrics.creation_seconds.observe(elapsed.as_secs_f64());
         }
     })
 }

@@ -29,7 +29,7 @@ pub(super) fn median(sorted: &[Duration]) -> Option<Duration> {
 /// Returns the `percent`th percentile of ascending `sorted` by the
 /// nearest-rank method: the smallest value that at least `percent`% of the
 /// values are less than or equal to.
-fn percentile(sorted: &[Duration], percent: usize) -> Option<Duration> {
+pub(super) fn percentile(sorted: &[Duration], percent: usize) -> Option<Duration> {
     if sorted.is_empty() {
         return None;
     }
