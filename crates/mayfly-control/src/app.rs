@@ -58,6 +58,9 @@ pub struct App {
     /// session, so that concurrent creations cannot both pass.
     pub quota: tokio::sync::Mutex<()>,
     pub events: broadcast::Sender<EventRecord>,
+    /// Striped locks that keep one session's state change and its event in
+    /// the same order, so that no event lands after a session's end.
+    transition_locks: Vec<tokio::sync::Mutex<()>>,
     pub source_limiter: Limiter<IpAddr>,
     pub principal_limiter: Limiter<String>,
     recovered: AtomicBool,
@@ -84,6 +87,7 @@ impl App {
             live: Mutex::new(HashMap::new()),
             quota: tokio::sync::Mutex::new(()),
             events: broadcast::channel(1024).0,
+            transition_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             recovered: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
@@ -105,6 +109,14 @@ impl App {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The lock that orders the transitions of session `id`.
+    pub fn transition_lock(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        &self.transition_locks[hasher.finish() as usize % self.transition_locks.len()]
     }
 
     pub fn live_count(&self) -> usize {

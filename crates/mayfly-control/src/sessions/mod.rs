@@ -198,6 +198,7 @@ impl App {
     /// Moves a session to a new state, then records the event and the audit
     /// record. Returns false, doing nothing, when the lifecycle forbids it.
     pub(crate) async fn transition(&self, id: &str, to: SessionState, actor: &str, detail: serde_json::Value) -> Result<bool, Problem> {
+        let _ordered = self.transition_lock(id).lock().await;
         if !self.store.move_session(id, to).await.map_err(|e| Problem::store_failed(&e))? {
             return Ok(false);
         }
@@ -207,7 +208,7 @@ impl App {
 
     /// Records an event in the session's history, the audit log and the
     /// live event stream.
-    async fn record_event(&self, id: &str, kind: &str, state: SessionState, actor: &str, detail: serde_json::Value, checkpoint: bool) -> Result<(), Problem> {
+    pub(crate) async fn record_event(&self, id: &str, kind: &str, state: SessionState, actor: &str, detail: serde_json::Value, checkpoint: bool) -> Result<(), Problem> {
         let mut entry = Entry::new(&format!("session.{kind}"), actor).session(id).field("state", state.as_str());
         if let serde_json::Value::Object(fields) = &detail {
             for (key, value) in fields {
@@ -222,6 +223,7 @@ impl App {
 
     /// Writes a session's end: its final state, reason and evidence.
     pub(crate) async fn finish(&self, id: &str, ending: Ending, actor: &str) -> Result<bool, Problem> {
+        let _ordered = self.transition_lock(id).lock().await;
         if !self.store.end_session(id, &ending).await.map_err(|e| Problem::store_failed(&e))? {
             return Ok(false);
         }

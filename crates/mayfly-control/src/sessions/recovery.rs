@@ -74,6 +74,16 @@ impl App {
             };
             self.finish(&session.id, ending, SYSTEM).await.map_err(|p| p.detail)?;
         }
+        // A crash between writing a session's end and its `ended` event
+        // leaves an ended session without one; write it now.
+        for session in self.store.ended_without_event().await.map_err(|e| e.to_string())? {
+            let detail = serde_json::json!({
+                "end": session.end,
+                "exit_code": session.exit_code,
+                "detail": { "recovered": true, "note": "the end was stored before a crash; its event is written by recovery" },
+            });
+            self.record_event(&session.id, "ended", session.state, SYSTEM, detail, true).await.map_err(|p| p.detail)?;
+        }
         let _ = self.store.prune_attach_tokens(now_ms()).await;
         self.set_recovered();
         Ok(())

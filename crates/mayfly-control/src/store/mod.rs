@@ -390,6 +390,27 @@ impl Store {
         )
     }
 
+    /// Ended sessions whose history has no `ended` event: what a crash
+    /// between writing the end and its event leaves.
+    pub async fn ended_without_event(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let columns = SESSION_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
+        on_pool!(
+            self,
+            format!(
+                "SELECT {columns} FROM sessions s WHERE s.state IN ('destroyed', 'failed')
+                 AND NOT EXISTS (SELECT 1 FROM session_events e WHERE e.session_id = s.id AND e.kind = 'ended') ORDER BY s.id"
+            ),
+            |q, pool| {
+                let rows = q.fetch_all(pool).await?;
+                let mut sessions = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    sessions.push(session_from_row!(row));
+                }
+                Ok(sessions)
+            }
+        )
+    }
+
     /// Counts sessions per state.
     pub async fn count_by_state(&self) -> Result<Vec<(SessionState, i64)>, StoreError> {
         on_pool!(self, "SELECT state, COUNT(*) AS n FROM sessions GROUP BY state", |q, pool| {

@@ -114,3 +114,18 @@ async fn postgres_store_keeps_what_it_is_given() {
 fn placeholders_are_numbered_for_postgres() {
     assert_eq!(numbered("SELECT ? WHERE a = ? AND b IN (?, ?)"), "SELECT $1 WHERE a = $2 AND b IN ($3, $4)");
 }
+
+#[tokio::test]
+async fn ended_sessions_without_an_end_event_are_found() {
+    let dir = temp_dir("store-ended");
+    let store = Store::open_sqlite(&dir.join("mayfly.db")).await.unwrap();
+    for id in ["s-a", "s-b"] {
+        store.insert_session(&session(id, "alice", 1)).await.unwrap();
+        let ending = Ending { state: SessionState::Failed, ended_unix_ms: 2, end: serde_json::json!({}), exit_code: 120, detail: serde_json::json!({}) };
+        assert!(store.end_session(id, &ending).await.unwrap());
+    }
+    store.append_event("s-a", "ended", SessionState::Failed, &serde_json::json!({}), 3).await.unwrap();
+    let missing: Vec<String> = store.ended_without_event().await.unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(missing, vec!["s-b".to_string()]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
