@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::chain::{verify_lines, Break, Verified};
 use crate::key::{checkpoint_message, KeyError, SigningKeyFile};
@@ -71,14 +72,60 @@ impl AuditLog {
         // The head exists from the first use on, so deleting it is detected.
         // Only a new log gets one here, under the log's lock: a missing head
         // beside existing records is damage for `verify` to report.
-        let file = log.open_for_append()?;
+        let mut file = log.open_for_append()?;
         let log_is_empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
         if log_is_empty && !log.head.exists() {
             let signature = log.key.sign(&checkpoint_message(0, GENESIS));
             log.write_head(&Head { seq: 0, hash: GENESIS.into(), signature })?;
         }
+        let repaired = log.repair_torn_tail(&mut file)?;
         drop(file);
+        if let Some(entry) = repaired {
+            log.append(vec![entry], true)?;
+        }
         Ok(log)
+    }
+
+    /// Handles a last line that a crash cut off in the middle of a write.
+    /// A line that lacks only its newline gets it. Anything else after the
+    /// last newline is moved to `log.jsonl.torn-TIME` and cut from the log,
+    /// and the returned entry records that, with the cut bytes' SHA-256. No
+    /// complete record is ever removed: the signed head still catches any
+    /// cut through whole records.
+    fn repair_torn_tail(&self, file: &mut File) -> Result<Option<Entry>, AuditError> {
+        let write_error = |source| AuditError::Write { path: self.log.clone(), source };
+        let read_error = |source| AuditError::Read { path: self.log.clone(), source };
+        let length = file.seek(SeekFrom::End(0)).map_err(read_error)?;
+        if length == 0 {
+            return Ok(None);
+        }
+        let start = length.saturating_sub(2 * MAX_RECORD_BYTES as u64);
+        file.seek(SeekFrom::Start(start)).map_err(read_error)?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(read_error)?;
+        if tail.last() == Some(&b'\n') {
+            return Ok(None);
+        }
+        let cut_at = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if cut_at == 0 && start > 0 {
+            return Err(AuditError::Tail { path: self.log.clone(), reason: "the last line is longer than any record can be".into() });
+        }
+        let torn = &tail[cut_at..];
+        let complete = serde_json::from_slice::<Record>(torn).is_ok_and(|r| r.compute_hash() == r.hash);
+        if complete {
+            file.write_all(b"\n").and_then(|()| file.sync_data()).map_err(write_error)?;
+            return Ok(None);
+        }
+        let saved = self.log.with_extension(format!("jsonl.torn-{}", now_unix_ms()));
+        fs::write(&saved, torn).map_err(|source| AuditError::Write { path: saved.clone(), source })?;
+        file.set_len(start + cut_at as u64).and_then(|()| file.sync_data()).map_err(write_error)?;
+        let digest: String = crate::record::hex(&sha2::Sha256::digest(torn));
+        Ok(Some(
+            Entry::new("audit.tail_repaired", "mayfly")
+                .field("torn_bytes", torn.len())
+                .field("torn_sha256", digest)
+                .field("saved_to", saved.display().to_string()),
+        ))
     }
 
     /// Opens an existing log for reading, creating nothing.
@@ -262,6 +309,32 @@ mod tests {
         let mut lines: Vec<String> = fs::read_to_string(log.path()).unwrap().lines().map(String::from).collect();
         change(&mut lines);
         fs::write(log.path(), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    }
+
+    #[test]
+    fn a_write_torn_by_a_crash_is_cut_and_recorded() {
+        let (scratch, log) = filled("torn");
+        let mut file = File::options().append(true).open(log.path()).unwrap();
+        file.write_all(b"{\"seq\":10,\"time_unix_ms\":1,\"kind\":\"sess").unwrap();
+        drop(file);
+        let reopened = AuditLog::open(&scratch.0).unwrap();
+        let verified = reopened.verify().unwrap();
+        assert_eq!(verified.records, 11, "the repair record and its checkpoint follow the 9 records");
+        let records = reopened.records(1).unwrap();
+        let repair = records.iter().find(|r| r.entry.kind == "audit.tail_repaired").unwrap();
+        assert_eq!(repair.entry.fields["torn_bytes"], 39);
+        let saved = repair.entry.fields["saved_to"].as_str().unwrap();
+        assert_eq!(fs::read(saved).unwrap().len(), 39, "the cut bytes are kept for inspection");
+    }
+
+    #[test]
+    fn a_record_missing_only_its_newline_is_kept() {
+        let (scratch, log) = filled("newline");
+        let text = fs::read_to_string(log.path()).unwrap();
+        fs::write(log.path(), text.trim_end_matches('\n')).unwrap();
+        let reopened = AuditLog::open(&scratch.0).unwrap();
+        assert_eq!(reopened.verify().unwrap().records, 9);
+        assert!(!reopened.records(1).unwrap().iter().any(|r| r.entry.kind == "audit.tail_repaired"));
     }
 
     #[test]
