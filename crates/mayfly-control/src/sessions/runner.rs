@@ -86,6 +86,7 @@ fn ending_of(result: Result<SessionOutcome, SessionError>, app: &App, output: &O
 pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: i64, output: Arc<Output>) {
     let handle = Handle::current();
     let id = config.session_id.clone();
+    let (failed_app, failed_id) = (Arc::clone(&app), id.clone());
     let thread = std::thread::Builder::new().name(format!("session-{id}")).spawn(move || {
         let _ = handle.block_on(app.transition(&id, SessionState::Starting, SYSTEM, serde_json::json!({})));
         // The deadline counts from creation, so the time spent before the
@@ -109,6 +110,22 @@ pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: 
         app.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });
     if let Err(error) = thread {
-        tracing::error!(error = %error, "failed to start a session thread");
+        tracing::error!(session_id = %failed_id, error = %error, "failed to start a session thread");
+        let ending = Ending {
+            state: SessionState::Failed,
+            ended_unix_ms: unix_ms(),
+            end: serde_json::to_value(EndReason::SetupFailed { step: "start the session thread".into(), error: error.to_string() }).expect("serializes"),
+            exit_code: ExitCode::SETUP_FAILED,
+            detail: serde_json::json!({}),
+        };
+        tokio::spawn(async move {
+            if let Err(problem) = failed_app.finish(&failed_id, ending, SYSTEM).await {
+                tracing::error!(session_id = %failed_id, detail = %problem.detail, "failed to record the end of a session");
+            }
+            failed_app.admission.lock().unwrap_or_else(|e| e.into_inner()).release(&failed_id);
+            if let Some(live) = failed_app.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&failed_id) {
+                live.output.end(serde_json::json!({ "state": "failed", "exit_code": ExitCode::SETUP_FAILED }));
+            }
+        });
     }
 }
