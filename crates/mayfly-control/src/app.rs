@@ -53,6 +53,9 @@ pub struct App {
     pub metrics: Metrics,
     pub host: HostSupport,
     pub live: Mutex<HashMap<String, Live>>,
+    /// Output of ended sessions, kept for a while so that a client that
+    /// attaches after the end still reads it and the end.
+    pub finished: Mutex<crate::sessions::Finished>,
     pub admission: Mutex<Admission>,
     /// Held while a creation checks its owner's quota and records the
     /// session, so that concurrent creations cannot both pass.
@@ -85,6 +88,7 @@ impl App {
             metrics: Metrics::default(),
             host,
             live: Mutex::new(HashMap::new()),
+            finished: Mutex::new(crate::sessions::Finished::default()),
             quota: tokio::sync::Mutex::new(()),
             events: broadcast::channel(1024).0,
             transition_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),

@@ -31,6 +31,12 @@ pub const KNOWN_ENV: &[&str] = &[
     "MAYFLY_TEST_POSTGRES_URL",
 ];
 
+/// The variables a person sets, for messages: every known one but the
+/// test suite's own.
+pub fn documented_env() -> Vec<&'static str> {
+    KNOWN_ENV.iter().copied().filter(|name| *name != "MAYFLY_TEST_POSTGRES_URL").collect()
+}
+
 /// Returns the first `MAYFLY_*` variable in `vars` that Mayfly does not know.
 pub fn unknown_env(vars: impl IntoIterator<Item = String>) -> Option<String> {
     vars.into_iter().find(|name| name.starts_with("MAYFLY_") && !KNOWN_ENV.contains(&name.as_str()))
@@ -58,6 +64,7 @@ struct FileConfig {
     on_shutdown: Option<OnShutdown>,
     trusted_proxies: Option<Vec<String>>,
     bootstrap_token_file: Option<PathBuf>,
+    session_retention: Option<mayfly_core::Ttl>,
     tls: Option<FileTls>,
     limits: Option<FileLimits>,
     capacity: Option<FileCapacity>,
@@ -108,6 +115,7 @@ struct FileLimits {
     max_websocket_message: Option<ByteSize>,
     limiter_keys: Option<u32>,
     output_buffer: Option<ByteSize>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -142,6 +150,7 @@ pub struct ApiLimits {
     pub max_websocket_message_bytes: usize,
     pub limiter_keys: usize,
     pub output_buffer_bytes: usize,
+    pub max_connections: usize,
 }
 
 /// How much the host may hold at once; sessions reserve their limits.
@@ -163,6 +172,8 @@ pub struct ServerConfig {
     pub on_shutdown: OnShutdown,
     pub trusted_proxies: Vec<IpAddr>,
     pub bootstrap_token_file: Option<PathBuf>,
+    /// How long ended sessions and their events stay in the store.
+    pub session_retention: mayfly_core::Ttl,
     pub tls: TlsMode,
     pub limits: ApiLimits,
     pub capacity: Capacity,
@@ -262,7 +273,12 @@ impl ServerConfig {
             )?,
             limiter_keys: check_range(&where_("limits.limiter_keys"), l.limiter_keys.unwrap_or(10_000), 10, 10_000_000)? as usize,
             output_buffer_bytes: check_size(&where_("limits.output_buffer"), l.output_buffer.unwrap_or(ByteSize::mib(1)), ByteSize::kib(4), ByteSize::mib(256))?,
+            max_connections: check_range(&where_("limits.max_connections"), l.max_connections.unwrap_or(1024), 16, 1_000_000)? as usize,
         };
+        let session_retention = file.session_retention.unwrap_or(mayfly_core::Ttl::from_secs(30 * 86_400));
+        if session_retention < mayfly_core::Ttl::from_secs(3600) || session_retention > mayfly_core::Ttl::from_secs(3650 * 86_400) {
+            return Err(format!("{} = {session_retention} is out of range: allowed is 1h to 3650d", where_("session_retention")));
+        }
 
         let c = file.capacity.unwrap_or_default();
         let defaults = default_capacity();
@@ -298,6 +314,7 @@ impl ServerConfig {
             on_shutdown: file.on_shutdown.unwrap_or(OnShutdown::Destroy),
             trusted_proxies,
             bootstrap_token_file: file.bootstrap_token_file,
+            session_retention,
             limits,
             capacity,
         })

@@ -56,6 +56,7 @@ pub struct Metrics {
     pub quota_rejections: AtomicU64,
     pub admission_rejections: AtomicU64,
     pub authentication_failures: AtomicU64,
+    pub connections_refused: AtomicU64,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
@@ -79,6 +80,7 @@ impl Metrics {
         counter(&mut out, "mayfly_quota_rejections_total", "Session creations refused by a principal's quota.", &self.quota_rejections);
         counter(&mut out, "mayfly_admission_rejections_total", "Session creations refused because the host is full.", &self.admission_rejections);
         counter(&mut out, "mayfly_authentication_failures_total", "Requests with a missing or invalid token.", &self.authentication_failures);
+        counter(&mut out, "mayfly_connections_refused_total", "Connections closed at once because the connection limit was reached.", &self.connections_refused);
         let _ = writeln!(out, "# HELP mayfly_audit_records_total Audit records appended by this process.\n# TYPE mayfly_audit_records_total counter\nmayfly_audit_records_total {audit_records}");
         out
     }

@@ -37,7 +37,36 @@ pub enum Bootstrap {
 pub struct Started {
     pub address: SocketAddr,
     pub tls_fingerprint: Option<String>,
+    pub tls_certificate: Option<std::path::PathBuf>,
     pub admin_token: Option<String>,
+}
+
+fn check_database_url(config: &ServerConfig) -> Result<(), String> {
+    match &config.database_url {
+        None => Ok(()),
+        Some(url) if ["postgres://", "postgresql://", "sqlite:"].iter().any(|p| url.starts_with(p)) => Ok(()),
+        Some(url) => Err(format!(
+            "database_url {:?} is not supported: use postgres://USER@HOST/DB or sqlite:PATH",
+            url.split('@').next_back().unwrap_or_default()
+        )),
+    }
+}
+
+/// Sets a path's permission bits.
+fn restrict(path: &std::path::Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("cannot restrict {}: {e}", path.display()))
+}
+
+/// Creates the state directory, or narrows an existing one, to root only:
+/// it holds the database, the audit signing key and the TLS key.
+fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create the state directory {}: {e}; choose another with --state-dir", dir.display()))?;
+    restrict(dir, 0o700)
 }
 
 async fn open_store(config: &ServerConfig) -> Result<Store, String> {
@@ -91,14 +120,21 @@ async fn bootstrap_admin(app: &App, bootstrap: Bootstrap) -> Result<Option<Strin
 /// Prepares everything and binds the listener. The returned future serves
 /// until SIGTERM or SIGINT.
 pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Started, impl std::future::Future<Output = Result<(), String>>), String> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.state_dir)
-        .map_err(|e| format!("cannot create the state directory {}: {e}; choose another with --state-dir", config.state_dir.display()))?;
+    // Everything that can be checked without writing comes first, so that a
+    // bad setting leaves no state directory behind.
     let policies = Policies::load(config.policy.as_deref()).map_err(|e| format!("the policy is invalid, so the server does not start: {e}"))?;
+    if let Some(dir) = &config.profiles_dir {
+        if !dir.is_dir() {
+            return Err(format!("the profiles directory {} does not exist or is not a directory; create it or fix --profiles-dir", dir.display()));
+        }
+    }
+    check_database_url(&config)?;
+    prepare_state_dir(&config.state_dir)?;
     let audit = Auditor::open(&config.state_dir).map_err(|e| format!("the audit log cannot be opened, so the server does not start: {e}"))?;
     let store = open_store(&config).await?;
+    if config.database_url.is_none() {
+        restrict(&config.sqlite_path(), 0o600)?;
+    }
     let host = tokio::task::spawn_blocking(HostSupport::inspect).await.map_err(|e| e.to_string())?;
     let identity = match &config.tls {
         TlsMode::Off => None,
@@ -120,7 +156,12 @@ pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Starte
         .field("version", env!("CARGO_PKG_VERSION"));
     app.audit.record(vec![start_entry], true).await.map_err(|e| format!("the audit log cannot be written, so the server does not start: {e}"))?;
 
-    let started = Started { address, tls_fingerprint: identity.as_ref().map(|i| i.fingerprint.clone()), admin_token };
+    let started = Started {
+        address,
+        tls_fingerprint: identity.as_ref().map(|i| i.fingerprint.clone()),
+        tls_certificate: identity.as_ref().map(|i| i.cert_path.clone()),
+        admin_token,
+    };
     let acceptor = identity.map(|i| tokio_rustls::TlsAcceptor::from(i.config));
     Ok((started, serve(app, listener, acceptor)))
 }
@@ -139,25 +180,39 @@ async fn shutdown_signal() -> &'static str {
 fn spawn_background(app: &Arc<App>) {
     let recovering = Arc::clone(app);
     tokio::spawn(async move {
-        if let Err(error) = recovering.recover().await {
-            tracing::error!(error = %error, "recovery failed; the server stays not ready");
-        } else {
-            tracing::info!("recovery finished; ready");
+        let mut wait = Duration::from_secs(1);
+        while let Err(error) = recovering.recover().await {
+            tracing::error!(error = %error, retry_in_seconds = wait.as_secs(), "recovery failed; the server stays not ready and retries");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(60));
         }
+        tracing::info!("recovery finished; ready");
     });
     let periodic = Arc::downgrade(app);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
+            ticks += 1;
             let Some(app) = periodic.upgrade() else { return };
+            // Every ten minutes, drop sessions past the retention period.
+            if ticks % 60 == 1 {
+                let before = now_ms() - app.config.session_retention.as_duration().as_millis() as i64;
+                match app.store.prune_sessions(before).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "pruned sessions past their retention"),
+                    Err(error) => tracing::warn!(error = %error, "failed to prune old sessions"),
+                }
+            }
             let _ = app.audit.checkpoint_if_needed().await;
             let _ = app.store.prune_attach_tokens(now_ms()).await;
+            app.finished.lock().unwrap_or_else(|e| e.into_inner()).prune();
         }
     });
 }
 
-fn serve_connection<S>(app: &Arc<App>, router: axum::Router, stream: S, peer: SocketAddr)
+fn serve_connection<S>(app: &Arc<App>, router: axum::Router, stream: S, peer: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -169,11 +224,13 @@ where
         if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await {
             tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
         }
+        drop(permit);
     });
 }
 
 async fn serve(app: Arc<App>, listener: TcpListener, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Result<(), String> {
     spawn_background(&app);
+    let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
     let router = api::router(Arc::clone(&app));
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -190,15 +247,21 @@ async fn serve(app: Arc<App>, listener: TcpListener, acceptor: Option<tokio_rust
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // Past the connection limit a new connection is closed at once.
+                let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                    app.metrics.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(peer = %peer, limit = app.config.limits.max_connections, "connection limit reached; closing a new connection");
+                    continue;
+                };
                 match &acceptor {
-                    None => serve_connection(&app, router.clone(), stream, peer),
+                    None => serve_connection(&app, router.clone(), stream, peer, permit),
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
                         let app = Arc::clone(&app);
                         let router = router.clone();
                         tokio::spawn(async move {
                             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => serve_connection(&app, router, tls, peer),
+                                Ok(Ok(tls)) => serve_connection(&app, router, tls, peer, permit),
                                 Ok(Err(error)) => tracing::debug!(peer = %peer, error = %error, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                             }

@@ -68,7 +68,11 @@ pub fn identity(configured: Option<(&PathBuf, &PathBuf)>, dir: &Path, listen: st
     let (cert_path, key_path, generated) = match configured {
         Some((cert, key)) => (cert.clone(), key.clone(), false),
         None => {
-            let mut names = vec!["localhost".to_string(), listen.to_string()];
+            let mut names = vec!["localhost".to_string()];
+            // An unspecified address (0.0.0.0, ::) is no name a client connects to.
+            if !listen.is_unspecified() {
+                names.push(listen.to_string());
+            }
             if let Ok(host) = nix::unistd::gethostname() {
                 if let Some(host) = host.to_str() {
                     names.push(host.to_string());

@@ -156,6 +156,11 @@ async fn bad_requests_name_what_is_wrong() {
     assert!(bad_limit.body["detail"].as_str().unwrap().contains("1 to 500"), "{}", bad_limit.body);
     assert_eq!(h.app.store.count_by_state().await.unwrap().len(), 0, "no bad request left a session behind");
 
+    // Without a valid token the body is never judged.
+    let anonymous = h.call_from(common::PEER, Method::POST, "/v1/sessions", None, None, &[("content-type", "text/plain")]).await;
+    assert_problem(&anonymous, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert!(anonymous.headers.contains_key("www-authenticate"));
+
     let missing = h.call(Method::GET, "/v1/nothing", Some(&alice), None).await;
     assert_problem(&missing, StatusCode::NOT_FOUND, "not-found");
     let wrong_method = h.call(Method::PUT, "/v1/sessions", Some(&alice), None).await;

@@ -46,7 +46,7 @@ fn bootstrap(args: &ServeArgs, config: &ServerConfig) -> Result<Bootstrap, Strin
 
 pub fn main(args: ServeArgs) -> i32 {
     if let Some(name) = unknown_env(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
-        eprintln!("mayfly: unknown environment variable {name}; Mayfly reads only {}", mayfly_control::config::KNOWN_ENV.join(", "));
+        eprintln!("mayfly: unknown environment variable {name}; Mayfly reads only {}", mayfly_control::config::documented_env().join(", "));
         return ExitCode::USAGE;
     }
     let overrides = Overrides {
@@ -91,6 +91,9 @@ pub fn main(args: ServeArgs) -> i32 {
         println!("mayfly: listening on {scheme}://{} (state directory {})", started.address, state_dir.display());
         if let Some(fingerprint) = &started.tls_fingerprint {
             println!("mayfly: TLS certificate SHA-256 fingerprint {fingerprint}");
+        }
+        if let Some(path) = &started.tls_certificate {
+            println!("mayfly: clients trust it with --ca-cert {}", path.display());
         }
         if let Some(token) = &started.admin_token {
             println!("mayfly: first admin token, shown only this once; keep it safe:\n{token}");

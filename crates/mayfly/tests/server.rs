@@ -333,3 +333,45 @@ fn metrics_headers_and_websocket_messages_are_bounded_and_reported() {
     assert!(log.contains("\"session.attached\"") && log.contains("\"session.detached\""));
     assert!(log.contains("\"policy_sha256\""));
 }
+
+#[test]
+fn a_late_attach_still_reads_the_output_and_the_end() {
+    let scratch = Scratch::new("server-late-attach");
+    let server = server::start(&scratch.state_dir(), &[], &[]);
+    let token = server.token().to_string();
+    let body = json!({ "ttl": "20s", "command": ["/bin/sh", "-c", "echo late reader; exit 4"] });
+    let (status, created) = server.http("POST", "/v1/sessions", Some(&token), Some(&body));
+    assert_eq!(status, 201);
+    let id = created["session"]["id"].as_str().unwrap().to_string();
+    let attach_token = created["attach"]["token"].as_str().unwrap().to_string();
+    server.wait_for_state(&token, &id, &["destroyed"]);
+    // Past a prune of the periodic duties, the attach token still works.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (output, end) = runtime.block_on(async {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+        let url = format!("ws://{}/v1/sessions/{id}/attach?token={attach_token}", server.address);
+        let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        let (mut output, mut end) = (Vec::new(), Value::Null);
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Binary(frame) => output.extend_from_slice(&frame[1..]),
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == "end" {
+                        end = value;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        (output, end)
+    });
+    assert_eq!(String::from_utf8_lossy(&output), "late reader\n");
+    assert_eq!(end["exit_code"], 4, "{end}");
+    assert_eq!(end["state"], "destroyed");
+}

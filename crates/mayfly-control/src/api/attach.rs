@@ -51,7 +51,7 @@ async fn attach_caller(app: &App, headers: &HeaderMap, peer: Peer, id: &str, que
             let Some(principal) = principal else { return Err(app.refuse(Refused::Unknown, client).await) };
             if let Err(wait) = app.principal_limiter.check(&principal.name) {
                 app.metrics.rate_limited_principal.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(Problem::too_many("rate-limited", format!("too many requests for {}; slow down", principal.name), wait.as_secs().max(1)));
+                return Err(Problem::too_many("rate-limited", format!("too many requests for {}; slow down", principal.name), super::caller::seconds_to_retry(wait)));
             }
             Ok(Authenticated { principal, token_id: "attach".into(), token_prefix: "attach-token".into() })
         }
@@ -72,7 +72,8 @@ pub async fn attach(
     let session = app.session_or_404(&id).await?;
     app.authorize(&who, Action::AttachSession, &resource(&session), None).await?;
     let upgrade = upgrade.map_err(|e| Problem::bad_request(format!("this endpoint needs a WebSocket upgrade: {}", e.body_text())))?;
-    let output = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| Arc::clone(&l.output));
+    let live = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| Arc::clone(&l.output));
+    let output = live.or_else(|| app.finished.lock().unwrap_or_else(|e| e.into_inner()).get(&id));
     let Some(output) = output else {
         let session = app.session_or_404(&id).await?;
         if session.state.is_final() {

@@ -38,11 +38,10 @@ pub async fn records(
     app.authorize(&who, Action::ReadAudit, &Resource::Server, None).await?;
     let log = Arc::clone(app.audit.log());
     let since = query.since.unwrap_or(1);
-    let records = tokio::task::spawn_blocking(move || log.records(since))
+    let page = tokio::task::spawn_blocking(move || log.records_page(since, limit))
         .await
         .map_err(|e| Problem::internal(e.to_string()))?
         .map_err(|e| Problem::internal(format!("the audit log cannot be read: {e}")))?;
-    let page: Vec<_> = records.into_iter().take(limit).collect();
     let next = (page.len() == limit).then(|| page.last().map(|r| r.seq + 1)).flatten();
     Ok(Json(json!({ "records": page, "next": next })).into_response())
 }

@@ -43,7 +43,7 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpAddr]) -> IpAdd
     client
 }
 
-fn seconds_to_retry(wait: std::time::Duration) -> u64 {
+pub fn seconds_to_retry(wait: std::time::Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 

@@ -71,5 +71,10 @@ pub fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), caller::limit_source))
         .layer(DefaultBodyLimit::max(max_body));
-    Router::new().route("/healthz", get(meta::healthz)).route("/readyz", get(meta::readyz)).merge(v1).with_state(app)
+    Router::new()
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(v1)
+        .with_state(app)
 }

@@ -13,7 +13,7 @@ use mayfly_core::SessionState;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::StrictJson;
+use super::body::JsonBody;
 use super::caller::Peer;
 use crate::app::App;
 use crate::policy::{Action, Resource};
@@ -41,9 +41,10 @@ pub async fn create(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    StrictJson(request): StrictJson<CreateRequest>,
+    body: JsonBody,
 ) -> Result<Response, Problem> {
     let who = app.caller(&headers, peer).await?;
+    let request: CreateRequest = body.parse()?;
     let created = app.create_session(&who, request).await?;
     let location = format!("/v1/sessions/{}", created.session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
@@ -169,7 +170,9 @@ pub async fn events(
 ) -> Result<Response, Problem> {
     let who = app.caller(&headers, peer).await?;
     let Query(query) = query.map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))?;
-    let after = query.after.unwrap_or(0);
+    // A reconnecting EventSource sends the last id it saw.
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
+    let after = query.after.or(last_event_id).unwrap_or(0);
     let session = app.session_or_404(&id).await?;
     app.authorize(&who, Action::ReadSession, &resource(&session), None).await?;
     let streaming = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));

@@ -12,7 +12,7 @@ use mayfly_core::Ttl;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::StrictJson;
+use super::body::JsonBody;
 use super::caller::Peer;
 use crate::app::{now_ms, App};
 use crate::policy::{Action, Resource};
@@ -40,13 +40,21 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
 }
 
+fn sorted(groups: &[String]) -> Vec<String> {
+    let mut groups = groups.to_vec();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
 pub async fn create(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    StrictJson(request): StrictJson<CreateToken>,
+    body: JsonBody,
 ) -> Result<Response, Problem> {
     let who = app.caller(&headers, peer).await?;
+    let request: CreateToken = body.parse()?;
     let principal = request.principal.unwrap_or_else(|| who.principal.name.clone());
     if !valid_name(&principal) {
         return Err(Problem::bad_request(format!("principal {principal:?} is not a valid name: use 1 to 64 letters, digits, '.', '_', '-' or '@'")));
@@ -72,7 +80,7 @@ pub async fn create(
     // Making a new principal, or changing groups, is setting its groups.
     let groups_change = match (&existing, &request.groups) {
         (None, groups) => Some(groups.clone().unwrap_or_default()),
-        (Some(p), Some(groups)) if &p.groups != groups => Some(groups.clone()),
+        (Some(p), Some(groups)) if sorted(&p.groups) != sorted(groups) => Some(groups.clone()),
         _ => None,
     };
     if let Some(groups) = &groups_change {

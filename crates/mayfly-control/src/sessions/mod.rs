@@ -41,6 +41,37 @@ pub struct Live {
     pub requested_at: Instant,
 }
 
+/// How long an ended session's output stays attachable, and how many ended
+/// sessions' output is kept at most.
+pub const FINISHED_RETENTION: Duration = Duration::from_secs(600);
+const FINISHED_MAX: usize = 256;
+
+/// The output of recently ended sessions, oldest first.
+#[derive(Default)]
+pub struct Finished {
+    outputs: std::collections::VecDeque<(String, Arc<Output>, Instant)>,
+}
+
+impl Finished {
+    pub fn insert(&mut self, id: &str, output: Arc<Output>) {
+        self.outputs.push_back((id.to_string(), output, Instant::now()));
+        while self.outputs.len() > FINISHED_MAX {
+            self.outputs.pop_front();
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Output>> {
+        self.outputs.iter().find(|(i, _, _)| i == id).map(|(_, output, _)| Arc::clone(output))
+    }
+
+    /// Drops output older than [`FINISHED_RETENTION`].
+    pub fn prune(&mut self) {
+        while self.outputs.front().is_some_and(|(_, _, at)| at.elapsed() > FINISHED_RETENTION) {
+            self.outputs.pop_front();
+        }
+    }
+}
+
 /// Limits a request may lower below its profile's.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,9 +297,10 @@ impl App {
             mayfly_core::Landlock::IfAvailable => &self.host.missing_optional,
         };
         if !missing.is_empty() || self.host.layout.is_none() {
+            let lacking = if missing.is_empty() { "cgroups: no usable cgroup hierarchy".to_string() } else { missing.join("; ") };
             return Err(Problem::unavailable(
                 "protection-missing",
-                format!("profile {:?} needs protections this host lacks: {}; run `mayfly doctor` on the host", profile.name, missing.join("; ")),
+                format!("profile {:?} needs protections this host lacks: {lacking}; run `mayfly doctor` on the host", profile.name),
                 None,
             ));
         }
@@ -414,15 +446,16 @@ impl App {
         self.session_or_404(id).await
     }
 
-    /// Destroys every live session, for a shutdown, and waits up to
+    /// Destroys every live session at once, for a shutdown, and waits up to
     /// `timeout` for their teardown.
     pub async fn destroy_all(&self, reason: &str, timeout: Duration) {
         let ids: Vec<String> = self.live.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
-        for id in &ids {
+        let destroys = ids.iter().map(|id| async move {
             if let Err(problem) = self.destroy_session(SYSTEM, id, reason).await {
                 tracing::error!(session_id = %id, detail = %problem.detail, "failed to destroy a session at shutdown");
             }
-        }
+        });
+        let _ = tokio::time::timeout(timeout, futures_util::future::join_all(destroys)).await;
         let started = Instant::now();
         while self.live_count() > 0 && started.elapsed() < timeout {
             tokio::time::sleep(Duration::from_millis(50)).await;

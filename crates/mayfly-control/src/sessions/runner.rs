@@ -25,8 +25,16 @@ pub(super) fn control_for(app: &Arc<App>, id: &str) -> SessionControl {
         // The hook runs on the session's own thread, never on a runtime
         // thread, so it may wait for the transition to be recorded.
         let moved = handle.block_on(app.transition(&id, SessionState::Running, SYSTEM, detail));
-        if let (Ok(true), Some(elapsed)) = (moved, since_request) {
-            app.metrics.creation_seconds.observe(elapsed.as_secs_f64());
+        match (moved, since_request) {
+            (Ok(true), Some(elapsed)) => app.metrics.creation_seconds.observe(elapsed.as_secs_f64()),
+            // Fail closed: a session whose start cannot be audited is destroyed.
+            (Err(problem), _) => {
+                tracing::error!(session_id = %id, detail = %problem.detail, "destroying a session whose start could not be recorded");
+                if let Some(live) = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                    live.control.destroy("its start could not be recorded in the audit log");
+                }
+            }
+            _ => {}
         }
     })
 }
@@ -88,7 +96,22 @@ pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: 
     let id = config.session_id.clone();
     let (failed_app, failed_id) = (Arc::clone(&app), id.clone());
     let thread = std::thread::Builder::new().name(format!("session-{id}")).spawn(move || {
-        let _ = handle.block_on(app.transition(&id, SessionState::Starting, SYSTEM, serde_json::json!({})));
+        match handle.block_on(app.transition(&id, SessionState::Starting, SYSTEM, serde_json::json!({}))) {
+            Ok(true) => {}
+            // Destroyed before it could start: nothing exists to tear down.
+            Ok(false) => {
+                let control = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| l.control.clone());
+                if let Some(control) = control {
+                    control.destroy("destroyed before it started");
+                }
+            }
+            Err(problem) => {
+                tracing::error!(session_id = %id, detail = %problem.detail, "not starting a session whose transition could not be recorded");
+                if let Some(control) = config.control.as_ref() {
+                    control.destroy("its start could not be recorded in the audit log");
+                }
+            }
+        }
         // The deadline counts from creation, so the time spent before the
         // sandbox starts comes off the TTL.
         let left = (deadline_unix_ms - now_ms()).max(1) as u64;
@@ -106,6 +129,7 @@ pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: 
             tracing::error!(session_id = %id, detail = %problem.detail, "failed to record the end of a session");
         }
         output.end(summary);
+        app.finished.lock().unwrap_or_else(|e| e.into_inner()).insert(&id, Arc::clone(&output));
         app.admission.lock().unwrap_or_else(|e| e.into_inner()).release(&id);
         app.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });

@@ -299,15 +299,6 @@ impl Store {
         on_pool!(self, "SELECT COUNT(*) AS n FROM tokens", |q, pool| Ok(q.fetch_one(pool).await?.try_get::<i64, _>("n")?))
     }
 
-    /// Counts tokens that are neither revoked nor expired.
-    pub async fn count_live_tokens(&self, now_ms: i64) -> Result<i64, StoreError> {
-        on_pool!(
-            self,
-            "SELECT COUNT(*) AS n FROM tokens WHERE revoked_unix_ms IS NULL AND (expires_unix_ms IS NULL OR expires_unix_ms > ?)",
-            |q, pool| Ok(q.bind(now_ms).fetch_one(pool).await?.try_get::<i64, _>("n")?)
-        )
-    }
-
     // --- sessions ---------------------------------------------------------
 
     pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
@@ -409,6 +400,23 @@ impl Store {
                 Ok(sessions)
             }
         )
+    }
+
+    /// Deletes sessions that ended before `before_ms`, with their events.
+    /// Returns the number of sessions deleted.
+    pub async fn prune_sessions(&self, before_ms: i64) -> Result<u64, StoreError> {
+        on_pool!(
+            self,
+            "DELETE FROM session_events WHERE session_id IN
+             (SELECT id FROM sessions WHERE state IN ('destroyed', 'failed') AND ended_unix_ms < ?)",
+            |q, pool| q.bind(before_ms).execute(pool).await.map(|_| ())
+        )?;
+        let removed = on_pool!(
+            self,
+            "DELETE FROM sessions WHERE state IN ('destroyed', 'failed') AND ended_unix_ms < ?",
+            |q, pool| q.bind(before_ms).execute(pool).await?.rows_affected()
+        );
+        Ok(removed)
     }
 
     /// Counts sessions per state.
@@ -560,13 +568,13 @@ impl Store {
         })
     }
 
-    /// Deletes attach tokens that expired before `now_ms`, and those of
-    /// sessions that have ended.
+    /// Deletes attach tokens that expired before `now_ms`. Tokens of ended
+    /// sessions stay until they expire, so that a client can still read the
+    /// output that the server keeps for a while after the end.
     pub async fn prune_attach_tokens(&self, now_ms: i64) -> Result<u64, StoreError> {
         let removed = on_pool!(
             self,
-            "DELETE FROM attach_tokens WHERE expires_unix_ms < ?
-             OR session_id IN (SELECT id FROM sessions WHERE state IN ('destroyed', 'failed'))",
+            "DELETE FROM attach_tokens WHERE expires_unix_ms < ?",
             |q, pool| q.bind(now_ms).execute(pool).await?.rows_affected()
         );
         Ok(removed)

@@ -127,5 +127,9 @@ async fn ended_sessions_without_an_end_event_are_found() {
     store.append_event("s-a", "ended", SessionState::Failed, &serde_json::json!({}), 3).await.unwrap();
     let missing: Vec<String> = store.ended_without_event().await.unwrap().into_iter().map(|s| s.id).collect();
     assert_eq!(missing, vec!["s-b".to_string()]);
+    store.insert_session(&session("s-c", "alice", 1)).await.unwrap();
+    assert_eq!(store.prune_sessions(3).await.unwrap(), 2, "the two ended sessions go, the live one stays");
+    assert!(store.session("s-c").await.unwrap().is_some());
+    assert!(store.events("s-a", 0).await.unwrap().is_empty(), "events go with their session");
     std::fs::remove_dir_all(dir).unwrap();
 }

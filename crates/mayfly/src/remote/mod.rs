@@ -207,6 +207,8 @@ pub fn ls(args: LsArgs) -> i32 {
             return Ok(0);
         }
         let now = now_ms();
+        // Pages come in id order; people read sessions by creation time.
+        sessions.sort_by_key(|s| s["created_unix_ms"].as_i64().unwrap_or(0));
         let mut table = Table::new(&["ID", "OWNER", "PROFILE", "STATE", "TIME", "END", "COMMAND"]);
         for s in &sessions {
             let end = match s.get("end") {
