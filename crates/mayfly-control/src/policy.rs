@@ -159,9 +159,22 @@ impl Policies {
             let first = errors.iter().next().expect("a parse failure has an error");
             located(file, text, first, first.to_string())
         })?;
+        if set.policies().next().is_none() {
+            return Err(PolicyError::File {
+                file: file.into(),
+                message: "the file contains no policy, so every request would be denied; start from the default policy".into(),
+            });
+        }
         let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
         if let Some(error) = result.validation_errors().next() {
-            return Err(located(file, text, error, error.to_string()));
+            // Cedar names policies policy0, policy1, ...; say their @id instead.
+            let mut message = error.to_string();
+            for policy in set.policies() {
+                if let Some(name) = policy.annotation("id") {
+                    message = message.replace(&format!("`{}`", policy.id()), &format!("`{name}`"));
+                }
+            }
+            return Err(located(file, text, error, message));
         }
         use sha2::Digest;
         let digest = mayfly_audit::hex(&sha2::Sha256::digest(text.as_bytes()));

@@ -33,6 +33,63 @@ pub enum Bootstrap {
     Token(String),
 }
 
+/// Why the server did not start: a setting to fix, or a failure.
+#[derive(Debug)]
+pub enum StartError {
+    Config(String),
+    Failed(String),
+}
+
+impl StartError {
+    pub fn message(&self) -> &str {
+        match self {
+            StartError::Config(message) | StartError::Failed(message) => message,
+        }
+    }
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> StartError {
+        StartError::Failed(message)
+    }
+}
+
+/// How long a start waits for a stopping server to release the state directory.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes the state directory for this server alone. A second server on the
+/// same directory would destroy the first one's sessions in its recovery.
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("serve.lock");
+    let mut file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => std::thread::sleep(Duration::from_millis(100)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(StartError::Config(format!(
+                    "another mayfly serve (process {}) uses the state directory {}; stop it first, or choose another --state-dir",
+                    holder.trim(),
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(StartError::Failed(format!("cannot lock {}: {error}", path.display()))),
+        }
+    }
+    let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
+}
+
 /// What the server prints for the operator at start.
 pub struct Started {
     pub address: SocketAddr,
@@ -119,17 +176,24 @@ async fn bootstrap_admin(app: &App, bootstrap: Bootstrap) -> Result<Option<Strin
 
 /// Prepares everything and binds the listener. The returned future serves
 /// until SIGTERM or SIGINT.
-pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Started, impl std::future::Future<Output = Result<(), String>>), String> {
+pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Started, impl std::future::Future<Output = Result<(), String>>), StartError> {
     // Everything that can be checked without writing comes first, so that a
     // bad setting leaves no state directory behind.
-    let policies = Policies::load(config.policy.as_deref()).map_err(|e| format!("the policy is invalid, so the server does not start: {e}"))?;
+    let policies = Policies::load(config.policy.as_deref()).map_err(|e| StartError::Config(format!("the policy is invalid, so the server does not start: {e}")))?;
     if let Some(dir) = &config.profiles_dir {
         if !dir.is_dir() {
-            return Err(format!("the profiles directory {} does not exist or is not a directory; create it or fix --profiles-dir", dir.display()));
+            return Err(StartError::Config(format!(
+                "the profiles directory {} does not exist or is not a directory; create it or fix --profiles-dir",
+                dir.display()
+            )));
         }
     }
-    check_database_url(&config)?;
+    check_database_url(&config).map_err(StartError::Config)?;
+    if let Bootstrap::Token(secret) = &bootstrap {
+        tokens::supplied_api_token(secret.trim(), ADMIN, "bootstrap", 0).map_err(StartError::Config)?;
+    }
     prepare_state_dir(&config.state_dir)?;
+    let lock = lock_state_dir(&config.state_dir)?;
     let audit = Auditor::open(&config.state_dir).map_err(|e| format!("the audit log cannot be opened, so the server does not start: {e}"))?;
     let store = open_store(&config).await?;
     if config.database_url.is_none() {
@@ -139,7 +203,7 @@ pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Starte
     let identity = match &config.tls {
         TlsMode::Off => None,
         TlsMode::SelfSigned => Some(tls::identity(None, &config.tls_dir(), config.listen.ip())?),
-        TlsMode::Files { cert, key } => Some(tls::identity(Some((cert, key)), &config.tls_dir(), config.listen.ip())?),
+        TlsMode::Files { cert, key } => Some(tls::identity(Some((cert, key)), &config.tls_dir(), config.listen.ip()).map_err(StartError::Config)?),
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -163,7 +227,7 @@ pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Starte
         admin_token,
     };
     let acceptor = identity.map(|i| tokio_rustls::TlsAcceptor::from(i.config));
-    Ok((started, serve(app, listener, acceptor)))
+    Ok((started, serve(app, listener, acceptor, lock)))
 }
 
 async fn shutdown_signal() -> &'static str {
@@ -228,7 +292,7 @@ where
     });
 }
 
-async fn serve(app: Arc<App>, listener: TcpListener, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Result<(), String> {
+async fn serve(app: Arc<App>, listener: TcpListener, acceptor: Option<tokio_rustls::TlsAcceptor>, lock: std::fs::File) -> Result<(), String> {
     spawn_background(&app);
     let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
     let router = api::router(Arc::clone(&app));
@@ -284,5 +348,7 @@ async fn serve(app: Arc<App>, listener: TcpListener, acceptor: Option<tokio_rust
         .field("live_sessions", live)
         .field("left_running", app.live_count());
     app.audit.record(vec![entry], true).await.map_err(|e| format!("failed to record the shutdown in the audit log: {e}"))?;
+    // The state directory is free for the next server only now.
+    drop(lock);
     Ok(())
 }

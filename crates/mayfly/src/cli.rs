@@ -49,7 +49,7 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub state: StateArgs,
     /// Ask this server to verify its log instead of reading a local state directory.
-    #[arg(long = "server", value_name = "URL")]
+    #[arg(long = "server", env = "MAYFLY_URL", value_name = "URL")]
     pub server: Option<String>,
     #[command(flatten)]
     pub auth: crate::remote::AuthArgs,
@@ -58,7 +58,7 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Read this server's log instead of a local state directory.
-    #[arg(long = "server", value_name = "URL")]
+    #[arg(long = "server", env = "MAYFLY_URL", value_name = "URL")]
     pub server: Option<String>,
     #[command(flatten)]
     pub auth: crate::remote::AuthArgs,

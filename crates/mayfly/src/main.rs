@@ -20,6 +20,13 @@ fn main() {
     }
 
     let cli = cli::Cli::parse();
+    // Commands that only print end quietly when their reader goes away, as
+    // other command-line tools do. `run` and `serve` keep ignoring SIGPIPE:
+    // they handle a closed output themselves.
+    if matches!(cli.command, cli::Command::Ls(_) | cli::Command::Kill(_) | cli::Command::Token(_) | cli::Command::Audit(_) | cli::Command::Doctor(_)) {
+        // SAFETY: restores the default action of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAYFLY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).with_target(false).init();

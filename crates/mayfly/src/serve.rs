@@ -45,6 +45,12 @@ fn bootstrap(args: &ServeArgs, config: &ServerConfig) -> Result<Bootstrap, Strin
 }
 
 pub fn main(args: ServeArgs) -> i32 {
+    if let Ok(filter) = std::env::var("MAYFLY_LOG") {
+        if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
+            eprintln!("mayfly: MAYFLY_LOG {filter:?} is not a log filter; use a level such as info or debug, or a filter such as mayfly_control=debug");
+            return ExitCode::USAGE;
+        }
+    }
     if let Some(name) = unknown_env(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
         eprintln!("mayfly: unknown environment variable {name}; Mayfly reads only {}", mayfly_control::config::documented_env().join(", "));
         return ExitCode::USAGE;
@@ -82,9 +88,12 @@ pub fn main(args: ServeArgs) -> i32 {
     runtime.block_on(async move {
         let (started, serving) = match server::start(config, bootstrap).await {
             Ok(started) => started,
-            Err(message) => {
-                eprintln!("mayfly: {message}");
-                return ExitCode::SETUP_FAILED;
+            Err(error) => {
+                eprintln!("mayfly: {}", error.message());
+                return match error {
+                    server::StartError::Config(_) => ExitCode::USAGE,
+                    server::StartError::Failed(_) => ExitCode::SETUP_FAILED,
+                };
             }
         };
         let scheme = if started.tls_fingerprint.is_some() { "https" } else { "http" };
@@ -100,7 +109,10 @@ pub fn main(args: ServeArgs) -> i32 {
         }
         println!("mayfly: accepting connections; stop with SIGTERM or Ctrl-C");
         match serving.await {
-            Ok(()) => 0,
+            Ok(()) => {
+                println!("mayfly: stopped");
+                0
+            }
             Err(message) => {
                 eprintln!("mayfly: {message}");
                 ExitCode::SETUP_FAILED

@@ -1,6 +1,5 @@
 //! The state directory and session ids.
 
-use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
@@ -13,12 +12,7 @@ pub fn prepare(state_dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("failed to create state directory {}: {e}; choose another with --state-dir", state_dir.display()))
 }
 
-/// Returns a new session id: `s-` and 16 random hexadecimal digits.
+/// Returns a new session id, ordered by creation time like the server's.
 pub fn new_session_id() -> String {
-    let mut bytes = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .expect("/dev/urandom is readable");
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("s-{hex}")
+    mayfly_control::sessions::job::new_session_id()
 }

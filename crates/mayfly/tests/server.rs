@@ -65,6 +65,19 @@ fn jobs_run_through_the_api_with_output_status_and_end_reason() {
 
     let table = server.cli(&token).arg("ls").output().unwrap();
     assert!(String::from_utf8_lossy(&table.stdout).starts_with("ID"), "{}", output_text(&table));
+    // A reader that goes away early ends the client quietly.
+    let mut piped = std::process::Command::new("sh");
+    piped.arg("-c").arg(format!("{} ls --json | head -c 5", common::MAYFLY)).env("MAYFLY_URL", &server.url).env("MAYFLY_TOKEN", &token);
+    let piped = piped.output().unwrap();
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("panicked"), "{}", output_text(&piped));
+
+    // With --json a remote run reports the whole ended session.
+    let output = server.cli(&token).args(["run", "--json", "--ttl", "10s", "--", "/bin/true"]).output().unwrap();
+    let report = common::report(&output);
+    assert_eq!(report["state"], "destroyed", "{report}");
+    assert_eq!(report["detail"]["teardown"]["clean"], true, "{report}");
+    let refused = server.cli(&token).args(["run", "--json", "--ttl", "2h", "--", "/bin/true"]).output().unwrap();
+    assert_eq!(common::report(&refused)["exit_code"], 118);
     let verify = server.cli(&token).args(["audit", "verify", "--server", &server.url]).output().unwrap();
     assert_eq!(verify.status.code(), Some(0), "{}", output_text(&verify));
     assert!(server::ledger_records(&scratch.state_dir()).is_empty());
@@ -196,8 +209,9 @@ fn a_supplied_bootstrap_token_is_stored_only_as_a_hash() {
         .env("MAYFLY_BOOTSTRAP_TOKEN", "hunter2")
         .output()
         .unwrap();
-    assert_eq!(bad.status.code(), Some(125), "{}", output_text(&bad));
+    assert_eq!(bad.status.code(), Some(2), "{}", output_text(&bad));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("mayfly token generate"), "{}", output_text(&bad));
+    assert!(!scratch.path.join("other").exists(), "a rejected start leaves no state directory");
 }
 
 #[test]
@@ -214,7 +228,7 @@ fn bad_configuration_stops_the_server_with_a_named_cause() {
     let policy = scratch.path.join("bad.cedar");
     std::fs::write(&policy, "permit (principal, action, resource);\n\npermit (principal, action resource);\n").unwrap();
     let output = serve(&["--policy", policy.to_str().unwrap()], &[]);
-    assert_eq!(output.status.code(), Some(125));
+    assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("bad.cedar:3:"), "{}", output_text(&output));
 
     let config = scratch.path.join("mayfly.toml");
@@ -226,6 +240,30 @@ fn bad_configuration_stops_the_server_with_a_named_cause() {
     let output = serve(&[], &[("MAYFLY_LISTN", "127.0.0.1:1")]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("MAYFLY_LISTN"), "{}", output_text(&output));
+
+    let output = serve(&["--profiles-dir", "/nonexistent-profiles"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent-profiles"), "{}", output_text(&output));
+}
+
+#[test]
+fn one_server_at_a_time_owns_a_state_directory() {
+    let scratch = Scratch::new("server-lock");
+    let server = server::start(&scratch.state_dir(), &[], &[]);
+    let token = server.token().to_string();
+    let id = server.create(&token, "60s", &["/bin/sleep", "100"]);
+    server.wait_for_state(&token, &id, &["running"]);
+    let second = std::process::Command::new(common::MAYFLY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(scratch.state_dir())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2), "{}", output_text(&second));
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(message.contains("another mayfly serve") && message.contains(&server.child.id().to_string()), "{message}");
+    // The first server's session was left alone.
+    let (status, session) = server.http("GET", &format!("/v1/sessions/{id}"), Some(&token), None);
+    assert_eq!((status, session["state"].as_str()), (200, Some("running")));
 }
 
 #[test]
@@ -245,7 +283,7 @@ fn tls_serves_with_a_generated_certificate_that_clients_pin() {
     assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "over tls\n");
     let untrusted = server.cli(&token).args(["ls"]).output().unwrap();
-    assert_eq!(untrusted.status.code(), Some(2));
+    assert_eq!(untrusted.status.code(), Some(119), "{}", output_text(&untrusted));
     assert!(String::from_utf8_lossy(&untrusted.stderr).contains("--ca-cert"), "{}", output_text(&untrusted));
     // Plain HTTP to the TLS port gets nowhere.
     assert!(server::try_http(server.address, "GET", "/healthz", None, None).map(|(s, _)| s != 200).unwrap_or(true));

@@ -57,6 +57,8 @@ pub struct ListQuery {
     owner: Option<String>,
     after: Option<String>,
     limit: Option<i64>,
+    /// `oldest` (the default) or `newest` first.
+    order: Option<String>,
 }
 
 pub async fn list(
@@ -97,7 +99,12 @@ pub async fn list(
             }
         }
     };
-    let filter = SessionFilter { state, owner, after: query.after, limit };
+    let newest_first = match query.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => return Err(Problem::bad_request(format!("order {other:?} is not known; use oldest or newest"))),
+    };
+    let filter = SessionFilter { state, owner, after: query.after, limit, newest_first };
     let sessions = app.store.sessions(&filter).await.map_err(|e| Problem::store_failed(&e))?;
     let next = (sessions.len() as i64 == limit).then(|| sessions.last().map(|s| s.id.clone())).flatten();
     Ok(Json(json!({ "sessions": sessions, "next": next })).into_response())

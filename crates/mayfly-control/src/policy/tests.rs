@@ -95,3 +95,12 @@ fn lines_and_columns_count_from_one() {
     assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
     assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
 }
+
+#[test]
+fn errors_name_policies_by_their_id_and_empty_files_are_rejected() {
+    let text = "@id(\"typo\")\npermit (principal, action == Mayfly::Action::\"read_session\", resource)\nwhen { resource.colour == \"red\" };\n";
+    let error = Policies::parse("named.cedar", text).unwrap_err().to_string();
+    assert!(error.contains("typo") && !error.contains("policy0"), "{error}");
+    let error = Policies::parse("empty.cedar", "// nothing here\n").unwrap_err().to_string();
+    assert!(error.contains("contains no policy"), "{error}");
+}

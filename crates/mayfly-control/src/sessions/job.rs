@@ -54,9 +54,25 @@ pub fn session_config(profile: &Profile, spec: JobSpec, control: Option<SessionC
     }
 }
 
-/// Returns a new session id: `s-` and 16 random hexadecimal digits.
+/// Returns a new session id: `s-`, the creation time in milliseconds as 11
+/// hexadecimal digits, and 48 random bits as 12 more. Ids sort by creation
+/// time, so lists ordered by id are ordered by age.
 pub fn new_session_id() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the kernel's random source is available");
-    format!("s-{}", mayfly_audit::hex(&bytes))
+    let mut random = [0u8; 6];
+    getrandom::fill(&mut random).expect("the kernel's random source is available");
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    format!("s-{millis:011x}{}", mayfly_audit::hex(&random))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_ids_sort_by_creation_time() {
+        let first = super::new_session_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = super::new_session_id();
+        assert!(first < second, "{first} {second}");
+        assert_eq!(first.len(), 25);
+        assert!(first[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
 }

@@ -286,7 +286,12 @@ impl App {
         if !self.recovered() {
             return Err(Problem::unavailable("recovering", "the server is still recovering from its last stop; try again shortly", Some(2)));
         }
-        let profile = profiles::load(&request.profile, self.config.profiles_dir.as_deref()).map_err(|e| Problem::bad_request(e.to_string()))?;
+        let profile = profiles::load(&request.profile, self.config.profiles_dir.as_deref()).map_err(|error| match error {
+            mayfly_core::ProfileError::NotFound { name, .. } => {
+                Problem::bad_request(format!("profile {name:?} does not exist on this server; GET /v1/profiles lists the profiles it offers"))
+            }
+            other => Problem::bad_request(other.to_string()),
+        })?;
         let (ttl, limits) = validate(&profile, &request)?;
         let kind = "job";
         self.authorize(who, Action::CreateSession, &Resource::Profile { name: &profile.name, kind }, Some(ttl.as_duration().as_secs() as i64))

@@ -342,9 +342,9 @@ impl Store {
             sql.push_str(" AND owner = ?");
         }
         if filter.after.is_some() {
-            sql.push_str(" AND id > ?");
+            sql.push_str(if filter.newest_first { " AND id < ?" } else { " AND id > ?" });
         }
-        sql.push_str(" ORDER BY id LIMIT ?");
+        sql.push_str(if filter.newest_first { " ORDER BY id DESC LIMIT ?" } else { " ORDER BY id LIMIT ?" });
         on_pool!(self, sql, |q, pool| {
             let mut q = q;
             if let Some(state) = filter.state {

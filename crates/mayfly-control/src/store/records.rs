@@ -72,9 +72,12 @@ pub struct AttachTokenRecord {
 pub struct SessionFilter {
     pub state: Option<SessionState>,
     pub owner: Option<String>,
-    /// Return sessions whose id sorts after this one (the page cursor).
+    /// The page cursor: sessions whose id sorts after this one, or before
+    /// it when `newest_first` is set.
     pub after: Option<String>,
     pub limit: i64,
+    /// Newest first instead of oldest first. Ids sort by creation time.
+    pub newest_first: bool,
 }
 
 /// How a session's ended state is written.

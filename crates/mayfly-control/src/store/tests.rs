@@ -76,6 +76,10 @@ async fn exercise(store: Store) {
     assert_eq!(page.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), ids[..2].to_vec());
     let next = SessionFilter { owner: Some(alice.clone()), after: Some(ids[1].clone()), limit: 10, ..Default::default() };
     assert_eq!(store.sessions(&next).await.unwrap().len(), 3);
+    let newest = SessionFilter { owner: Some(alice.clone()), limit: 2, newest_first: true, ..Default::default() };
+    assert_eq!(store.sessions(&newest).await.unwrap().iter().map(|s| s.id.clone()).collect::<Vec<_>>(), vec![ids[4].clone(), ids[3].clone()]);
+    let older = SessionFilter { owner: Some(alice.clone()), limit: 5, newest_first: true, after: Some(ids[3].clone()), ..Default::default() };
+    assert_eq!(store.sessions(&older).await.unwrap().len(), 3);
     let destroyed = SessionFilter { owner: Some(alice.clone()), state: Some(SessionState::Destroyed), limit: 10, ..Default::default() };
     assert_eq!(store.sessions(&destroyed).await.unwrap().len(), 1);
     assert!(store.unfinished_sessions().await.unwrap().iter().all(|s| !s.state.is_final()));

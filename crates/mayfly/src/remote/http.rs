@@ -139,15 +139,26 @@ fn retry_after(headers: &hyper::HeaderMap) -> Option<u64> {
     headers.get(hyper::header::RETRY_AFTER)?.to_str().ok()?.parse().ok()
 }
 
+/// Trusts the certificates in `ca_cert`, or the host's CA store without one.
 fn tls_connector(ca_cert: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
-    let Some(path) = ca_cert else {
-        return Err("the server uses TLS: pass --ca-cert FILE (or set MAYFLY_CA_CERT) with the certificate to trust; for a self-signed server that is tls/cert.pem in its state directory".into());
-    };
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read the CA certificate {}: {e}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
-        roots.add(cert).map_err(|e| format!("{} holds an unusable certificate: {e}", path.display()))?;
+    match ca_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read the CA certificate {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("{} holds an unusable certificate: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("no certificate found in {}: --ca-cert takes a PEM file, such as tls/cert.pem in the server's state directory", path.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+        }
     }
     // See the server's TLS setup for why ring is used.
     #[allow(deprecated)]
@@ -179,7 +190,16 @@ impl Client {
             None => Ok(Stream::Plain(tcp)),
             Some(connector) => {
                 let name = ServerName::try_from(self.endpoint.host.clone()).map_err(|e| Failure::usage(format!("{}: {e}", self.endpoint.host)))?;
-                let tls = connector.connect(name, tcp).await.map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+                let tls = connector.connect(name, tcp).await.map_err(|e| {
+                    let text = e.to_string();
+                    if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+                        unreachable(format!("TLS handshake failed: {text}; pass --ca-cert FILE (or set MAYFLY_CA_CERT) with the server's certificate, which for a self-signed server is tls/cert.pem in its state directory"))
+                    } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
+                        unreachable(format!("TLS handshake failed: {text}; the server may serve plain HTTP, so try http://"))
+                    } else {
+                        unreachable(format!("TLS handshake failed: {text}"))
+                    }
+                })?;
                 Ok(Stream::Tls(Box::new(tls)))
             }
         }
@@ -209,7 +229,14 @@ impl Client {
         let response = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request))
             .await
             .map_err(|_| Failure::unavailable("the server did not answer within 60 s"))?
-            .map_err(|e| Failure::unavailable(format!("the request failed: {e}")))?;
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("invalid HTTP version") && !self.endpoint.tls {
+                    Failure::unavailable(format!("the server at {} did not answer in HTTP; if it serves TLS, use https://", self.endpoint.authority()))
+                } else {
+                    Failure::unavailable(format!("the request failed: {text}"))
+                }
+            })?;
         let status = response.status();
         let retry = retry_after(response.headers());
         let bytes = response.into_body().collect().await.map_err(|e| Failure::unavailable(format!("reading the answer failed: {e}")))?.to_bytes();

@@ -33,7 +33,10 @@ impl AuthArgs {
     pub fn client(&self, url: &str) -> Result<Client, Failure> {
         let token = match &self.token_file {
             Some(path) => std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("cannot read the token file {}: {e}", path.display())))?,
-            None => std::env::var("MAYFLY_TOKEN").map_err(|_| Failure::usage("no API token: set MAYFLY_TOKEN or pass --token-file FILE"))?,
+            None => std::env::var("MAYFLY_TOKEN")
+                .ok()
+                .filter(|token| !token.trim().is_empty())
+                .ok_or_else(|| Failure::usage("no API token: set MAYFLY_TOKEN or pass --token-file FILE"))?,
         };
         Client::new(url, token.trim().to_string(), self.ca_cert.as_ref())
     }
@@ -68,7 +71,7 @@ pub struct LsArgs {
     /// Only sessions of this owner; listing others' sessions needs permission.
     #[arg(long)]
     pub owner: Option<String>,
-    /// List at most this many sessions, from 1 to 10000.
+    /// List at most this many sessions, the newest ones, from 1 to 10000.
     #[arg(long, default_value_t = 200)]
     pub limit: u32,
     /// Print JSON instead of a table.
@@ -116,6 +119,7 @@ pub struct TokenCreateArgs {
     /// Lifetime, such as 30d or 12h; at most 366d.
     #[arg(long, default_value = "30d")]
     pub expires_in: String,
+    /// Print the token and its record as JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -127,6 +131,7 @@ pub struct TokenListArgs {
     /// Whose tokens; your own when absent.
     #[arg(long)]
     pub principal: Option<String>,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -135,6 +140,7 @@ pub struct TokenListArgs {
 pub struct TokenRevokeArgs {
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Print the revoked token's record as JSON.
     #[arg(long)]
     pub json: bool,
     /// Id of the token, as `mayfly token list` shows it (tok-...).
@@ -145,17 +151,18 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Runs an async client command on a small runtime and maps failures to
-/// messages and exit codes.
+/// Runs an async client command on a small runtime.
+pub fn run_async(future: impl std::future::Future<Output = Result<i32, Failure>>) -> Result<i32, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Failure { code: ExitCode::SETUP_FAILED, message: format!("cannot start the async runtime: {error}") })?;
+    runtime.block_on(future)
+}
+
+/// Runs an async client command and maps failures to messages and exit codes.
 pub fn block_on(future: impl std::future::Future<Output = Result<i32, Failure>>) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("mayfly: cannot start the async runtime: {error}");
-            return ExitCode::SETUP_FAILED;
-        }
-    };
-    match runtime.block_on(future) {
+    match run_async(future) {
         Ok(code) => code,
         Err(failure) => {
             eprintln!("mayfly: {}", failure.message);
@@ -189,7 +196,7 @@ pub fn ls(args: LsArgs) -> i32 {
         let mut after: Option<String> = None;
         while sessions.len() < args.limit as usize {
             let page = (args.limit as usize - sessions.len()).min(500);
-            let mut query = format!("/v1/sessions?limit={page}");
+            let mut query = format!("/v1/sessions?order=newest&limit={page}");
             for (key, value) in [("state", &args.state), ("owner", &args.owner), ("after", &after)] {
                 if let Some(value) = value {
                     query.push_str(&format!("&{key}={}", encode(value)));

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::http::{Client, Failure};
-use super::{block_on, encode};
+use super::encode;
 use crate::cli::RunArgs;
 
 fn request_body(args: &RunArgs) -> Result<Value, Failure> {
@@ -19,6 +19,11 @@ fn request_body(args: &RunArgs) -> Result<Value, Failure> {
         if used {
             return Err(Failure::usage(format!("{flag} is not available with --server yet; run without --server on the host")));
         }
+    }
+    if args.profiles.profiles_dir.is_some() {
+        return Err(Failure::usage(
+            "--profiles-dir (or MAYFLY_PROFILES_DIR) applies to runs on this host; a server uses its own profiles, listed by GET /v1/profiles",
+        ));
     }
     let mut env = BTreeMap::new();
     for pair in &args.env {
@@ -60,13 +65,21 @@ async fn ask_end(client: &Client, id: &str) -> Result<Value, Failure> {
     }
 }
 
-fn finish(args: &RunArgs, session_id: &str, end: &Value, exit_code: i32) -> i32 {
+async fn finish(client: &Client, args: &RunArgs, session_id: &str, end: &Value, exit_code: i32) -> i32 {
     if let Ok(reason) = serde_json::from_value::<EndReason>(end.clone()) {
         if let Some(text) = reason.describe() {
             eprintln!("mayfly: session {session_id} ended: {text} (exit code {exit_code})");
         }
     }
-    let report = json!({ "session_id": session_id, "end": end, "exit_code": exit_code });
+    if args.report.is_none() && !args.state.json {
+        return exit_code;
+    }
+    // The report is the ended session's record: end, usage, teardown
+    // evidence and timings, as the server stored them.
+    let report = match ask_end(client, session_id).await {
+        Ok(session) => session,
+        Err(_) => json!({ "id": session_id, "end": end, "exit_code": exit_code }),
+    };
     if let Some(path) = &args.report {
         if let Err(error) = std::fs::write(path, format!("{report}\n")) {
             eprintln!("mayfly: failed to write the report to {}: {error}", path.display());
@@ -79,7 +92,8 @@ fn finish(args: &RunArgs, session_id: &str, end: &Value, exit_code: i32) -> i32 
 }
 
 pub fn run(args: &RunArgs) -> i32 {
-    block_on(async move {
+    let json = args.state.json;
+    let outcome = super::run_async(async move {
         let body = request_body(args)?;
         let client = args.remote.client()?;
         let created = client.expect(Method::POST, "/v1/sessions", Some(&body)).await?;
@@ -125,7 +139,7 @@ pub fn run(args: &RunArgs) -> i32 {
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Ok(_)) => {}
                     Some(Err(error)) => {
-                        tracing::warn!(error = %error, "the attach connection failed");
+                        tracing::debug!(error = %error, "the attach connection failed");
                         break;
                     }
                 },
@@ -134,11 +148,30 @@ pub fn run(args: &RunArgs) -> i32 {
         let (end, code) = match end {
             Some(end) => end,
             None => {
-                let session = ask_end(&client, &id).await?;
+                let session = ask_end(&client, &id).await.map_err(|failure| {
+                    if failure.code == ExitCode::API_UNAVAILABLE {
+                        Failure::unavailable(format!(
+                            "the connection to the server was lost before session {id} ended ({}); the session may still run until its deadline; check it with `mayfly ls` when the server is back",
+                            failure.message
+                        ))
+                    } else {
+                        failure
+                    }
+                })?;
                 let code = session["exit_code"].as_i64().unwrap_or(i64::from(ExitCode::SETUP_FAILED)) as i32;
                 (session["end"].clone(), code)
             }
         };
-        Ok(finish(args, &id, &end, code))
-    })
+        Ok(finish(&client, args, &id, &end, code).await)
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("mayfly: {}", failure.message);
+            if json {
+                eprintln!("{}", json!({ "error": failure.message, "exit_code": failure.code }));
+            }
+            failure.code
+        }
+    }
 }
