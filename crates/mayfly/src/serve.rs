@@ -44,6 +44,13 @@ fn bootstrap(args: &ServeArgs, config: &ServerConfig) -> Result<Bootstrap, Strin
     }
 }
 
+/// Prints a status line. The server keeps running, and stops cleanly, when
+/// nobody reads its standard output any more.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 pub fn main(args: ServeArgs) -> i32 {
     if let Ok(filter) = std::env::var("MAYFLY_LOG") {
         if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
@@ -97,20 +104,20 @@ pub fn main(args: ServeArgs) -> i32 {
             }
         };
         let scheme = if started.tls_fingerprint.is_some() { "https" } else { "http" };
-        println!("mayfly: listening on {scheme}://{} (state directory {})", started.address, state_dir.display());
+        say(&format!("mayfly: listening on {scheme}://{} (state directory {})", started.address, state_dir.display()));
         if let Some(fingerprint) = &started.tls_fingerprint {
-            println!("mayfly: TLS certificate SHA-256 fingerprint {fingerprint}");
+            say(&format!("mayfly: TLS certificate SHA-256 fingerprint {fingerprint}"));
         }
         if let Some(path) = &started.tls_certificate {
-            println!("mayfly: clients trust it with --ca-cert {}", path.display());
+            say(&format!("mayfly: clients trust it with --ca-cert {}", path.display()));
         }
         if let Some(token) = &started.admin_token {
-            println!("mayfly: first admin token, shown only this once; keep it safe:\n{token}");
+            say(&format!("mayfly: first admin token, shown only this once; keep it safe:\n{token}"));
         }
-        println!("mayfly: accepting connections; stop with SIGTERM or Ctrl-C");
+        say("mayfly: accepting connections; stop with SIGTERM or Ctrl-C");
         match serving.await {
             Ok(()) => {
-                println!("mayfly: stopped");
+                say("mayfly: stopped");
                 0
             }
             Err(message) => {
