@@ -17,7 +17,8 @@ use crate::units::{ByteSize, Ttl};
 pub const DEFAULT_PROFILE: &str = "default";
 
 /// Built-in profiles, compiled into the binary: (name, TOML text).
-pub const BUILT_IN: &[(&str, &str)] = &[(DEFAULT_PROFILE, include_str!("../profiles/default.toml"))];
+pub const BUILT_IN: &[(&str, &str)] =
+    &[(DEFAULT_PROFILE, include_str!("../profiles/default.toml")), ("shell", include_str!("../profiles/shell.toml"))];
 
 /// The shortest and longest maximum TTL a profile may set.
 pub const TTL_RANGE: limits::Range<Ttl> = limits::Range { key: "ttl.max", min: Ttl::from_secs(1), max: Ttl::from_secs(7 * 86_400) };
@@ -46,6 +47,7 @@ pub enum ProfileError {
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Job,
+    Shell,
 }
 
 /// Whether a profile needs Landlock. `required` rejects a session on a kernel
@@ -78,6 +80,30 @@ struct RawProfile {
     environment: BTreeMap<String, String>,
     #[serde(default)]
     sandbox: RawSandbox,
+    shell: Option<RawShell>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShell {
+    command: Option<Vec<String>>,
+    idle_timeout: Option<Ttl>,
+    #[serde(default)]
+    observers: bool,
+    warnings: Option<Vec<Ttl>>,
+}
+
+/// How a shell session runs and is watched.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShellSettings {
+    /// The program and arguments started on the terminal.
+    pub command: Vec<String>,
+    /// End the session after this long without input from a client.
+    pub idle_timeout: Option<Ttl>,
+    /// Whether read-only observers may attach beside the one writer.
+    pub observers: bool,
+    /// How long before the deadline attached clients are warned.
+    pub warnings: Vec<Ttl>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +201,8 @@ pub struct Profile {
     pub timezone: String,
     pub landlock: Landlock,
     pub mounts: Vec<ProfileMount>,
+    /// Set for shell profiles, `None` for jobs.
+    pub shell: Option<ShellSettings>,
 }
 
 /// Checks a profile name: lowercase letters, digits and dashes, 1 to 63 long.
@@ -214,6 +242,25 @@ fn valid_timezone(name: &str) -> bool {
         && !name.starts_with('/')
         && name.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-/".contains(&b))
+}
+
+/// Checks a `[shell]` section, filling in the defaults.
+fn shell_settings(raw: Option<RawShell>, max_ttl: Ttl) -> Result<ShellSettings, (String, String)> {
+    let raw = raw.unwrap_or(RawShell { command: None, idle_timeout: None, observers: false, warnings: None });
+    let command = raw.command.unwrap_or_else(|| vec!["/bin/bash".into(), "-i".into()]);
+    if command.is_empty() || command[0].is_empty() || command.iter().any(|a| a.contains('\0')) {
+        return Err(("shell.command".into(), "must name a program, with no NUL bytes".into()));
+    }
+    if let Some(idle) = raw.idle_timeout {
+        if idle < Ttl::from_secs(10) || idle > max_ttl {
+            return Err(("shell.idle_timeout".into(), format!("= {idle} must be between 10s and ttl.max ({max_ttl})")));
+        }
+    }
+    let warnings = raw.warnings.unwrap_or_else(|| vec![Ttl::from_secs(300), Ttl::from_secs(60)]);
+    if warnings.len() > 8 || warnings.iter().any(|w| *w < Ttl::from_secs(1) || *w > max_ttl) {
+        return Err(("shell.warnings".into(), format!("must be at most 8 durations between 1s and ttl.max ({max_ttl})")));
+    }
+    Ok(ShellSettings { command, idle_timeout: raw.idle_timeout, observers: raw.observers, warnings })
 }
 
 impl Profile {
@@ -268,6 +315,11 @@ impl Profile {
         for (index, mount) in raw.sandbox.mounts.iter().enumerate() {
             check_mount(mount).map_err(|message| invalid(&format!("sandbox.mounts[{index}]"), message))?;
         }
+        let shell = match (raw.kind, raw.shell) {
+            (Kind::Job, Some(_)) => return Err(invalid("shell", "is only for profiles of kind \"shell\"".into())),
+            (Kind::Job, None) => None,
+            (Kind::Shell, shell) => Some(shell_settings(shell, max_ttl).map_err(|(key, message)| invalid(&key, message))?),
+        };
 
         Ok(Profile {
             name: name.into(),
@@ -281,6 +333,7 @@ impl Profile {
             timezone: raw.sandbox.timezone,
             landlock: raw.sandbox.landlock,
             mounts: raw.sandbox.mounts,
+            shell,
         })
     }
 
@@ -338,9 +391,23 @@ mod tests {
     fn built_in_profiles_parse() {
         for (name, text) in BUILT_IN {
             let profile = Profile::parse(name, text).unwrap();
-            assert_eq!(profile.kind, Kind::Job);
+            let expected = if *name == "shell" { Kind::Shell } else { Kind::Job };
+            assert_eq!(profile.kind, expected, "{name}");
+            assert_eq!(profile.shell.is_some(), expected == Kind::Shell, "{name}");
             assert!(profile.default_ttl <= profile.max_ttl);
         }
+    }
+
+    #[test]
+    fn shell_settings_are_checked() {
+        let shell = BUILT_IN.iter().find(|(n, _)| *n == "shell").unwrap().1;
+        let error = Profile::parse("s", &shell.replace("idle_timeout = \"10m\"", "idle_timeout = \"1s\"")).unwrap_err().to_string();
+        assert!(error.contains("shell.idle_timeout"), "{error}");
+        let error = Profile::parse("s", &shell.replace("command = [\"/bin/bash\", \"-i\"]", "command = []")).unwrap_err().to_string();
+        assert!(error.contains("shell.command"), "{error}");
+        let job_with_shell = format!("{}\n[shell]\nobservers = true\n", default_text());
+        let error = Profile::parse("j", &job_with_shell).unwrap_err().to_string();
+        assert!(error.contains("shell") && error.contains("kind"), "{error}");
     }
 
     #[test]

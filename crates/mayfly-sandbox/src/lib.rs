@@ -18,6 +18,7 @@ pub mod seccomp;
 pub mod session;
 pub mod spec;
 pub mod teardown;
+pub mod terminal;
 pub mod transfer;
 
 pub use launch::INIT_ARGUMENT;

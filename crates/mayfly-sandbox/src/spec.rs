@@ -78,6 +78,10 @@ pub struct InitSpec {
     /// session cgroup before anything of the session runs (see
     /// [`crate::cgroup::SessionCgroup::membership`]).
     pub cgroup_membership: Vec<String>,
+    /// For a terminal session, the window size of the pseudo-terminal that
+    /// becomes the command's standard input, output and error.
+    #[serde(default)]
+    pub terminal: Option<crate::terminal::WindowSize>,
 }
 
 /// Which Landlock protection the command actually got.

@@ -70,6 +70,9 @@ fn landlock_mode(profile: &Profile) -> LandlockMode {
 /// host resource exists.
 fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
     let profile = profiles::load(&args.profile, args.profiles.profiles_dir.as_deref()).map_err(|e| usage(e.to_string()))?;
+    if profile.kind != mayfly_core::Kind::Job {
+        return Err(usage(format!("profile {:?} is a shell profile; start it with `mayfly shell --profile {}` against a server", profile.name, profile.name)));
+    }
     let ttl = args.ttl.as_deref().map(Ttl::parse).transpose().map_err(|e| usage(format!("--ttl: {e}")))?;
     let ttl = profile.resolve_ttl(ttl).map_err(|e| usage(e.to_string()))?;
     let overrides = LimitOverrides {
@@ -135,6 +138,7 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
         landlock,
         forward_signals: true,
         control: None,
+        terminal: None,
     };
     Ok((config, layout))
 }

@@ -413,3 +413,91 @@ fn a_late_attach_still_reads_the_output_and_the_end() {
     assert_eq!(end["exit_code"], 4, "{end}");
     assert_eq!(end["state"], "destroyed");
 }
+
+/// Reads WebSocket messages until `done` says so or 15 seconds pass;
+/// returns the terminal output seen and the text messages.
+async fn read_until(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    output: &mut String,
+    texts: &mut Vec<Value>,
+    done: impl Fn(&str, &[Value]) -> bool,
+) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !done(output, texts) {
+        let message = tokio::time::timeout_at(deadline, socket.next()).await;
+        match message {
+            Ok(Some(Ok(Message::Binary(frame)))) => output.push_str(&String::from_utf8_lossy(&frame[1..])),
+            Ok(Some(Ok(Message::Text(text)))) => texts.push(serde_json::from_str(&text).unwrap()),
+            Ok(Some(Ok(_))) => {}
+            _ => return,
+        }
+    }
+}
+
+#[test]
+fn a_shell_session_runs_on_a_terminal_with_one_writer() {
+    let scratch = Scratch::new("server-shell");
+    let profiles = scratch.path.join("profiles");
+    let shell = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mayfly-core/profiles/shell.toml")).unwrap();
+    let observed = shell.replace("observers = false", "observers = true").replace("warnings = [\"5m\", \"1m\"]", "warnings = [\"10s\", \"5s\"]");
+    common::write(&profiles.join("watched.toml"), &observed);
+    let server = server::start(&scratch.state_dir(), &["--profiles-dir", profiles.to_str().unwrap()], &[]);
+    let token = server.token().to_string();
+    let body = json!({ "profile": "watched", "ttl": "12s", "terminal": { "rows": 30, "cols": 100 } });
+    let (status, created) = server.http("POST", "/v1/sessions", Some(&token), Some(&body));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["session"]["kind"], "shell");
+    let id = created["session"]["id"].as_str().unwrap().to_string();
+    let (status, refused) = server.http("POST", "/v1/sessions", Some(&token), Some(&json!({ "profile": "watched", "command": ["/bin/true"] })));
+    assert_eq!(status, 400, "{refused}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        let connect = |mode: &'static str| {
+            let (address, id, token) = (server.address, id.clone(), token.clone());
+            async move {
+                let mut request = format!("ws://{address}/v1/sessions/{id}/attach?mode={mode}").into_client_request().unwrap();
+                request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+                let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+                tokio_tungstenite::client_async(request, stream).await
+            }
+        };
+        let (mut writer, _) = connect("write").await.unwrap();
+        // A second writer is turned away; an observer is let in.
+        let second = connect("write").await;
+        assert!(matches!(second, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 409), "{second:?}");
+        let (mut observer, _) = connect("observe").await.unwrap();
+
+        let (mut output, mut texts) = (String::new(), Vec::new());
+        writer.send(Message::Binary(b"echo sum=$((6*7)); tty; stty size\r".to_vec().into())).await.unwrap();
+        read_until(&mut writer, &mut output, &mut texts, |o, _| o.contains("30 100")).await;
+        assert!(output.contains("sum=42"), "{output}");
+        assert!(output.contains("/dev/pts/"), "the shell has a terminal: {output}");
+        assert!(output.contains("30 100"), "the initial size applies: {output}");
+
+        writer.send(Message::Text(json!({ "type": "resize", "rows": 50, "cols": 132 }).to_string().into())).await.unwrap();
+        writer.send(Message::Binary(b"stty size\r".to_vec().into())).await.unwrap();
+        read_until(&mut writer, &mut output, &mut texts, |o, _| o.contains("50 132")).await;
+        assert!(output.contains("50 132"), "{output}");
+
+        // The observer sees the same terminal and cannot type into it.
+        let (mut watched, mut observer_texts) = (String::new(), Vec::new());
+        observer.send(Message::Binary(b"echo from-observer\r".to_vec().into())).await.unwrap();
+        read_until(&mut observer, &mut watched, &mut observer_texts, |o, _| o.contains("50 132")).await;
+        assert!(watched.contains("sum=42"));
+        assert!(!watched.contains("from-observer"), "{watched}");
+
+        // Warnings before the deadline, then the end with its reason.
+        read_until(&mut writer, &mut output, &mut texts, |_, t| t.iter().any(|m| m["type"] == "end")).await;
+        let warnings: Vec<i64> = texts.iter().filter(|m| m["type"] == "warning").map(|m| m["remaining_seconds"].as_i64().unwrap()).collect();
+        assert_eq!(warnings, vec![10, 5], "{texts:?}");
+        let end = texts.iter().find(|m| m["type"] == "end").unwrap();
+        assert_eq!(end["end"]["reason"], "deadline", "{end}");
+    });
+    let log = std::fs::read_to_string(scratch.state_dir().join("audit/log.jsonl")).unwrap();
+    assert!(log.contains("\"role\":\"writer\"") && log.contains("\"role\":\"observer\""));
+}

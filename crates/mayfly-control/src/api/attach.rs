@@ -6,6 +6,12 @@
 //! `{"type":"session",...}` first, `{"type":"dropped","chunks":N}` when a
 //! slow reader missed output the buffer no longer holds, and
 //! `{"type":"end","state":...,"end":...,"exit_code":N}` last.
+//!
+//! A shell session takes input from one writer at a time: binary messages
+//! are keystrokes, and `{"type":"resize","rows":R,"cols":C}` sets the window
+//! size. With `?mode=observe` a client reads without writing, when the
+//! profile allows observers. Before the deadline the server sends
+//! `{"type":"warning","remaining_seconds":N}` at the profile's warnings.
 
 use std::sync::Arc;
 
@@ -24,12 +30,26 @@ use crate::app::{now_ms, App};
 use crate::policy::Action;
 use crate::problem::Problem;
 use crate::sessions::output::{Output, Read};
+use crate::sessions::terminal::{TerminalInput, WriterSlot};
 use crate::tokens::{self, Authenticated, Refused};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttachQuery {
     token: Option<String>,
+    /// `write` (the default for shells) or `observe`.
+    mode: Option<String>,
+}
+
+/// What an attached client may do.
+enum Role {
+    /// Reads a job's output.
+    Job,
+    /// Types into a shell; holds the writer slot while attached.
+    /// The slot is held for its `Drop`, which frees it for the next writer.
+    Writer(Arc<TerminalInput>, #[allow(dead_code)] WriterSlot),
+    /// Watches a shell without typing.
+    Observer,
 }
 
 /// Authenticates an attach: an attach token for this session (in the query
@@ -72,8 +92,34 @@ pub async fn attach(
     let session = app.session_or_404(&id).await?;
     app.authorize(&who, Action::AttachSession, &resource(&session), None).await?;
     let upgrade = upgrade.map_err(|e| Problem::bad_request(format!("this endpoint needs a WebSocket upgrade: {}", e.body_text())))?;
-    let live = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| Arc::clone(&l.output));
-    let output = live.or_else(|| app.finished.lock().unwrap_or_else(|e| e.into_inner()).get(&id));
+    let live = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| (Arc::clone(&l.output), l.terminal.clone(), l.shell.clone()));
+    let (live_output, terminal, shell) = match live {
+        Some((output, terminal, shell)) => (Some(output), terminal, shell),
+        None => (None, None, None),
+    };
+    let role = match (&terminal, query.mode.as_deref()) {
+        (_, Some(mode)) if mode != "write" && mode != "observe" => {
+            return Err(Problem::bad_request(format!("mode {mode:?} is not known; use write or observe")));
+        }
+        (None, _) => Role::Job,
+        (Some(_), Some("observe")) if shell.as_ref().is_some_and(|s| s.observers) => Role::Observer,
+        (Some(_), Some("observe")) => {
+            return Err(Problem::new(axum::http::StatusCode::FORBIDDEN, "observers-not-allowed", "Observers not allowed", format!("the profile of session {id} allows no observers")));
+        }
+        (Some(input), _) => match input.claim_writer() {
+            Some(slot) => Role::Writer(Arc::clone(input), slot),
+            None => {
+                let hint = if shell.as_ref().is_some_and(|s| s.observers) { "; attach with mode=observe to watch" } else { "" };
+                return Err(Problem::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "writer-attached",
+                    "Another client is attached",
+                    format!("another client is attached to session {id} as its writer{hint}"),
+                ));
+            }
+        },
+    };
+    let output = live_output.or_else(|| app.finished.lock().unwrap_or_else(|e| e.into_inner()).get(&id));
     let Some(output) = output else {
         let session = app.session_or_404(&id).await?;
         if session.state.is_final() {
@@ -86,12 +132,29 @@ pub async fn attach(
             format!("session {id} is {} but this server process does not run it; its output cannot be streamed from here", session.state),
         ));
     };
-    let attached = Entry::new("session.attached", &crate::sessions::actor(&who)).session(&id).field("token", who.token_prefix.clone());
+    let role_name = match &role {
+        Role::Job => "reader",
+        Role::Writer(..) => "writer",
+        Role::Observer => "observer",
+    };
+    let attached = Entry::new("session.attached", &crate::sessions::actor(&who))
+        .session(&id)
+        .field("token", who.token_prefix.clone())
+        .field("role", role_name);
     app.audit.one(attached).await.map_err(|e| Problem::audit_failed(&e))?;
     let limit = app.config.limits.max_websocket_message_bytes;
-    let summary = json!({ "type": "session", "id": session.id, "state": session.state, "deadline_unix_ms": session.deadline_unix_ms });
+    let summary = json!({
+        "type": "session",
+        "id": session.id,
+        "kind": session.kind,
+        "state": session.state,
+        "deadline_unix_ms": session.deadline_unix_ms,
+        "role": role_name,
+    });
+    let warnings: Vec<i64> = shell.map(|s| s.warnings.iter().map(|w| w.as_duration().as_millis() as i64).collect()).unwrap_or_default();
+    let deadline = session.deadline_unix_ms;
     Ok(upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
-        let reason = stream(socket, output, summary).await;
+        let reason = stream(socket, output, summary, role, Warnings::new(deadline, warnings)).await;
         let detached = Entry::new("session.detached", &crate::sessions::actor(&who)).session(&id).field("reason", reason);
         if let Err(error) = app.audit.one(detached).await {
             tracing::error!(session_id = %id, error = %error, "failed to record a detach");
@@ -99,14 +162,58 @@ pub async fn attach(
     }))
 }
 
-/// Streams output until the session ends or the client leaves; returns why
-/// the attach ended.
-async fn stream(mut socket: WebSocket, output: Arc<Output>, summary: serde_json::Value) -> &'static str {
+/// The deadline warnings still to send, as `(at_unix_ms, remaining_seconds)`.
+struct Warnings(Vec<(i64, i64)>);
+
+impl Warnings {
+    fn new(deadline_unix_ms: i64, before_ms: Vec<i64>) -> Warnings {
+        let now = now_ms();
+        let mut due: Vec<(i64, i64)> = before_ms.into_iter().map(|b| (deadline_unix_ms - b, b / 1000)).filter(|(at, _)| *at > now).collect();
+        due.sort();
+        Warnings(due)
+    }
+
+    /// Time until the next warning, or a long wait when none is left.
+    fn next_in(&self) -> std::time::Duration {
+        match self.0.first() {
+            Some((at, _)) => std::time::Duration::from_millis((at - now_ms()).max(0) as u64),
+            None => std::time::Duration::from_secs(3600),
+        }
+    }
+
+    /// Takes the warnings that are due and returns their remaining seconds.
+    fn take_due(&mut self) -> Vec<i64> {
+        let now = now_ms();
+        let due: Vec<i64> = self.0.iter().filter(|(at, _)| *at <= now).map(|(_, seconds)| *seconds).collect();
+        self.0.retain(|(at, _)| *at > now);
+        due
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    Resize { rows: u16, cols: u16 },
+}
+
+/// Streams output until the session ends or the client leaves, and passes a
+/// writer's input on; returns why the attach ended.
+async fn stream(mut socket: WebSocket, output: Arc<Output>, summary: serde_json::Value, role: Role, mut warnings: Warnings) -> &'static str {
     if socket.send(Message::Text(summary.to_string().into())).await.is_err() {
         return "client gone";
     }
+    let input = match &role {
+        Role::Writer(input, _) => Some(Arc::clone(input)),
+        _ => None,
+    };
     let mut next = 0u64;
     loop {
+        for seconds in warnings.take_due() {
+            let warning = json!({ "type": "warning", "remaining_seconds": seconds });
+            if socket.send(Message::Text(warning.to_string().into())).await.is_err() {
+                return "client gone";
+            }
+        }
         match output.read_after(next) {
             Read::Chunks { chunks, skipped } => {
                 if skipped > 0 && socket.send(Message::Text(json!({ "type": "dropped", "chunks": skipped }).to_string().into())).await.is_err() {
@@ -134,9 +241,22 @@ async fn stream(mut socket: WebSocket, output: Arc<Output>, summary: serde_json:
             Read::Wait => {
                 tokio::select! {
                     () = output.changed(next) => {}
+                    () = tokio::time::sleep(warnings.next_in()) => {}
                     incoming = socket.recv() => match incoming {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return "client closed",
-                        // Jobs take no input; other messages are ignored.
+                        Some(Ok(Message::Binary(bytes))) => {
+                            if let Some(input) = &input {
+                                input.input(&bytes);
+                            }
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            if let (Some(input), Ok(ClientMessage::Resize { rows, cols })) = (&input, serde_json::from_str::<ClientMessage>(&text)) {
+                                if let Some(size) = mayfly_sandbox::terminal::WindowSize::checked(rows, cols) {
+                                    input.resize(size);
+                                }
+                            }
+                        }
+                        // Observers and job readers send nothing that matters.
                         Some(Ok(_)) => {}
                     },
                 }

@@ -51,6 +51,7 @@ pub fn session_config(profile: &Profile, spec: JobSpec, control: Option<SessionC
         landlock: landlock_mode(profile),
         forward_signals: false,
         control,
+        terminal: None,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod job;
 pub mod output;
 mod recovery;
 mod runner;
+pub mod terminal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +40,18 @@ pub struct Live {
     pub output: Arc<Output>,
     pub owner: String,
     pub requested_at: Instant,
+    pub deadline_unix_ms: i64,
+    /// The input side of a shell session, `None` for a job.
+    pub terminal: Option<Arc<terminal::TerminalInput>>,
+    pub shell: Option<mayfly_core::profile::ShellSettings>,
+}
+
+/// A terminal's size in a request.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalRequest {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// How long an ended session's output stays attachable, and how many ended
@@ -92,9 +105,13 @@ pub struct CreateRequest {
     #[serde(default = "default_profile")]
     pub profile: String,
     pub ttl: Option<String>,
-    pub command: Vec<String>,
+    /// The program and arguments of a job; shell profiles start their own.
+    pub command: Option<Vec<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The initial window size of a shell session: 24 rows and 80 columns
+    /// when absent.
+    pub terminal: Option<TerminalRequest>,
     #[serde(default)]
     pub limits: RequestLimits,
 }
@@ -145,14 +162,40 @@ fn limit_message(error: mayfly_core::limits::LimitError) -> String {
     }
 }
 
-/// Checks the request against its profile and returns the TTL and limits.
-fn validate(profile: &Profile, request: &CreateRequest) -> Result<(Ttl, mayfly_core::Limits), Problem> {
-    if profile.kind != Kind::Job {
-        return Err(Problem::bad_request(format!(
-            "profile {:?} is of kind {:?}, and this server runs only job sessions so far; choose a job profile",
-            profile.name, profile.kind
-        )));
-    }
+/// What a validated request runs.
+struct Checked {
+    ttl: Ttl,
+    limits: mayfly_core::Limits,
+    argv: Vec<String>,
+    terminal: Option<mayfly_sandbox::terminal::WindowSize>,
+}
+
+/// Checks the request against its profile.
+fn validate(profile: &Profile, request: &CreateRequest) -> Result<Checked, Problem> {
+    let (argv, terminal) = match (profile.kind, &request.command, &profile.shell) {
+        (Kind::Job, Some(command), _) => {
+            if request.terminal.is_some() {
+                return Err(Problem::bad_request(format!("profile {:?} runs jobs, which have no terminal; leave terminal out", profile.name)));
+            }
+            (command.clone(), None)
+        }
+        (Kind::Job, None, _) => {
+            return Err(Problem::bad_request("command is missing: give the program and its arguments, for example [\"/bin/echo\", \"hello\"]"))
+        }
+        (Kind::Shell, Some(_), _) => {
+            return Err(Problem::bad_request(format!("profile {:?} starts its own shell; leave command out", profile.name)))
+        }
+        (Kind::Shell, None, shell) => {
+            let shell = shell.as_ref().expect("shell profiles have shell settings");
+            let size = match request.terminal {
+                None => mayfly_sandbox::terminal::WindowSize { rows: 24, cols: 80 },
+                Some(t) => mayfly_sandbox::terminal::WindowSize::checked(t.rows, t.cols).ok_or_else(|| {
+                    Problem::bad_request(format!("terminal {}x{} is out of range: rows and cols must be 1 to 1000", t.rows, t.cols))
+                })?,
+            };
+            (shell.command.clone(), Some(size))
+        }
+    };
     let ttl = request.ttl.as_deref().map(Ttl::parse).transpose().map_err(|e| Problem::bad_request(format!("ttl: {e}")))?;
     let ttl = profile.resolve_ttl(ttl).map_err(|e| Problem::bad_request(e.to_string()).with("max_ttl", profile.max_ttl.to_string()))?;
     let cpu_millis = match request.limits.cpus {
@@ -170,13 +213,13 @@ fn validate(profile: &Profile, request: &CreateRequest) -> Result<(Ttl, mayfly_c
         open_files: request.limits.open_files,
     };
     let limits = profile.limits.lowered_by(&overrides).map_err(|e| Problem::bad_request(limit_message(e)))?;
-    if request.command.is_empty() || request.command[0].is_empty() {
+    if argv.is_empty() || argv[0].is_empty() {
         return Err(Problem::bad_request("command is empty: give the program and its arguments, for example [\"/bin/echo\", \"hello\"]"));
     }
-    if request.command.len() > MAX_ARGS {
-        return Err(Problem::bad_request(format!("command has {} arguments; at most {MAX_ARGS} are allowed", request.command.len())));
+    if argv.len() > MAX_ARGS {
+        return Err(Problem::bad_request(format!("command has {} arguments; at most {MAX_ARGS} are allowed", argv.len())));
     }
-    if let Some(index) = request.command.iter().position(|a| a.contains('\0')) {
+    if let Some(index) = argv.iter().position(|a| a.contains('\0')) {
         return Err(Problem::bad_request(format!("command[{index}] contains a NUL byte")));
     }
     if request.env.len() > MAX_ENV {
@@ -192,7 +235,7 @@ fn validate(profile: &Profile, request: &CreateRequest) -> Result<(Ttl, mayfly_c
             return Err(Problem::bad_request(format!("env.{name}: the value contains a NUL byte")));
         }
     }
-    Ok((ttl, limits))
+    Ok(Checked { ttl, limits, argv, terminal })
 }
 
 impl App {
@@ -292,8 +335,8 @@ impl App {
             }
             other => Problem::bad_request(other.to_string()),
         })?;
-        let (ttl, limits) = validate(&profile, &request)?;
-        let kind = "job";
+        let Checked { ttl, limits, argv, terminal } = validate(&profile, &request)?;
+        let kind = if terminal.is_some() { "shell" } else { "job" };
         self.authorize(who, Action::CreateSession, &Resource::Profile { name: &profile.name, kind }, Some(ttl.as_duration().as_secs() as i64))
             .await?;
         profiles::check_on_host(&profile).map_err(|message| Problem::unavailable("profile-unusable", message, None))?;
@@ -347,7 +390,7 @@ impl App {
             profile: profile.name.clone(),
             kind: kind.into(),
             state: SessionState::Pending,
-            command: request.command.clone(),
+            command: argv.clone(),
             ttl_ms: ttl.as_duration().as_millis() as i64,
             created_unix_ms: now,
             deadline_unix_ms: now + ttl.as_duration().as_millis() as i64,
@@ -369,8 +412,9 @@ impl App {
             .field("profile", profile.name.clone())
             .field("ttl", ttl.to_string())
             .field("deadline_unix_ms", record.deadline_unix_ms)
-            .field("program", request.command[0].clone())
-            .field("arguments", request.command.len() - 1)
+            .field("kind", kind)
+            .field("program", argv[0].clone())
+            .field("arguments", argv.len() - 1)
             .field("env_names", request.env.keys().cloned().collect::<Vec<_>>())
             .field("limits", serde_json::to_value(&limits).expect("limits serialize"))
             .field("token", who.token_prefix.clone());
@@ -391,20 +435,44 @@ impl App {
 
         let output = Output::new(self.config.limits.output_buffer_bytes);
         let control = runner::control_for(self, &id);
+        // A shell's input reaches the sandbox through a pipe fed by the
+        // attached writer; a job reads an empty standard input.
+        let (stdin, input): (Box<dyn std::io::Read + Send>, _) = match terminal {
+            Some(_) => match std::io::pipe() {
+                Ok((reader, writer)) => (Box::new(reader), Some(terminal::TerminalInput::start(writer))),
+                Err(error) => {
+                    release(self);
+                    return Err(Problem::internal(format!("cannot create the terminal's input pipe: {error}")));
+                }
+            },
+            None => (Box::new(std::io::empty()), None),
+        };
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id.clone(),
-            Live { control: control.clone(), output: Arc::clone(&output), owner: owner.clone(), requested_at },
+            Live {
+                control: control.clone(),
+                output: Arc::clone(&output),
+                owner: owner.clone(),
+                requested_at,
+                deadline_unix_ms: record.deadline_unix_ms,
+                terminal: input.clone(),
+                shell: profile.shell.clone(),
+            },
         );
         let spec = job::JobSpec {
             session_id: id.clone(),
             state_dir: self.config.state_dir.clone(),
-            argv: request.command,
+            argv,
             env: request.env,
             ttl: ttl.as_duration(),
             limits,
         };
-        let config = job::session_config(&profile, spec, Some(control));
-        runner::spawn(Arc::clone(self), config, record.deadline_unix_ms, output);
+        let mut config = job::session_config(&profile, spec, Some(control));
+        config.terminal = terminal;
+        if let (Some(input), Some(idle)) = (input, profile.shell.as_ref().and_then(|s| s.idle_timeout)) {
+            runner::watch_idle(self, &id, input, idle.as_duration());
+        }
+        runner::spawn(Arc::clone(self), config, record.deadline_unix_ms, output, stdin);
         Ok(Created { session: record, attach })
     }
 

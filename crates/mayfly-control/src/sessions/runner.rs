@@ -91,7 +91,32 @@ fn ending_of(result: Result<SessionOutcome, SessionError>, app: &App, output: &O
 }
 
 /// Starts the session's thread: `starting`, the sandbox run, then the end.
-pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: i64, output: Arc<Output>) {
+/// Ends a shell session whose writer has sent no input for `idle`. Output
+/// does not count as activity, and neither does an attached observer.
+pub(super) fn watch_idle(app: &Arc<App>, id: &str, input: Arc<super::terminal::TerminalInput>, idle: Duration) {
+    let app = Arc::downgrade(app);
+    let id = id.to_string();
+    tokio::spawn(async move {
+        loop {
+            let quiet = input.last_input().elapsed();
+            if quiet < idle {
+                tokio::time::sleep(idle - quiet).await;
+                continue;
+            }
+            let Some(app) = app.upgrade() else { return };
+            if !app.live.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
+                return;
+            }
+            let reason = format!("idle timeout: no input for {}", mayfly_core::Ttl::from_duration(idle));
+            if let Err(problem) = app.destroy_session(SYSTEM, &id, &reason).await {
+                tracing::error!(session_id = %id, detail = %problem.detail, "failed to end an idle session");
+            }
+            return;
+        }
+    });
+}
+
+pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: i64, output: Arc<Output>, stdin: Box<dyn std::io::Read + Send>) {
     let handle = Handle::current();
     let id = config.session_id.clone();
     let (failed_app, failed_id) = (Arc::clone(&app), id.clone());
@@ -119,7 +144,7 @@ pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: 
         let layout = app.host.layout.clone().expect("creation checked the cgroup layout");
         let stdout = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDOUT });
         let stderr = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDERR });
-        let result = session::run(config, &layout, Box::new(std::io::empty()), stdout, stderr);
+        let result = session::run(config, &layout, stdin, stdout, stderr);
         if let Err(error) = &result {
             tracing::warn!(session_id = %id, error = %error, "the session's sandbox did not start");
         }

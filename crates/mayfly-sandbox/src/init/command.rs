@@ -53,7 +53,7 @@ fn resolve(command: &str, env: &[(String, String)]) -> Option<PathBuf> {
 
 /// Runs the numbered steps and execs the command. Returns only on failure,
 /// with the message to send.
-fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File) -> ChildMessage {
+fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File, terminal: Option<&Path>) -> ChildMessage {
     let fail = |step: &str, error: String| ChildMessage::SetupFailed { step: step.into(), error };
 
     // 1. Restore default signal handling: init blocks and ignores signals that
@@ -73,6 +73,15 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File) -> ChildMessage {
     //    without a controlling terminal.
     if let Err(errno) = setsid() {
         return fail("setsid", errno.to_string());
+    }
+
+    // 2b. In a terminal session, the pseudo-terminal's slave becomes the
+    //     controlling terminal and standard input, output and error, owned
+    //     by the sandbox user like a login terminal.
+    if let Some(slave) = terminal {
+        if let Err(error) = attach_terminal(slave) {
+            return fail("attach the terminal", error);
+        }
     }
 
     // 3. Resource limits that cgroups do not cover: open files, and no core
@@ -160,13 +169,34 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File) -> ChildMessage {
     }
 }
 
+/// Opens the terminal's slave, makes it the controlling terminal and puts it
+/// at descriptors 0, 1 and 2.
+fn attach_terminal(slave: &Path) -> Result<(), String> {
+    let file = std::fs::File::options().read(true).write(true).open(slave).map_err(|e| format!("open {}: {e}", slave.display()))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: TIOCSCTTY takes an integer argument; fchown and dup2 act on a
+    // descriptor this function owns.
+    unsafe {
+        if libc::ioctl(fd, libc::TIOCSCTTY, 0) != 0 {
+            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+        }
+        libc::fchown(fd, SANDBOX_UID, SANDBOX_GID);
+        for target in 0..=2 {
+            if libc::dup2(fd, target) < 0 {
+                return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Entry point of the command child. Never returns.
-pub fn run(spec: &InitSpec, pipe: OwnedFd) -> ! {
+pub fn run(spec: &InitSpec, pipe: OwnedFd, terminal: Option<&Path>) -> ! {
     // Every descriptor above stderr, the error pipe included, closes at exec.
     // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     let mut pipe = std::fs::File::from(pipe);
-    let message = confine_and_exec(spec, &mut pipe);
+    let message = confine_and_exec(spec, &mut pipe, terminal);
     send(&mut pipe, &message);
     // SAFETY: _exit ends the process without running atexit handlers that
     // belong to init.

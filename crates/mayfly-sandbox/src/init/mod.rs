@@ -8,6 +8,7 @@
 
 mod command;
 mod network;
+mod pty;
 pub mod rootfs;
 
 use std::fs::File;
@@ -200,16 +201,36 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
         Ok(pair) => pair,
         Err(e) => return EndReason::SetupFailed { step: "create the error pipe".into(), error: e.to_string() },
     };
+    let terminal = match spec.terminal.map(pty::open).transpose() {
+        Ok(terminal) => terminal,
+        Err(error) => return EndReason::SetupFailed { step: "open the pseudo-terminal".into(), error },
+    };
     // SAFETY: init is single-threaded, so the child may run ordinary code.
     let command = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(error_read);
-            command::run(spec, error_write)
+            command::run(spec, error_write, terminal.as_ref().map(|(_, slave)| slave.as_path()))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => return EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() },
     };
     drop(error_write);
+
+    // A terminal session's stdio pipes stay with init, which copies between
+    // them and the pseudo-terminal's master.
+    if let Some((master, _)) = terminal {
+        // SAFETY: fcntl duplicates descriptors 0 and 1, which init owns, into
+        // new close-on-exec descriptors that the Files below own alone.
+        let (input, output) = unsafe {
+            (libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3), libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3))
+        };
+        if input < 0 || output < 0 {
+            return EndReason::SetupFailed { step: "keep the terminal's pipes".into(), error: io::Error::last_os_error().to_string() };
+        }
+        // SAFETY: both descriptors were just created and are owned by nothing else.
+        let (input, output) = unsafe { (File::from_raw_fd(input), File::from_raw_fd(output)) };
+        pty::relay(master, input, output);
+    }
 
     // Only the command has the session's stdio open from now on, so the
     // supervisor reads end-of-file when the command's processes are gone.

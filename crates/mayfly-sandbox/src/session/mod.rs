@@ -68,6 +68,10 @@ pub struct SessionConfig {
     pub forward_signals: bool,
     /// Lets another thread destroy the session and learn when it started.
     pub control: Option<SessionControl>,
+    /// Run the command on a pseudo-terminal of this size. Standard input
+    /// then carries frames ([`crate::terminal`]), and standard output the
+    /// terminal's output; standard error stays empty.
+    pub terminal: Option<crate::terminal::WindowSize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +127,7 @@ fn init_spec(config: &SessionConfig, deadline_monotonic_ns: u64) -> InitSpec {
         mounts: config.mounts.clone(),
         landlock: config.landlock,
         cgroup_membership: Vec::new(),
+        terminal: config.terminal,
     }
 }
 
