@@ -27,6 +27,10 @@ pub enum Command {
     Audit(AuditCommand),
     /// Run the control plane: the sessions API on embedded defaults (SQLite, loopback).
     Serve(Box<crate::serve::ServeArgs>),
+    /// Start a shell session on a server and attach this terminal to it.
+    Shell(crate::remote::shell::ShellArgs),
+    /// Attach this terminal to a running shell session of yours.
+    Attach(crate::remote::shell::AttachArgs),
     /// List sessions on a server.
     Ls(crate::remote::LsArgs),
     /// Destroy sessions on a server, in whatever state they are.

@@ -38,6 +38,8 @@ fn main() {
         cli::Command::Bench(args) => bench::main(args),
         cli::Command::Audit(command) => audit::main(command),
         cli::Command::Serve(args) => serve::main(*args),
+        cli::Command::Shell(args) => remote::shell::shell(args),
+        cli::Command::Attach(args) => remote::shell::attach(args),
         cli::Command::Ls(args) => remote::ls(args),
         cli::Command::Kill(args) => remote::kill(args),
         cli::Command::Token(command) => remote::token(command),

@@ -3,6 +3,7 @@
 
 pub mod http;
 mod run;
+pub mod shell;
 mod table;
 
 use std::path::PathBuf;
