@@ -501,3 +501,27 @@ fn a_shell_session_runs_on_a_terminal_with_one_writer() {
     let log = std::fs::read_to_string(scratch.state_dir().join("audit/log.jsonl")).unwrap();
     assert!(log.contains("\"role\":\"writer\"") && log.contains("\"role\":\"observer\""));
 }
+
+#[test]
+fn an_idle_shell_ends_after_its_idle_timeout_and_output_does_not_count() {
+    let scratch = Scratch::new("server-idle");
+    let profiles = scratch.path.join("profiles");
+    let shell = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mayfly-core/profiles/shell.toml")).unwrap();
+    let ticking = shell
+        .replace("idle_timeout = \"10m\"", "idle_timeout = \"10s\"")
+        .replace("command = [\"/bin/bash\", \"-i\"]", "command = [\"/bin/sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]");
+    common::write(&profiles.join("brief.toml"), &ticking);
+    let server = server::start(&scratch.state_dir(), &["--profiles-dir", profiles.to_str().unwrap()], &[]);
+    let token = server.token().to_string();
+    // The shell prints every second, but nobody types.
+    let body = json!({ "profile": "brief", "ttl": "60s" });
+    let (status, created) = server.http("POST", "/v1/sessions", Some(&token), Some(&body));
+    assert_eq!(status, 201, "{created}");
+    let id = created["session"]["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let session = server.wait_for_state(&token, &id, &["destroyed"]);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(15), "ended after {took:?}");
+    assert_eq!(session["end"]["reason"], "destroyed");
+    assert!(session["end"]["detail"].as_str().unwrap().starts_with("idle timeout"), "{session}");
+}
