@@ -270,6 +270,14 @@ fn spawn_background(app: &Arc<App>) {
                 }
             }
             let _ = app.audit.checkpoint_if_needed().await;
+            let dir = app.recordings_dir();
+            let removed = tokio::task::spawn_blocking(move || crate::sessions::recording::prune(&dir, now_ms())).await.unwrap_or_default();
+            if !removed.is_empty() {
+                let entries = removed.iter().map(|id| Entry::new("recording.deleted", SYSTEM).session(id).field("reason", "retention passed")).collect();
+                if let Err(error) = app.audit.record(entries, false).await {
+                    tracing::error!(error = %error, "failed to record deleted recordings");
+                }
+            }
             let _ = app.store.prune_attach_tokens(now_ms()).await;
             app.finished.lock().unwrap_or_else(|e| e.into_inner()).prune();
         }

@@ -91,6 +91,9 @@ struct RawShell {
     #[serde(default)]
     observers: bool,
     warnings: Option<Vec<Ttl>>,
+    #[serde(default)]
+    recording: bool,
+    recording_retention: Option<Ttl>,
 }
 
 /// How a shell session runs and is watched.
@@ -104,6 +107,10 @@ pub struct ShellSettings {
     pub observers: bool,
     /// How long before the deadline attached clients are warned.
     pub warnings: Vec<Ttl>,
+    /// Record the terminal's output as an asciicast v2 file outside the sandbox.
+    pub recording: bool,
+    /// How long a recording is kept after its session ends.
+    pub recording_retention: Ttl,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,7 +253,7 @@ fn valid_timezone(name: &str) -> bool {
 
 /// Checks a `[shell]` section, filling in the defaults.
 fn shell_settings(raw: Option<RawShell>, max_ttl: Ttl) -> Result<ShellSettings, (String, String)> {
-    let raw = raw.unwrap_or(RawShell { command: None, idle_timeout: None, observers: false, warnings: None });
+    let raw = raw.unwrap_or(RawShell { command: None, idle_timeout: None, observers: false, warnings: None, recording: false, recording_retention: None });
     let command = raw.command.unwrap_or_else(|| vec!["/bin/bash".into(), "-i".into()]);
     if command.is_empty() || command[0].is_empty() || command.iter().any(|a| a.contains('\0')) {
         return Err(("shell.command".into(), "must name a program, with no NUL bytes".into()));
@@ -260,7 +267,11 @@ fn shell_settings(raw: Option<RawShell>, max_ttl: Ttl) -> Result<ShellSettings, 
     if warnings.len() > 8 || warnings.iter().any(|w| *w < Ttl::from_secs(1) || *w > max_ttl) {
         return Err(("shell.warnings".into(), format!("must be at most 8 durations between 1s and ttl.max ({max_ttl})")));
     }
-    Ok(ShellSettings { command, idle_timeout: raw.idle_timeout, observers: raw.observers, warnings })
+    let recording_retention = raw.recording_retention.unwrap_or(Ttl::from_secs(30 * 86_400));
+    if recording_retention < Ttl::from_secs(60) || recording_retention > Ttl::from_secs(3650 * 86_400) {
+        return Err(("shell.recording_retention".into(), format!("= {recording_retention} is out of range: allowed is 1m to 3650d")));
+    }
+    Ok(ShellSettings { command, idle_timeout: raw.idle_timeout, observers: raw.observers, warnings, recording: raw.recording, recording_retention })
 }
 
 impl Profile {

@@ -525,3 +525,52 @@ fn an_idle_shell_ends_after_its_idle_timeout_and_output_does_not_count() {
     assert_eq!(session["end"]["reason"], "destroyed");
     assert!(session["end"]["detail"].as_str().unwrap().starts_with("idle timeout"), "{session}");
 }
+
+#[test]
+fn a_recorded_shell_is_kept_as_asciicast_with_its_digest_audited() {
+    use sha2::Digest;
+    let scratch = Scratch::new("server-recording");
+    let profiles = scratch.path.join("profiles");
+    let shell = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mayfly-core/profiles/shell.toml")).unwrap();
+    common::write(&profiles.join("recorded.toml"), &shell.replace("recording = false", "recording = true"));
+    let server = server::start(&scratch.state_dir(), &["--profiles-dir", profiles.to_str().unwrap()], &[]);
+    let token = server.token().to_string();
+    let (status, created) = server.http("POST", "/v1/sessions", Some(&token), Some(&json!({ "profile": "recorded", "ttl": "60s" })));
+    assert_eq!(status, 201, "{created}");
+    let id = created["session"]["id"].as_str().unwrap().to_string();
+    let attach_token = created["attach"]["token"].as_str().unwrap().to_string();
+    let (status, early) = server.http("GET", &format!("/v1/sessions/{id}/recording"), Some(&token), None);
+    assert_eq!(status, 409, "{early}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+        let url = format!("ws://{}/v1/sessions/{id}/attach?token={attach_token}", server.address);
+        let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        socket.send(Message::Binary(b"echo recorded-$((2+3))-words\r".to_vec().into())).await.unwrap();
+        let (mut output, mut texts) = (String::new(), Vec::new());
+        read_until(&mut socket, &mut output, &mut texts, |o, _| o.contains("recorded-5-words")).await;
+        assert!(output.contains("recorded-5-words"), "{output}");
+    });
+    let (status, _) = server.http("DELETE", &format!("/v1/sessions/{id}"), Some(&token), None);
+    assert_eq!(status, 200);
+
+    let (status, _, text) = raw_http(server.address, "GET", &format!("/v1/sessions/{id}/recording"), Some(&token), None, &[]).unwrap();
+    assert_eq!(status, 200);
+    let header: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert!(text.contains("recorded-5-words"), "{text}");
+    let digest = mayfly_audit::hex(&sha2::Sha256::digest(text.as_bytes()));
+    let log = std::fs::read_to_string(scratch.state_dir().join("audit/log.jsonl")).unwrap();
+    let record: Value = log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|r| r["kind"] == "session.recording").unwrap();
+    assert_eq!(record["fields"]["complete"], true);
+    assert_eq!(record["fields"]["sha256"], digest.as_str(), "the audited digest matches the download");
+    assert!(log.contains("\"recording.downloaded\""));
+
+    // Another person may not download it.
+    let (_, bob) = server.http("POST", "/v1/tokens", Some(&token), Some(&json!({ "name": "bob", "principal": "bob" })));
+    let (status, _) = server.http("GET", &format!("/v1/sessions/{id}/recording"), Some(bob["token"].as_str().unwrap()), None);
+    assert_eq!(status, 403);
+}

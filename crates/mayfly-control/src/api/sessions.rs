@@ -235,3 +235,26 @@ fn event_stream(
     });
     history.chain(follow)
 }
+
+/// `GET /v1/sessions/{id}/recording`: the asciicast v2 recording of a shell
+/// session, while its retention lasts.
+pub async fn recording(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let who = app.caller(&headers, peer).await?;
+    let session = app.session_or_404(&id).await?;
+    app.authorize(&who, Action::ReadRecording, &resource(&session), None).await?;
+    if !session.state.is_final() {
+        return Err(Problem::new(StatusCode::CONFLICT, "recording-in-progress", "Recording in progress", format!("session {id} still runs; its recording is complete when it ends")));
+    }
+    let path = crate::sessions::recording::path(&app.recordings_dir(), &session.id);
+    let bytes = tokio::fs::read(&path).await.map_err(|_| {
+        Problem::not_found(format!("session {id} has no recording: its profile does not record, or the recording's retention has passed"))
+    })?;
+    let entry = mayfly_audit::Entry::new("recording.downloaded", &actor(&who)).session(&id).field("bytes", bytes.len());
+    app.audit.one(entry).await.map_err(|e| Problem::audit_failed(&e))?;
+    Ok(([(header::CONTENT_TYPE, "application/x-asciicast")], bytes).into_response())
+}

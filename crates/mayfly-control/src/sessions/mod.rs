@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod job;
 pub mod output;
+pub mod recording;
 mod recovery;
 mod runner;
 pub mod terminal;
@@ -264,6 +265,11 @@ impl App {
         }
     }
 
+    /// Where shell recordings are kept.
+    pub fn recordings_dir(&self) -> std::path::PathBuf {
+        self.config.state_dir.join("recordings")
+    }
+
     /// Fetches a session or answers 404.
     pub async fn session_or_404(&self, id: &str) -> Result<SessionRecord, Problem> {
         self.store.session(id).await.map_err(|e| Problem::store_failed(&e))?.ok_or_else(|| Problem::not_found(format!("there is no session {id:?}")))
@@ -435,11 +441,26 @@ impl App {
 
         let output = Output::new(self.config.limits.output_buffer_bytes);
         let control = runner::control_for(self, &id);
+        // A profile that asks for a recording gets one, or no session.
+        let recorder = match (&profile.shell, terminal) {
+            (Some(shell), Some(size)) if shell.recording => {
+                let term = profile.environment.get("TERM").cloned().unwrap_or_else(|| "xterm".into());
+                match recording::Recorder::create(&self.recordings_dir(), &id, size, &term, now / 1000) {
+                    Ok(recorder) => Some(Arc::new(std::sync::Mutex::new(recorder))),
+                    Err(error) => {
+                        release(self);
+                        let _ = self.audit.one(Entry::new("session.failed", SYSTEM).session(&id).field("error", format!("the recording could not be created: {error}"))).await;
+                        return Err(Problem::unavailable("recording-unavailable", format!("the profile records sessions, and the recording could not be created: {error}"), Some(10)));
+                    }
+                }
+            }
+            _ => None,
+        };
         // A shell's input reaches the sandbox through a pipe fed by the
         // attached writer; a job reads an empty standard input.
         let (stdin, input): (Box<dyn std::io::Read + Send>, _) = match terminal {
             Some(_) => match std::io::pipe() {
-                Ok((reader, writer)) => (Box::new(reader), Some(terminal::TerminalInput::start(writer))),
+                Ok((reader, writer)) => (Box::new(reader), Some(terminal::TerminalInput::start(writer, recorder.clone()))),
                 Err(error) => {
                     release(self);
                     return Err(Problem::internal(format!("cannot create the terminal's input pipe: {error}")));
@@ -472,7 +493,8 @@ impl App {
         if let (Some(input), Some(idle)) = (input, profile.shell.as_ref().and_then(|s| s.idle_timeout)) {
             runner::watch_idle(self, &id, input, idle.as_duration());
         }
-        runner::spawn(Arc::clone(self), config, record.deadline_unix_ms, output, stdin);
+        let retention = profile.shell.as_ref().map(|s| s.recording_retention.as_duration()).unwrap_or_default();
+        runner::spawn(Arc::clone(self), config, record.deadline_unix_ms, output, stdin, recorder.map(|r| (r, retention)));
         Ok(Created { session: record, attach })
     }
 

@@ -106,15 +106,20 @@ impl Output {
     }
 }
 
-/// A `Write` for the sandbox's relay threads that feeds an [`Output`].
+/// A `Write` for the sandbox's relay threads that feeds an [`Output`], and
+/// the session's recording when it has one.
 pub struct OutputWriter {
     pub output: Arc<Output>,
     pub stream: u8,
+    pub recorder: Option<Arc<Mutex<super::recording::Recorder>>>,
 }
 
 impl Write for OutputWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.output.push(self.stream, buf);
+        if let Some(recorder) = &self.recorder {
+            recorder.lock().unwrap_or_else(|e| e.into_inner()).output(buf);
+        }
         Ok(buf.len())
     }
 

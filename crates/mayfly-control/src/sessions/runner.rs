@@ -116,7 +116,35 @@ pub(super) fn watch_idle(app: &Arc<App>, id: &str, input: Arc<super::terminal::T
     });
 }
 
-pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: i64, output: Arc<Output>, stdin: Box<dyn std::io::Read + Send>) {
+type Recording = (Arc<std::sync::Mutex<super::recording::Recorder>>, Duration);
+
+/// Closes a session's recording and records its digest, or why it is
+/// incomplete, in the audit log.
+fn close_recording(app: &App, handle: &Handle, id: &str, recording: Recording) -> serde_json::Value {
+    let (recorder, retention) = recording;
+    let expires = now_ms() + retention.as_millis() as i64;
+    let summary = recorder.lock().unwrap_or_else(|e| e.into_inner()).finish(&app.recordings_dir(), id, expires);
+    let entry = mayfly_audit::Entry::new("session.recording", SYSTEM)
+        .session(id)
+        .field("complete", summary.complete)
+        .field("sha256", summary.sha256.clone())
+        .field("bytes", summary.bytes)
+        .field("error", summary.error.clone())
+        .field("expires_unix_ms", summary.expires_unix_ms);
+    if let Err(error) = handle.block_on(app.audit.record(vec![entry], true)) {
+        tracing::error!(session_id = %id, error = %error, "failed to record a recording's digest");
+    }
+    serde_json::to_value(&summary).expect("summaries serialize")
+}
+
+pub(super) fn spawn(
+    app: Arc<App>,
+    mut config: SessionConfig,
+    deadline_unix_ms: i64,
+    output: Arc<Output>,
+    stdin: Box<dyn std::io::Read + Send>,
+    recording: Option<Recording>,
+) {
     let handle = Handle::current();
     let id = config.session_id.clone();
     let (failed_app, failed_id) = (Arc::clone(&app), id.clone());
@@ -142,13 +170,20 @@ pub(super) fn spawn(app: Arc<App>, mut config: SessionConfig, deadline_unix_ms: 
         let left = (deadline_unix_ms - now_ms()).max(1) as u64;
         config.ttl = Duration::from_millis(left);
         let layout = app.host.layout.clone().expect("creation checked the cgroup layout");
-        let stdout = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDOUT });
-        let stderr = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDERR });
+        let recorder = recording.as_ref().map(|(r, _)| Arc::clone(r));
+        let stdout = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDOUT, recorder });
+        let stderr = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDERR, recorder: None });
         let result = session::run(config, &layout, stdin, stdout, stderr);
         if let Err(error) = &result {
             tracing::warn!(session_id = %id, error = %error, "the session's sandbox did not start");
         }
-        let ending = ending_of(result, &app, &output, deadline_unix_ms);
+        let mut ending = ending_of(result, &app, &output, deadline_unix_ms);
+        if let Some(recording) = recording {
+            let summary = close_recording(&app, &handle, &id, recording);
+            if let serde_json::Value::Object(detail) = &mut ending.detail {
+                detail.insert("recording".into(), summary);
+            }
+        }
         let summary = serde_json::json!({ "state": ending.state, "end": ending.end, "exit_code": ending.exit_code });
         if let Err(problem) = handle.block_on(app.finish(&id, ending, SYSTEM)) {
             tracing::error!(session_id = %id, detail = %problem.detail, "failed to record the end of a session");

@@ -11,6 +11,7 @@ use mayfly_sandbox::terminal::{encode_input, encode_resize, WindowSize};
 
 pub struct TerminalInput {
     frames: mpsc::Sender<Vec<u8>>,
+    recorder: Option<Arc<Mutex<super::recording::Recorder>>>,
     writer_attached: AtomicBool,
     last_input: Mutex<Instant>,
 }
@@ -26,7 +27,7 @@ impl Drop for WriterSlot {
 
 impl TerminalInput {
     /// Starts the thread that writes frames into the sandbox's stdin pipe.
-    pub fn start(mut pipe: std::io::PipeWriter) -> Arc<TerminalInput> {
+    pub fn start(mut pipe: std::io::PipeWriter, recorder: Option<Arc<Mutex<super::recording::Recorder>>>) -> Arc<TerminalInput> {
         let (frames, receiver) = mpsc::channel::<Vec<u8>>();
         std::thread::spawn(move || {
             for frame in receiver {
@@ -35,7 +36,7 @@ impl TerminalInput {
                 }
             }
         });
-        Arc::new(TerminalInput { frames, writer_attached: AtomicBool::new(false), last_input: Mutex::new(Instant::now()) })
+        Arc::new(TerminalInput { frames, recorder, writer_attached: AtomicBool::new(false), last_input: Mutex::new(Instant::now()) })
     }
 
     /// Takes the writer slot, or returns `None` when another client has it.
@@ -50,6 +51,9 @@ impl TerminalInput {
 
     pub fn resize(&self, size: WindowSize) {
         let _ = self.frames.send(encode_resize(size));
+        if let Some(recorder) = &self.recorder {
+            recorder.lock().unwrap_or_else(|e| e.into_inner()).resize(size);
+        }
     }
 
     /// When a client last typed.
