@@ -3,6 +3,7 @@
 
 pub mod http;
 mod run;
+mod sanitize;
 pub mod shell;
 mod table;
 

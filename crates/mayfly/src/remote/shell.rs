@@ -130,12 +130,14 @@ async fn attach_terminal(client: &Client, id: &str, token: &str, observe: bool) 
     }
 
     let mut stdout = std::io::stdout();
+    let mut sanitizer = super::sanitize::Sanitizer::new();
     let mut end = None;
     let outcome = loop {
         tokio::select! {
             message = socket.next() => match message {
                 Some(Ok(Message::Binary(frame))) if !frame.is_empty() => {
-                    let _ = stdout.write_all(&frame[1..]).and_then(|()| stdout.flush());
+                    let clean = sanitizer.filter(&frame[1..]);
+                    let _ = stdout.write_all(&clean).and_then(|()| stdout.flush());
                 }
                 Some(Ok(Message::Text(text))) => {
                     let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -180,6 +182,11 @@ async fn attach_terminal(client: &Client, id: &str, token: &str, observe: bool) 
             _ = terminate.recv() => break Outcome::Detached,
         }
     };
+    // Discard anything the terminal queued as input while attached, so that
+    // none of it reaches the local shell after the client exits.
+    if interactive {
+        let _ = termios::tcflush(std::io::stdin(), termios::FlushArg::TCIFLUSH);
+    }
     drop(raw);
     let _ = socket.close(None).await;
     Ok(outcome)
