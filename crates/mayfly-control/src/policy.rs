@@ -17,7 +17,7 @@ use crate::store::Principal;
 pub const SCHEMA: &str = include_str!("../policies/schema.cedarschema");
 pub const DEFAULT_POLICY: &str = include_str!("../policies/default.cedar");
 
-/// What a principal wants to do.
+/// An action a principal requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -58,7 +58,7 @@ impl Action {
     }
 }
 
-/// What an action applies to.
+/// The entity an action applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource<'a> {
     Profile { name: &'a str, kind: &'a str },
@@ -68,7 +68,7 @@ pub enum Resource<'a> {
 }
 
 impl Resource<'_> {
-    /// How the resource appears in audit records, as Cedar names it.
+    /// Returns the resource's Cedar name, as audit records show it.
     pub fn describe(&self) -> String {
         match self {
             Resource::Profile { name, .. } => format!("Mayfly::Profile::{name:?}"),
@@ -106,7 +106,7 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// The first located problem of a diagnostic, as an error naming the line.
+/// Turns the first located problem of a diagnostic into an error naming the line.
 fn located(file: &str, text: &str, diagnostic: &dyn Diagnostic, message: String) -> PolicyError {
     let offset = diagnostic.labels().and_then(|mut labels| labels.next()).map(|label| label.offset());
     let help = diagnostic.help().map(|h| format!(" ({h})")).unwrap_or_default();
@@ -130,7 +130,7 @@ pub struct Policies {
     schema: Schema,
     set: PolicySet,
     authorizer: Authorizer,
-    /// Where the policies came from: a file path or `built-in`.
+    /// The origin of the policies: a file path or `built-in`.
     pub source: String,
     /// SHA-256 of the policy text, so that the audit log shows when it changed.
     pub digest: String,
@@ -169,7 +169,7 @@ impl Policies {
         }
         let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
         if let Some(error) = result.validation_errors().next() {
-            // Cedar names policies policy0, policy1, ...; say their @id instead.
+            // Cedar names policies policy0, policy1 and so on. Use their @id instead.
             let mut message = error.to_string();
             for policy in set.policies() {
                 if let Some(name) = policy.annotation("id") {
@@ -183,7 +183,7 @@ impl Policies {
         Ok(Policies { schema, set, authorizer: Authorizer::new(), source: "built-in".into(), digest })
     }
 
-    /// The name a policy is reported under: its `@id` annotation if it has one.
+    /// Returns the name a policy is reported under: its `@id` annotation if it has one.
     fn policy_name(&self, id: &cedar_policy::PolicyId) -> String {
         self.set.annotation(id, "id").map(str::to_string).unwrap_or_else(|| id.to_string())
     }

@@ -27,7 +27,7 @@ pub const ADMIN: &str = "admin";
 pub const ADMINS: &str = "admins";
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
-/// Where the first admin token comes from when an operator supplies it.
+/// The source of the first admin token when an operator supplies it.
 pub enum Bootstrap {
     None,
     Token(String),
@@ -90,7 +90,7 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
     Ok(file)
 }
 
-/// What the server prints for the operator at start.
+/// The facts the server prints for the operator at start.
 pub struct Started {
     pub address: SocketAddr,
     pub tls_fingerprint: Option<String>,
@@ -115,8 +115,8 @@ fn restrict(path: &std::path::Path, mode: u32) -> Result<(), String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("cannot restrict {}: {e}", path.display()))
 }
 
-/// Creates the state directory, or narrows an existing one, to root only:
-/// it holds the database, the audit signing key and the TLS key.
+/// Creates the state directory, or narrows an existing one, to root only,
+/// because it contains the database, the audit signing key and the TLS key.
 fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -1,4 +1,4 @@
-//! The HTTP API: routes, limits on bodies, and the fallback answers.
+//! The HTTP API: routes, limits on bodies, and the fallback responses.
 
 mod attach;
 mod audit;

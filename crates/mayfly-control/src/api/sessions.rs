@@ -88,8 +88,8 @@ pub async fn list(
             Some(owner)
         }
         None => {
-            // A quiet probe chooses between the two; only the decision that
-            // answers the request is recorded.
+            // An unrecorded probe chooses between the two. Only the decision
+            // that decides the request is recorded.
             if app.policies.authorize(&who.principal, Action::ListAllSessions, &Resource::Server, None).allowed {
                 app.authorize(&who, Action::ListAllSessions, &Resource::Server, None).await?;
                 None
@@ -166,8 +166,8 @@ fn sse_event(event: &EventRecord) -> Event {
     Event::default().event(event.kind.clone()).id(event.seq.to_string()).data(serde_json::to_string(event).expect("events serialize"))
 }
 
-/// The session's events: a JSON list, or with `Accept: text/event-stream` a
-/// live stream that ends after the final event.
+/// Returns the session's events: a JSON list, or with `Accept:
+/// text/event-stream` a live stream that ends after the final event.
 pub async fn events(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<Peer>,

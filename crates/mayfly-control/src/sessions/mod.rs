@@ -134,7 +134,7 @@ pub struct Created {
     pub attach: AttachGrant,
 }
 
-/// The actor name of a principal in audit records.
+/// Returns the actor name of a principal in audit records.
 pub fn actor(who: &Authenticated) -> String {
     format!("user:{}", who.principal.name)
 }
@@ -163,7 +163,7 @@ fn limit_message(error: mayfly_core::limits::LimitError) -> String {
     }
 }
 
-/// What a validated request runs.
+/// The command, limits and terminal of a validated request.
 struct Checked {
     ttl: Ttl,
     limits: mayfly_core::Limits,
@@ -265,12 +265,12 @@ impl App {
         }
     }
 
-    /// Where shell recordings are kept.
+    /// Returns the directory of shell recordings.
     pub fn recordings_dir(&self) -> std::path::PathBuf {
         self.config.state_dir.join("recordings")
     }
 
-    /// Fetches a session or answers 404.
+    /// Fetches a session or returns 404.
     pub async fn session_or_404(&self, id: &str) -> Result<SessionRecord, Problem> {
         self.store.session(id).await.map_err(|e| Problem::store_failed(&e))?.ok_or_else(|| Problem::not_found(format!("there is no session {id:?}")))
     }
@@ -441,7 +441,7 @@ impl App {
 
         let output = Output::new(self.config.limits.output_buffer_bytes);
         let control = runner::control_for(self, &id);
-        // A profile that asks for a recording gets one, or no session.
+        // A profile that requests a recording gets one, or no session.
         let recorder = match (&profile.shell, terminal) {
             (Some(shell), Some(size)) if shell.recording => {
                 let term = profile.environment.get("TERM").cloned().unwrap_or_else(|| "xterm".into());
@@ -500,7 +500,7 @@ impl App {
 
     /// Destroys a session in whatever state it is in. Idempotent: an ended
     /// session is returned as it is. Waits briefly for the teardown so that
-    /// the answer usually shows the final state.
+    /// the response usually shows the final state.
     pub async fn destroy_session(&self, actor: &str, id: &str, reason: &str) -> Result<SessionRecord, Problem> {
         let session = self.session_or_404(id).await?;
         if session.state.is_final() {

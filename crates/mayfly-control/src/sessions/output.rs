@@ -1,5 +1,5 @@
 //! A job's output as it streams: kept in a bounded buffer so that a client
-//! attaching late sees it from the start, and handed to live readers as it
+//! attaching late receives it from the start, and handed to live readers as it
 //! arrives.
 
 use std::collections::VecDeque;

@@ -1,7 +1,7 @@
 //! Recording a shell session's terminal as an asciicast v2 file, written
 //! outside the sandbox as the output arrives. When the session ends the
 //! file's SHA-256 goes into the audit log, and a recording that could not be
-//! completed says so there.
+//! completed is recorded there as incomplete.
 
 use std::fs::File;
 use std::io::Write;
@@ -24,7 +24,7 @@ pub struct Recorder {
     closed: bool,
 }
 
-/// What is known of a finished recording; kept beside it as `ID.json`.
+/// The facts of a finished recording, kept beside it as `ID.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub session_id: String,

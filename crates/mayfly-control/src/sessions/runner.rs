@@ -43,7 +43,7 @@ fn unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// What the session record keeps of an outcome besides its end reason.
+/// Builds what the session record keeps of an outcome besides its end reason.
 fn outcome_detail(outcome: &SessionOutcome, output_bytes: u64) -> serde_json::Value {
     serde_json::json!({
         "usage": outcome.usage,

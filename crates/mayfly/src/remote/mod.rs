@@ -350,7 +350,7 @@ pub fn token(command: TokenCommand) -> i32 {
     }
 }
 
-/// `mayfly audit verify --server`: asks the server to verify its log.
+/// `mayfly audit verify --server`: requests the server's verification of its log.
 pub fn audit_verify(url: &str, auth: &AuthArgs, json_output: bool) -> i32 {
     block_on(async move {
         let client = auth.client(url)?;

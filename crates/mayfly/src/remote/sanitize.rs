@@ -1,11 +1,11 @@
 //! Keeps a session's output from making the local terminal type. Some
-//! escape sequences ask a terminal to report something (its title, a
-//! setting, its answerback string), and the terminal answers by writing to
+//! escape sequences request a report from the terminal (its title, a
+//! setting, its answerback string), and the terminal replies by writing to
 //! its own input, where the local shell would read it as typed once the
 //! client has exited. Others write to the local clipboard. The filter drops
 //! those and passes everything else unchanged, across chunk boundaries.
 
-/// What the filter is in the middle of.
+/// The kind of sequence the filter is in the middle of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Text,

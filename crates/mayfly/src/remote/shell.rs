@@ -69,7 +69,7 @@ impl Drop for RawMode {
     }
 }
 
-/// The local terminal's size, or 24 by 80 when there is none.
+/// Returns the local terminal's size, or 24 by 80 when there is none.
 fn window_size() -> (u16, u16) {
     let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ writes one winsize that lives on this stack.
@@ -81,7 +81,7 @@ fn window_size() -> (u16, u16) {
     }
 }
 
-/// A line for the person at the terminal, on a line of its own even in raw mode.
+/// Prints a line for the person at the terminal, on a line of its own even in raw mode.
 fn notice(text: &str) {
     let mut stderr = std::io::stderr();
     let _ = write!(stderr, "\r\n[mayfly] {text}\r\n");
@@ -92,7 +92,7 @@ fn describe_end(end: &Value) -> Option<String> {
     serde_json::from_value::<EndReason>(end.clone()).ok().and_then(|reason| reason.describe())
 }
 
-/// How an attach ended.
+/// The way an attach ended.
 enum Outcome {
     Ended { end: Value, exit_code: i32 },
     Detached,
