@@ -279,6 +279,7 @@ fn spawn_background(app: &Arc<App>) {
                 }
             }
             let _ = app.store.prune_attach_tokens(now_ms()).await;
+            let _ = app.store.delete_web_sessions(None, now_ms()).await;
             app.finished.lock().unwrap_or_else(|e| e.into_inner()).prune();
         }
     });

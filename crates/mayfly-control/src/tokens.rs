@@ -148,6 +148,35 @@ pub async fn authenticate(store: &Store, token: &str, now_ms: i64) -> Result<Res
     Ok(Ok(Authenticated { principal, token_id: record.id, token_prefix: record.prefix }))
 }
 
+pub const WEB_SESSION_MARK: &str = "mfw_";
+
+/// A new browser session cookie value and its hash.
+pub fn new_web_session() -> (String, String) {
+    let text = format!("{WEB_SESSION_MARK}{}", random_text(SECRET_CHARS));
+    let hashed = hash(&text);
+    (text, hashed)
+}
+
+/// Whether a text could be a browser session cookie value.
+pub fn looks_like_web_session(text: &str) -> bool {
+    text.len() == WEB_SESSION_MARK.len() + SECRET_CHARS
+        && text.starts_with(WEB_SESSION_MARK)
+        && text[WEB_SESSION_MARK.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Checks that the API token behind a browser session is still valid.
+pub async fn authenticate_by_id(store: &Store, token_id: &str, now_ms: i64) -> Result<Result<Authenticated, Refused>, StoreError> {
+    let Some(record) = store.token(token_id).await? else { return Ok(Err(Refused::Unknown)) };
+    if record.revoked_unix_ms.is_some() {
+        return Ok(Err(Refused::Revoked));
+    }
+    if record.expires_unix_ms.is_some_and(|expires| expires <= now_ms) {
+        return Ok(Err(Refused::Expired));
+    }
+    let Some(principal) = store.principal(&record.principal).await? else { return Ok(Err(Refused::Unknown)) };
+    Ok(Ok(Authenticated { principal, token_id: record.id, token_prefix: record.prefix }))
+}
+
 /// A new attach token: the text handed to the client and its hash.
 pub fn new_attach_token() -> (String, String) {
     let text = format!("{ATTACH_TOKEN_MARK}{}", random_text(SECRET_CHARS));

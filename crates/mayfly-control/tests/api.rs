@@ -281,3 +281,54 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
         assert!(!fallback, "{method} {path} is not served: {}", reply.body);
     }
 }
+
+#[tokio::test]
+async fn browsers_sign_in_with_a_cookie_that_needs_csrf_and_same_origin() {
+    let h = Harness::new("api-web", CONFIG, None).await;
+    let token = h.token("ivy", &[]).await;
+    let signed = h.call(Method::POST, "/v1/auth/session", None, Some(json!({ "token": token }))).await;
+    assert_eq!(signed.status, StatusCode::CREATED, "{}", signed.body);
+    let set_cookie = signed.headers["set-cookie"].to_str().unwrap().to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let csrf = signed.body["csrf"].as_str().unwrap().to_string();
+    let host = ("host", "mayfly.test");
+
+    let me = h.call_from(common::PEER, Method::GET, "/v1/me", None, None, &[("cookie", &cookie), host]).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(me.body["principal"], "ivy");
+
+    let body = Some(json!({ "name": "from-browser" }));
+    let no_csrf = h.call_from(common::PEER, Method::POST, "/v1/tokens", None, body.clone(), &[("cookie", &cookie), host]).await;
+    assert_problem(&no_csrf, StatusCode::FORBIDDEN, "csrf-missing");
+    let wrong = h.call_from(common::PEER, Method::POST, "/v1/tokens", None, body.clone(), &[("cookie", &cookie), host, ("x-csrf-token", "nope")]).await;
+    assert_problem(&wrong, StatusCode::FORBIDDEN, "csrf-mismatch");
+    let foreign = h
+        .call_from(common::PEER, Method::POST, "/v1/tokens", None, body.clone(), &[("cookie", &cookie), host, ("x-csrf-token", &csrf), ("origin", "https://evil.test")])
+        .await;
+    assert_problem(&foreign, StatusCode::FORBIDDEN, "cross-origin");
+    let good = h
+        .call_from(common::PEER, Method::POST, "/v1/tokens", None, body, &[("cookie", &cookie), host, ("x-csrf-token", &csrf), ("origin", "http://mayfly.test")])
+        .await;
+    assert_eq!(good.status, StatusCode::CREATED, "{}", good.body);
+
+    // Signing out ends the cookie; so does revoking the token behind it.
+    let out = h.call_from(common::PEER, Method::DELETE, "/v1/auth/session", None, None, &[("cookie", &cookie), host, ("x-csrf-token", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT, "{}", out.body);
+    assert!(out.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let after = h.call_from(common::PEER, Method::GET, "/v1/me", None, None, &[("cookie", &cookie), host]).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+
+    let again = h.call(Method::POST, "/v1/auth/session", None, Some(json!({ "token": token }))).await;
+    let cookie = again.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let id = h.app.store.token_by_prefix(&token[..12]).await.unwrap().unwrap().id;
+    h.app.store.revoke_token(&id, 1).await.unwrap();
+    let revoked = h.call_from(common::PEER, Method::GET, "/v1/me", None, None, &[("cookie", &cookie), host]).await;
+    assert_eq!(revoked.status, StatusCode::UNAUTHORIZED);
+
+    let bad = h.call(Method::POST, "/v1/auth/session", None, Some(json!({ "token": "mfy_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB" }))).await;
+    assert_problem(&bad, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert!(bad.headers.get("set-cookie").is_none());
+}

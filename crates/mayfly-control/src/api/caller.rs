@@ -61,6 +61,49 @@ pub async fn limit_source(State(app): State<std::sync::Arc<App>>, request: Reque
     next.run(request).await
 }
 
+/// The cookie of a signed-in browser.
+pub const COOKIE: &str = "mayfly_session";
+/// The header in which a browser repeats its CSRF token.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Reads the browser session cookie of a request.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+/// Whether the request's `Origin`, when it has one, is this server: the
+/// scheme-less host must equal the `Host` header.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.split("://").nth(1).unwrap_or_default().trim_end_matches('/');
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+/// Protects cookie-authenticated requests: a foreign `Origin` is rejected,
+/// and a state-changing request must carry the CSRF token. Requests with a
+/// bearer token carry no ambient authority and pass untouched.
+pub async fn protect_cookies(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if bearer(headers).is_none() && session_cookie(headers).is_some() {
+        if !same_origin(headers) {
+            return Problem::new(axum::http::StatusCode::FORBIDDEN, "cross-origin", "Cross-origin request", "a signed-in browser session may be used only from this server's own pages").into_response();
+        }
+        let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS);
+        if !safe && !headers.contains_key(CSRF_HEADER) {
+            return Problem::new(axum::http::StatusCode::FORBIDDEN, "csrf-missing", "CSRF token missing", format!("a request from a signed-in browser that changes state must repeat the session's CSRF token in the {CSRF_HEADER} header")).into_response();
+        }
+    }
+    next.run(request).await
+}
+
 /// Reads the bearer token of a request.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -69,6 +112,28 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl App {
+    /// Authenticates a signed-in browser by its cookie, checking the CSRF
+    /// token when the request repeats one.
+    async fn browser(&self, headers: &HeaderMap, cookie: &str) -> Result<Result<Authenticated, Refused>, Problem> {
+        if !tokens::looks_like_web_session(cookie) {
+            return Ok(Err(Refused::Malformed));
+        }
+        let now = now_ms();
+        let Some(web) = self.store.web_session(&tokens::hash(cookie)).await.map_err(|e| Problem::store_failed(&e))? else {
+            return Ok(Err(Refused::Unknown));
+        };
+        if web.expires_unix_ms <= now {
+            return Ok(Err(Refused::Expired));
+        }
+        if let Some(presented) = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
+            use subtle::ConstantTimeEq;
+            if !bool::from(presented.as_bytes().ct_eq(web.csrf.as_bytes())) {
+                return Err(Problem::new(axum::http::StatusCode::FORBIDDEN, "csrf-mismatch", "CSRF token mismatch", "the CSRF token does not belong to this browser session; sign in again"));
+            }
+        }
+        tokens::authenticate_by_id(&self.store, &web.token_id, now).await.map_err(|e| Problem::store_failed(&e))
+    }
+
     /// Records a refused authentication; the answer never says why.
     pub async fn refuse(&self, refused: Refused, client: IpAddr) -> Problem {
         self.metrics.authentication_failures.fetch_add(1, Ordering::Relaxed);
@@ -83,8 +148,12 @@ impl App {
     /// rate limit.
     pub async fn caller(&self, headers: &HeaderMap, peer: Peer) -> Result<Authenticated, Problem> {
         let client = client_ip(headers, peer.0.ip(), &self.config.trusted_proxies);
-        let Some(token) = bearer(headers) else { return Err(self.refuse(Refused::Missing, client).await) };
-        let who = match tokens::authenticate(&self.store, token, now_ms()).await.map_err(|e| Problem::store_failed(&e))? {
+        let who = match (bearer(headers), session_cookie(headers)) {
+            (Some(token), _) => tokens::authenticate(&self.store, token, now_ms()).await.map_err(|e| Problem::store_failed(&e))?,
+            (None, Some(cookie)) => self.browser(headers, cookie).await?,
+            (None, None) => Err(Refused::Missing),
+        };
+        let who = match who {
             Ok(who) => who,
             Err(refused) => return Err(self.refuse(refused, client).await),
         };

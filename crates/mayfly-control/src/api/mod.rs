@@ -7,6 +7,7 @@ pub mod caller;
 mod meta;
 mod sessions;
 mod tokens;
+mod web;
 
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/v1/openapi.json"),
     ("get", "/v1/me"),
+    ("post", "/v1/auth/session"),
+    ("delete", "/v1/auth/session"),
     ("get", "/v1/profiles"),
     ("post", "/v1/sessions"),
     ("get", "/v1/sessions"),
@@ -57,6 +60,7 @@ pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
         .route("/v1/openapi.json", get(meta::openapi))
         .route("/v1/me", get(meta::me))
+        .route("/v1/auth/session", post(web::sign_in).delete(web::sign_out))
         .route("/v1/profiles", get(meta::list_profiles))
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
         .route("/v1/sessions/{id}", get(sessions::get).delete(sessions::delete))
@@ -71,6 +75,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(meta::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(caller::protect_cookies))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), caller::limit_source))
         .layer(DefaultBodyLimit::max(max_body));
     Router::new()

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row};
 
-pub use records::{AttachTokenRecord, Ending, EventRecord, Principal, SessionFilter, SessionRecord, TokenRecord};
+pub use records::{AttachTokenRecord, Ending, EventRecord, Principal, SessionFilter, SessionRecord, TokenRecord, WebSessionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -541,6 +541,55 @@ impl Store {
                 Ok(events)
             }
         )
+    }
+
+    // --- web sessions -----------------------------------------------------
+
+    pub async fn insert_web_session(&self, web: &WebSessionRecord) -> Result<(), StoreError> {
+        on_pool!(
+            self,
+            "INSERT INTO web_sessions (hash, principal, token_id, csrf, created_unix_ms, expires_unix_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            |q, pool| q
+                .bind(&web.hash)
+                .bind(&web.principal)
+                .bind(&web.token_id)
+                .bind(&web.csrf)
+                .bind(web.created_unix_ms)
+                .bind(web.expires_unix_ms)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        )?;
+        Ok(())
+    }
+
+    pub async fn web_session(&self, hash: &str) -> Result<Option<WebSessionRecord>, StoreError> {
+        on_pool!(
+            self,
+            "SELECT hash, principal, token_id, csrf, created_unix_ms, expires_unix_ms FROM web_sessions WHERE hash = ?",
+            |q, pool| {
+                match q.bind(hash).fetch_optional(pool).await? {
+                    None => Ok(None),
+                    Some(row) => Ok(Some(WebSessionRecord {
+                        hash: row.try_get("hash")?,
+                        principal: row.try_get("principal")?,
+                        token_id: row.try_get("token_id")?,
+                        csrf: row.try_get("csrf")?,
+                        created_unix_ms: row.try_get("created_unix_ms")?,
+                        expires_unix_ms: row.try_get("expires_unix_ms")?,
+                    })),
+                }
+            }
+        )
+    }
+
+    /// Deletes one web session, or every expired one when `hash` is `None`.
+    pub async fn delete_web_sessions(&self, hash: Option<&str>, now_ms: i64) -> Result<u64, StoreError> {
+        let removed = match hash {
+            Some(hash) => on_pool!(self, "DELETE FROM web_sessions WHERE hash = ?", |q, pool| q.bind(hash).execute(pool).await?.rows_affected()),
+            None => on_pool!(self, "DELETE FROM web_sessions WHERE expires_unix_ms < ?", |q, pool| q.bind(now_ms).execute(pool).await?.rows_affected()),
+        };
+        Ok(removed)
     }
 
     // --- attach tokens ----------------------------------------------------

@@ -89,3 +89,15 @@ pub struct Ending {
     pub exit_code: i32,
     pub detail: serde_json::Value,
 }
+
+/// A signed-in browser: the cookie's hash, who it speaks for, through which
+/// API token, and the token that state-changing requests must repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSessionRecord {
+    pub hash: String,
+    pub principal: String,
+    pub token_id: String,
+    pub csrf: String,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+}

@@ -44,6 +44,14 @@ pub const STATEMENTS: &[&str] = &[
         detail_json TEXT NOT NULL,
         PRIMARY KEY (session_id, seq)
     )",
+    "CREATE TABLE IF NOT EXISTS web_sessions (
+        hash TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        token_id TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        created_unix_ms BIGINT NOT NULL,
+        expires_unix_ms BIGINT NOT NULL
+    )",
     "CREATE TABLE IF NOT EXISTS attach_tokens (
         hash TEXT PRIMARY KEY,
         session_id TEXT NOT NULL,
