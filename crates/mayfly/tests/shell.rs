@@ -117,3 +117,21 @@ fn shell_attaches_resizes_and_ends_at_the_deadline() {
     let message = String::from_utf8_lossy(&again.stderr);
     assert!(message.contains("is gone") && message.contains("deadline"), "{message}");
 }
+
+#[test]
+fn shell_output_arrives_whole_up_to_the_exit() {
+    let scratch = Scratch::new("shell-drain");
+    let server = server::start(&scratch.state_dir(), &[], &[]);
+    let token = server.token().to_string();
+    // The last output of a shell that exits at once must not be cut off.
+    for round in 0..10 {
+        let script = format!("echo 'seq 1 3000; echo FINAL-$((40+{round})); exit 5' | {} shell --ttl 60s", common::MAYFLY);
+        let output = Command::new("sh").arg("-c").arg(script).env("MAYFLY_URL", &server.url).env("MAYFLY_TOKEN", &token).output().unwrap();
+        assert_eq!(output.status.code(), Some(5), "round {round}: {}", server::output_text(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(&format!("FINAL-{}", 40 + round)), "round {round}: the end was lost: {}", &text[text.len().saturating_sub(200)..]);
+    }
+    // Input from /dev/null ends the shell at once with an end-of-file.
+    let output = server.cli(&token).args(["shell", "--ttl", "60s"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", server::output_text(&output));
+}

@@ -109,7 +109,11 @@ pub async fn attach(
         (Some(input), _) => match input.claim_writer() {
             Some(slot) => Role::Writer(Arc::clone(input), slot),
             None => {
-                let hint = if shell.as_ref().is_some_and(|s| s.observers) { "; attach with mode=observe to watch" } else { "" };
+                let hint = if shell.as_ref().is_some_and(|s| s.observers) {
+                    "; watch as an observer instead (mode=observe, or mayfly attach --observe)"
+                } else {
+                    ""
+                };
                 return Err(Problem::new(
                     axum::http::StatusCode::CONFLICT,
                     "writer-attached",

@@ -180,6 +180,12 @@ fn validate(profile: &Profile, request: &CreateRequest) -> Result<Checked, Probl
             }
             (command.clone(), None)
         }
+        (Kind::Job, None, _) if request.terminal.is_some() => {
+            return Err(Problem::bad_request(format!(
+                "profile {:?} runs jobs, not shells; choose a shell profile such as \"shell\"",
+                profile.name
+            )))
+        }
         (Kind::Job, None, _) => {
             return Err(Problem::bad_request("command is missing: give the program and its arguments, for example [\"/bin/echo\", \"hello\"]"))
         }

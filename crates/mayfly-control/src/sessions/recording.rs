@@ -65,7 +65,9 @@ impl Recorder {
         if self.error.is_some() || self.closed {
             return;
         }
-        let line = format!("{}\n", serde_json::json!([self.started.elapsed().as_secs_f64(), kind, data]));
+        // Microseconds are plenty, and rounding keeps float noise out of the file.
+        let seconds = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e6;
+        let line = format!("{}\n", serde_json::json!([seconds, kind, data]));
         match self.file.write_all(line.as_bytes()) {
             Ok(()) => self.bytes += line.len() as u64,
             Err(error) => self.error = Some(format!("writing {} failed: {error}", self.path.display())),

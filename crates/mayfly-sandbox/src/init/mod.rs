@@ -195,8 +195,14 @@ fn wait_signal(set: &SigSet, timeout: Duration) -> Option<i32> {
     (signal > 0).then_some(signal)
 }
 
-/// Starts the command and supervises it until the session ends.
-fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: u64) -> EndReason {
+/// How long init waits, after every session process is gone, for the
+/// terminal's last output to reach the supervisor.
+const TERMINAL_DRAIN: Duration = Duration::from_secs(2);
+
+/// Starts the command and supervises it until the session ends. For a
+/// terminal session, `drained` receives the signal that the terminal's
+/// output has all been copied.
+fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: u64, drained: &mut Option<std::sync::mpsc::Receiver<()>>) -> EndReason {
     let (error_read, error_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(pair) => pair,
         Err(e) => return EndReason::SetupFailed { step: "create the error pipe".into(), error: e.to_string() },
@@ -229,7 +235,7 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
         }
         // SAFETY: both descriptors were just created and are owned by nothing else.
         let (input, output) = unsafe { (File::from_raw_fd(input), File::from_raw_fd(output)) };
-        pty::relay(master, input, output);
+        *drained = Some(pty::relay(master, input, output));
     }
 
     // Only the command has the session's stdio open from now on, so the
@@ -343,11 +349,18 @@ pub fn main() -> ! {
             std::process::exit(0);
         }
     };
+    let mut drained = None;
     let end = match setup(&spec) {
-        Ok(()) => supervise(&spec, &mut reports, started, started_ns),
+        Ok(()) => supervise(&spec, &mut reports, started, started_ns, &mut drained),
         Err(error) => EndReason::SetupFailed { step: error.step, error: error.error },
     };
     kill_and_reap_all();
+    // With every process gone the terminal's slave is closed, so the copy
+    // reads what is left in the master and stops. Exiting before that would
+    // cut off the shell's last output.
+    if let Some(drained) = drained {
+        let _ = drained.recv_timeout(TERMINAL_DRAIN);
+    }
 
     // Every session process is dead, so nothing can change /work/artifacts
     // while it is read.

@@ -32,9 +32,11 @@ pub fn open(size: WindowSize) -> Result<(OwnedFd, PathBuf), String> {
 
 /// Starts the copies between the master and the supervisor's pipes: framed
 /// input from `input` into the master, and the master's output into
-/// `output`. Both end by themselves when their source ends.
-pub fn relay(master: OwnedFd, mut input: File, mut output: File) {
-    let Ok(writer) = master.try_clone() else { return };
+/// `output`. Both end by themselves when their source ends. The returned
+/// receiver disconnects once the output copy has drained the master.
+pub fn relay(master: OwnedFd, mut input: File, mut output: File) -> std::sync::mpsc::Receiver<()> {
+    let (drained, done) = std::sync::mpsc::channel::<()>();
+    let Ok(writer) = master.try_clone() else { return done };
     let mut writer = File::from(writer);
     let resizer = writer.try_clone();
     std::thread::spawn(move || loop {
@@ -54,6 +56,7 @@ pub fn relay(master: OwnedFd, mut input: File, mut output: File) {
     });
     let mut reader = File::from(master);
     std::thread::spawn(move || {
+        let _drained = drained;
         let mut buffer = [0u8; 16 * 1024];
         loop {
             match reader.read(&mut buffer) {
@@ -67,4 +70,5 @@ pub fn relay(master: OwnedFd, mut input: File, mut output: File) {
             }
         }
     });
+    done
 }

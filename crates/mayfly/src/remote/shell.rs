@@ -20,6 +20,10 @@ use super::{block_on, encode, RemoteArgs};
 
 /// The key that detaches: Ctrl-].
 const DETACH: u8 = 0x1d;
+/// Undoes display modes a remote program may have left on: the alternate
+/// screen, a hidden cursor, application keypad and cursor keys, mouse
+/// reporting, bracketed paste and text attributes.
+const RESET_DISPLAY: &[u8] = b"\x1b[?1049l\x1b[?25h\x1b>\x1b[?1l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1015l\x1b[?2004l\x1b[0m";
 
 #[derive(Debug, Args)]
 pub struct ShellArgs {
@@ -132,12 +136,22 @@ async fn attach_terminal(client: &Client, id: &str, token: &str, observe: bool) 
     let mut stdout = std::io::stdout();
     let mut sanitizer = super::sanitize::Sanitizer::new();
     let mut end = None;
+    let mut input_open = true;
+    // An end-of-file sent before the shell reads its terminal is lost, so it
+    // waits for the shell's first output.
+    let mut seen_output = false;
+    let mut eof_pending = false;
     let outcome = loop {
         tokio::select! {
             message = socket.next() => match message {
                 Some(Ok(Message::Binary(frame))) if !frame.is_empty() => {
                     let clean = sanitizer.filter(&frame[1..]);
                     let _ = stdout.write_all(&clean).and_then(|()| stdout.flush());
+                    seen_output = true;
+                    if eof_pending {
+                        eof_pending = false;
+                        let _ = socket.send(Message::Binary(vec![0x04].into())).await;
+                    }
                 }
                 Some(Ok(Message::Text(text))) => {
                     let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -160,7 +174,7 @@ async fn attach_terminal(client: &Client, id: &str, token: &str, observe: bool) 
                 },
                 Some(Ok(_)) => {}
             },
-            keys = key_receiver.recv(), if !observe || interactive => match keys {
+            keys = key_receiver.recv(), if input_open && (!observe || interactive) => match keys {
                 Some(bytes) => {
                     if bytes.contains(&DETACH) {
                         break Outcome::Detached;
@@ -169,8 +183,19 @@ async fn attach_terminal(client: &Client, id: &str, token: &str, observe: bool) 
                         break Outcome::Lost;
                     }
                 }
-                // Input ended: stop sending, keep showing output.
-                None => {}
+                // Input ended. From a pipe or file that is the end of what
+                // the shell gets, so it receives an end-of-file (Ctrl-D) as
+                // over ssh; output keeps showing until the session ends.
+                None => {
+                    input_open = false;
+                    if !observe && !interactive {
+                        if seen_output {
+                            let _ = socket.send(Message::Binary(vec![0x04].into())).await;
+                        } else {
+                            eof_pending = true;
+                        }
+                    }
+                }
             },
             _ = resized.recv() => {
                 if !observe {
@@ -185,6 +210,7 @@ async fn attach_terminal(client: &Client, id: &str, token: &str, observe: bool) 
     // Discard anything the terminal queued as input while attached, so that
     // none of it reaches the local shell after the client exits.
     if interactive {
+        let _ = stdout.write_all(RESET_DISPLAY).and_then(|()| stdout.flush());
         let _ = termios::tcflush(std::io::stdin(), termios::FlushArg::TCIFLUSH);
     }
     drop(raw);
@@ -193,7 +219,8 @@ async fn attach_terminal(client: &Client, id: &str, token: &str, observe: bool) 
 }
 
 /// Reports how the attach ended and returns the exit code.
-async fn finish(client: &Client, id: &str, outcome: Outcome) -> Result<i32, Failure> {
+async fn finish(client: &Client, id: &str, outcome: Outcome, observe: bool) -> Result<i32, Failure> {
+    let again = if observe { format!("mayfly attach --observe {id}") } else { format!("mayfly attach {id}") };
     match outcome {
         Outcome::Ended { end, exit_code } => {
             if let Some(text) = describe_end(&end) {
@@ -202,7 +229,7 @@ async fn finish(client: &Client, id: &str, outcome: Outcome) -> Result<i32, Fail
             Ok(exit_code)
         }
         Outcome::Detached => {
-            notice(&format!("detached; session {id} keeps running until its deadline. Attach again with: mayfly attach {id}"));
+            notice(&format!("detached; session {id} keeps running until its deadline or its idle timeout. Attach again with: {again}"));
             Ok(0)
         }
         Outcome::Lost => {
@@ -217,7 +244,7 @@ async fn finish(client: &Client, id: &str, outcome: Outcome) -> Result<i32, Fail
                     Ok(code)
                 }
                 _ => Err(Failure::unavailable(format!(
-                    "the connection to session {id} was lost; it keeps running until its deadline. Attach again with: mayfly attach {id}"
+                    "the connection to session {id} was lost; it keeps running until its deadline or its idle timeout. Attach again with: {again}"
                 ))),
             }
         }
@@ -244,7 +271,7 @@ pub fn shell(args: ShellArgs) -> i32 {
         let token = created["attach"]["token"].as_str().unwrap_or_default().to_string();
         notice(&format!("session {id} started; Ctrl-] detaches"));
         let outcome = attach_terminal(&client, &id, &token, false).await?;
-        finish(&client, &id, outcome).await
+        finish(&client, &id, outcome, false).await
     })
 }
 
@@ -260,7 +287,9 @@ pub fn attach(args: AttachArgs) -> i32 {
             return Err(super::http::problem_failure(&answer));
         }
         let token = answer.body["token"].as_str().unwrap_or_default().to_string();
+        let role = if args.observe { "watching" } else { "attached to" };
+        notice(&format!("{role} session {}; the output so far follows; Ctrl-] detaches", args.id));
         let outcome = attach_terminal(&client, &args.id, &token, args.observe).await?;
-        finish(&client, &args.id, outcome).await
+        finish(&client, &args.id, outcome, args.observe).await
     })
 }
