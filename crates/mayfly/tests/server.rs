@@ -518,7 +518,21 @@ fn an_idle_shell_ends_after_its_idle_timeout_and_output_does_not_count() {
     let (status, created) = server.http("POST", "/v1/sessions", Some(&token), Some(&body));
     assert_eq!(status, 201, "{created}");
     let id = created["session"]["id"].as_str().unwrap().to_string();
+    let attach_token = created["attach"]["token"].as_str().unwrap().to_string();
     let started = Instant::now();
+    // An attached writer that types nothing is warned halfway through.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let texts = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+        let url = format!("ws://{}/v1/sessions/{id}/attach?token={attach_token}", server.address);
+        let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        let (mut output, mut texts) = (String::new(), Vec::new());
+        read_until(&mut socket, &mut output, &mut texts, |_, t| t.iter().any(|m| m["type"] == "end")).await;
+        texts
+    });
+    let idle_warnings: Vec<&Value> = texts.iter().filter(|m| m["type"] == "idle_warning").collect();
+    assert_eq!(idle_warnings.len(), 1, "{texts:?}");
+    assert!(idle_warnings[0]["remaining_seconds"].as_u64().unwrap() <= 5, "{texts:?}");
     let session = server.wait_for_state(&token, &id, &["destroyed"]);
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(15), "ended after {took:?}");

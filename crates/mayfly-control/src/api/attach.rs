@@ -155,10 +155,14 @@ pub async fn attach(
         "deadline_unix_ms": session.deadline_unix_ms,
         "role": role_name,
     });
-    let warnings: Vec<i64> = shell.map(|s| s.warnings.iter().map(|w| w.as_duration().as_millis() as i64).collect()).unwrap_or_default();
+    let warnings: Vec<i64> = shell.as_ref().map(|s| s.warnings.iter().map(|w| w.as_duration().as_millis() as i64).collect()).unwrap_or_default();
+    let idle = match (&terminal, shell.as_ref().and_then(|s| s.idle_timeout)) {
+        (Some(input), Some(timeout)) => Some(IdleWarning { input: Arc::clone(input), timeout: timeout.as_duration(), warned_for: None }),
+        _ => None,
+    };
     let deadline = session.deadline_unix_ms;
     Ok(upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
-        let reason = stream(socket, output, summary, role, Warnings::new(deadline, warnings)).await;
+        let reason = stream(socket, output, summary, role, Warnings::new(deadline, warnings), idle).await;
         let detached = Entry::new("session.detached", &crate::sessions::actor(&who)).session(&id).field("reason", reason);
         if let Err(error) = app.audit.one(detached).await {
             tracing::error!(session_id = %id, error = %error, "failed to record a detach");
@@ -194,6 +198,37 @@ impl Warnings {
     }
 }
 
+/// The warning a shell's clients get a minute before its idle timeout, or
+/// halfway there for a timeout under two minutes, once per quiet spell.
+struct IdleWarning {
+    input: Arc<TerminalInput>,
+    timeout: std::time::Duration,
+    /// The last input time the warning was sent for.
+    warned_for: Option<std::time::Instant>,
+}
+
+impl IdleWarning {
+    fn lead(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60).min(self.timeout / 2)
+    }
+
+    /// Time until the warning is due, from the last input.
+    fn next_in(&self) -> std::time::Duration {
+        let due = self.input.last_input() + self.timeout - self.lead();
+        due.saturating_duration_since(std::time::Instant::now())
+    }
+
+    /// Returns the seconds left when a warning is due now.
+    fn take_due(&mut self) -> Option<u64> {
+        let last = self.input.last_input();
+        if self.warned_for == Some(last) || !self.next_in().is_zero() {
+            return None;
+        }
+        self.warned_for = Some(last);
+        Some((last + self.timeout).saturating_duration_since(std::time::Instant::now()).as_secs())
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
@@ -202,7 +237,14 @@ enum ClientMessage {
 
 /// Streams output until the session ends or the client leaves, and passes a
 /// writer's input on; returns why the attach ended.
-async fn stream(mut socket: WebSocket, output: Arc<Output>, summary: serde_json::Value, role: Role, mut warnings: Warnings) -> &'static str {
+async fn stream(
+    mut socket: WebSocket,
+    output: Arc<Output>,
+    summary: serde_json::Value,
+    role: Role,
+    mut warnings: Warnings,
+    mut idle: Option<IdleWarning>,
+) -> &'static str {
     if socket.send(Message::Text(summary.to_string().into())).await.is_err() {
         return "client gone";
     }
@@ -214,6 +256,12 @@ async fn stream(mut socket: WebSocket, output: Arc<Output>, summary: serde_json:
     loop {
         for seconds in warnings.take_due() {
             let warning = json!({ "type": "warning", "remaining_seconds": seconds });
+            if socket.send(Message::Text(warning.to_string().into())).await.is_err() {
+                return "client gone";
+            }
+        }
+        if let Some(seconds) = idle.as_mut().and_then(IdleWarning::take_due) {
+            let warning = json!({ "type": "idle_warning", "remaining_seconds": seconds });
             if socket.send(Message::Text(warning.to_string().into())).await.is_err() {
                 return "client gone";
             }
@@ -246,6 +294,7 @@ async fn stream(mut socket: WebSocket, output: Arc<Output>, summary: serde_json:
                 tokio::select! {
                     () = output.changed(next) => {}
                     () = tokio::time::sleep(warnings.next_in()) => {}
+                    () = tokio::time::sleep(idle.as_ref().map_or(std::time::Duration::from_secs(3600), |i| i.next_in().max(std::time::Duration::from_millis(50)))) => {}
                     incoming = socket.recv() => match incoming {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return "client closed",
                         Some(Ok(Message::Binary(bytes))) => {

@@ -160,6 +160,10 @@ async fn attach_terminal(client: &Client, id: &str, token: &str, observe: bool) 
                             let left = mayfly_core::Ttl::from_secs(message["remaining_seconds"].as_u64().unwrap_or(0));
                             notice(&format!("this session ends in {left}, at its deadline"));
                         }
+                        Some("idle_warning") => {
+                            let left = mayfly_core::Ttl::from_secs(message["remaining_seconds"].as_u64().unwrap_or(0));
+                            notice(&format!("no input for a while; this session ends in {left} unless you type"));
+                        }
                         Some("end") => {
                             let code = message["exit_code"].as_i64().unwrap_or(i64::from(ExitCode::SETUP_FAILED)) as i32;
                             end = Some((message["end"].clone(), code));
