@@ -34,7 +34,7 @@ pub fn random_text(count: usize) -> String {
     out
 }
 
-/// The SHA-256 of a token, in hexadecimal: what the store keeps.
+/// Returns the SHA-256 of a token in hexadecimal, the form the store keeps.
 pub fn hash(token: &str) -> String {
     mayfly_audit::hex(&Sha256::digest(token.as_bytes()))
 }
@@ -99,8 +99,8 @@ fn split_api_token(token: &str) -> Option<&str> {
     (alphanumeric(&prefix[API_TOKEN_MARK.len()..]) && secret.len() >= 32 && alphanumeric(secret)).then_some(prefix)
 }
 
-/// Why a presented token was refused. Callers answer every one of these the
-/// same way; the kind goes only to the audit log.
+/// The reason a presented token was rejected. Callers respond to every one
+/// the same way, and the reason goes only to the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     Missing,
@@ -122,7 +122,7 @@ impl Refused {
     }
 }
 
-/// Who a valid API token speaks for.
+/// The principal and API token that a request authenticated as.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub principal: Principal,
@@ -138,6 +138,12 @@ pub async fn authenticate(store: &Store, token: &str, now_ms: i64) -> Result<Res
     if !bool::from(presented.as_bytes().ct_eq(record.hash.as_bytes())) {
         return Ok(Err(Refused::Unknown));
     }
+    check_record(store, record, now_ms).await
+}
+
+/// Checks that a stored API token is neither revoked nor expired and that
+/// its principal exists.
+async fn check_record(store: &Store, record: TokenRecord, now_ms: i64) -> Result<Result<Authenticated, Refused>, StoreError> {
     if record.revoked_unix_ms.is_some() {
         return Ok(Err(Refused::Revoked));
     }
@@ -148,48 +154,45 @@ pub async fn authenticate(store: &Store, token: &str, now_ms: i64) -> Result<Res
     Ok(Ok(Authenticated { principal, token_id: record.id, token_prefix: record.prefix }))
 }
 
-pub const WEB_SESSION_MARK: &str = "mfw_";
-
-/// A new browser session cookie value and its hash.
-pub fn new_web_session() -> (String, String) {
-    let text = format!("{WEB_SESSION_MARK}{}", random_text(SECRET_CHARS));
+/// Makes a random secret that starts with `mark`, and returns it with its hash.
+fn new_marked_secret(mark: &str) -> (String, String) {
+    let text = format!("{mark}{}", random_text(SECRET_CHARS));
     let hashed = hash(&text);
     (text, hashed)
 }
 
-/// Whether a text could be a browser session cookie value.
+/// Checks that `text` has the shape of a secret made by [`new_marked_secret`]
+/// with `mark`, so that anything else is rejected without a database lookup.
+fn has_mark(text: &str, mark: &str) -> bool {
+    text.len() == mark.len() + SECRET_CHARS && text.starts_with(mark) && text[mark.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+pub const WEB_SESSION_MARK: &str = "mfw_";
+
+/// Makes a new browser session cookie value and returns it with its hash.
+pub fn new_web_session() -> (String, String) {
+    new_marked_secret(WEB_SESSION_MARK)
+}
+
+/// Checks whether a text could be a browser session cookie value.
 pub fn looks_like_web_session(text: &str) -> bool {
-    text.len() == WEB_SESSION_MARK.len() + SECRET_CHARS
-        && text.starts_with(WEB_SESSION_MARK)
-        && text[WEB_SESSION_MARK.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+    has_mark(text, WEB_SESSION_MARK)
 }
 
 /// Checks that the API token behind a browser session is still valid.
 pub async fn authenticate_by_id(store: &Store, token_id: &str, now_ms: i64) -> Result<Result<Authenticated, Refused>, StoreError> {
     let Some(record) = store.token(token_id).await? else { return Ok(Err(Refused::Unknown)) };
-    if record.revoked_unix_ms.is_some() {
-        return Ok(Err(Refused::Revoked));
-    }
-    if record.expires_unix_ms.is_some_and(|expires| expires <= now_ms) {
-        return Ok(Err(Refused::Expired));
-    }
-    let Some(principal) = store.principal(&record.principal).await? else { return Ok(Err(Refused::Unknown)) };
-    Ok(Ok(Authenticated { principal, token_id: record.id, token_prefix: record.prefix }))
+    check_record(store, record, now_ms).await
 }
 
-/// A new attach token: the text handed to the client and its hash.
+/// Makes a new attach token and returns it with its hash.
 pub fn new_attach_token() -> (String, String) {
-    let text = format!("{ATTACH_TOKEN_MARK}{}", random_text(SECRET_CHARS));
-    let hashed = hash(&text);
-    (text, hashed)
+    new_marked_secret(ATTACH_TOKEN_MARK)
 }
 
-/// Whether a text could be an attach token; anything else is refused
-/// without a database lookup.
+/// Checks whether a text could be an attach token.
 pub fn looks_like_attach_token(text: &str) -> bool {
-    text.len() == ATTACH_TOKEN_MARK.len() + SECRET_CHARS
-        && text.starts_with(ATTACH_TOKEN_MARK)
-        && text[ATTACH_TOKEN_MARK.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+    has_mark(text, ATTACH_TOKEN_MARK)
 }
 
 #[cfg(test)]

@@ -41,11 +41,11 @@ pub struct AttachQuery {
     mode: Option<String>,
 }
 
-/// What an attached client may do.
+/// The part an attached client plays.
 enum Role {
     /// Reads a job's output.
     Job,
-    /// Types into a shell; holds the writer slot while attached.
+    /// Types into a shell, with the writer slot while attached.
     /// The slot is held for its `Drop`, which frees it for the next writer.
     Writer(Arc<TerminalInput>, #[allow(dead_code)] WriterSlot),
     /// Watches a shell without typing.
@@ -87,7 +87,7 @@ pub async fn attach(
     query: Result<Query<AttachQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, Problem> {
-    let Query(query) = query.map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let query = super::body::query(query)?;
     let who = attach_caller(&app, &headers, peer, &id, query.token.as_deref()).await?;
     let session = app.session_or_404(&id).await?;
     app.authorize(&who, Action::AttachSession, &resource(&session), None).await?;

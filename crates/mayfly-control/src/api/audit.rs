@@ -30,7 +30,7 @@ pub async fn records(
     query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let who = app.caller(&headers, peer).await?;
-    let Query(query) = query.map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let query = super::body::query(query)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_RECORDS).contains(&limit) {
         return Err(Problem::bad_request(format!("limit = {limit} is out of range: allowed is 1 to {MAX_RECORDS}")));

@@ -50,3 +50,8 @@ impl JsonBody {
         serde_json::from_slice(&bytes).map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
     }
 }
+
+/// Turns a query string that does not parse into a 400 naming the problem.
+pub fn query<T>(parsed: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Problem> {
+    parsed.map(|axum::extract::Query(value)| value).map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))
+}

@@ -1,4 +1,4 @@
-//! Who is calling: the client address (behind trusted proxies too), the
+//! The caller's identity: the client address (behind trusted proxies too), the
 //! per-source limit before authentication, the token check, and the
 //! per-principal limit after it.
 
@@ -20,7 +20,7 @@ use crate::tokens::{self, Authenticated, Refused};
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
-/// The client's address: the peer, or when the peer is a trusted proxy, the
+/// Returns the client's address: the peer, or when the peer is a trusted proxy, the
 /// nearest address in `X-Forwarded-For` that is not one.
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpAddr]) -> IpAddr {
     if !trusted.contains(&peer) {
@@ -47,7 +47,7 @@ pub fn seconds_to_retry(wait: std::time::Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
-/// The per-source rate limit, applied before anything else.
+/// Applies the per-source rate limit, before anything else.
 pub async fn limit_source(State(app): State<std::sync::Arc<App>>, request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
     if let Some(peer) = peer {
@@ -134,7 +134,7 @@ impl App {
         tokens::authenticate_by_id(&self.store, &web.token_id, now).await.map_err(|e| Problem::store_failed(&e))
     }
 
-    /// Records a refused authentication; the answer never says why.
+    /// Records a rejected authentication. The response never tells why.
     pub async fn refuse(&self, refused: Refused, client: IpAddr) -> Problem {
         self.metrics.authentication_failures.fetch_add(1, Ordering::Relaxed);
         let entry = Entry::new("auth.failed", SYSTEM).field("client", client.to_string()).field("cause", refused.as_str());

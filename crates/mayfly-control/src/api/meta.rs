@@ -16,13 +16,13 @@ use crate::profiles;
 
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
-/// Liveness: the process answers. Needs no token.
+/// Reports liveness: the process responds. Needs no token.
 pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Readiness: recovery has finished, the audit log is writable, the database
-/// answers and the server is not shutting down. Needs no token.
+/// Reports readiness: recovery has finished, the audit log is writable, the
+/// database responds and the server is not shutting down. Needs no token.
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let database = app.store.ping().await.is_ok();
     let checks = json!({
@@ -48,7 +48,7 @@ pub async fn metrics(State(app): State<Arc<App>>, Extension(peer): Extension<Pee
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
-/// The OpenAPI document of this API. Needs no token.
+/// Returns the OpenAPI document of this API. Needs no token.
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }

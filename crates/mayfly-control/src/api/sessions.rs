@@ -68,7 +68,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let who = app.caller(&headers, peer).await?;
-    let Query(query) = query.map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let query = super::body::query(query)?;
     let state = match query.state.as_deref() {
         None => None,
         Some(text) => Some(SessionState::parse(text).ok_or_else(|| {
@@ -176,7 +176,7 @@ pub async fn events(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let who = app.caller(&headers, peer).await?;
-    let Query(query) = query.map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let query = super::body::query(query)?;
     // A reconnecting EventSource sends the last id it saw.
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
     let after = query.after.or(last_event_id).unwrap_or(0);

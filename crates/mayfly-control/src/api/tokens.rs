@@ -114,7 +114,7 @@ pub async fn list(
     query: Result<Query<ListTokens>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let who = app.caller(&headers, peer).await?;
-    let Query(query) = query.map_err(|e| Problem::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let query = super::body::query(query)?;
     let principal = query.principal.unwrap_or_else(|| who.principal.name.clone());
     app.authorize(&who, Action::ListTokens, &Resource::User(&principal), None).await?;
     let tokens = app.store.tokens(Some(&principal)).await.map_err(|e| Problem::store_failed(&e))?;
