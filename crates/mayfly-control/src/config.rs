@@ -31,8 +31,8 @@ pub const KNOWN_ENV: &[&str] = &[
     "MAYFLY_TEST_POSTGRES_URL",
 ];
 
-/// The variables a person sets, for messages: every known one but the
-/// test suite's own.
+/// Returns the variables a person sets, for messages: every known one but
+/// the test suite's own.
 pub fn documented_env() -> Vec<&'static str> {
     KNOWN_ENV.iter().copied().filter(|name| *name != "MAYFLY_TEST_POSTGRES_URL").collect()
 }
@@ -42,7 +42,7 @@ pub fn unknown_env(vars: impl IntoIterator<Item = String>) -> Option<String> {
     vars.into_iter().find(|name| name.starts_with("MAYFLY_") && !KNOWN_ENV.contains(&name.as_str()))
 }
 
-/// What happens to running sessions when the server stops.
+/// The fate of running sessions when the server stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnShutdown {
@@ -80,7 +80,7 @@ struct FileTls {
     self_signed: bool,
 }
 
-/// How the listener serves TLS.
+/// The listener's use of TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsMode {
     /// Plain HTTP: allowed on loopback only.
@@ -91,8 +91,8 @@ pub enum TlsMode {
     Files { cert: PathBuf, key: PathBuf },
 }
 
-/// What a listener on `ip` must serve: TLS unless it is loopback, with the
-/// configured certificate when there is one.
+/// Decides what a listener on `ip` serves: TLS unless it is loopback, with
+/// the configured certificate when there is one.
 pub fn tls_mode(ip: IpAddr, configured: Option<(PathBuf, PathBuf)>, self_signed: bool) -> TlsMode {
     match configured {
         Some((cert, key)) => TlsMode::Files { cert, key },
@@ -193,7 +193,7 @@ fn host_cpus() -> u64 {
     std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1)
 }
 
-/// The default capacity: memory less 512 MiB kept for the host, and four
+/// Returns the default capacity: memory less 512 MiB kept for the host, and four
 /// times the cores, since CPU limits are ceilings rather than reservations.
 fn default_capacity() -> Capacity {
     Capacity {
@@ -320,7 +320,7 @@ impl ServerConfig {
         })
     }
 
-    /// Where the SQLite database lives when no database URL is set.
+    /// Returns the SQLite database's path, used when no database URL is set.
     pub fn sqlite_path(&self) -> PathBuf {
         self.state_dir.join("mayfly.db")
     }

@@ -13,7 +13,7 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How fast a bucket refills and how much it holds.
+/// A bucket's refill rate and capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     pub per_minute: u32,
@@ -70,7 +70,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         Ok(())
     }
 
-    /// The number of keys held: never more than `max_keys`.
+    /// Returns the number of keys tracked, never more than `max_keys`.
     pub fn len(&self) -> usize {
         self.table.lock().unwrap_or_else(|e| e.into_inner()).keys.len()
     }

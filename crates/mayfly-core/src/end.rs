@@ -10,9 +10,9 @@ pub struct ExitCode;
 
 impl ExitCode {
     /// The server refused a client request: authentication, policy, quota,
-    /// rate limit or an invalid request. The message says which.
+    /// rate limit or an invalid request. The message names the cause.
     pub const API_REFUSED: i32 = 118;
-    /// The server could not be reached, or failed to answer.
+    /// The server could not be reached, or failed to respond.
     pub const API_UNAVAILABLE: i32 = 119;
     /// The control plane restarted while the session ran, and its sandbox
     /// was destroyed during recovery.
@@ -54,8 +54,8 @@ pub enum EndReason {
     CommandNotExecutable { command: String, error: String },
     /// A sandbox setup step failed before the command ran.
     SetupFailed { step: String, error: String },
-    /// Destroyed on request before the command ended; `detail` says by whom
-    /// and why.
+    /// Destroyed on request before the command ended; `detail` names who
+    /// requested it and why.
     Destroyed { detail: String },
     /// The control plane stopped while the session ran, and recovery
     /// destroyed what was left of it.

@@ -13,7 +13,7 @@ fn process_alive(pid: i64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The host PID of a session's init, from its `running` event.
+/// Returns the host PID of a session's init, from its `running` event.
 fn init_pid(server: &Server, token: &str, id: &str) -> i64 {
     let (_, events) = server.http("GET", &format!("/v1/sessions/{id}/events"), Some(token), None);
     events["events"].as_array().unwrap().iter().find(|e| e["kind"] == "running").unwrap()["detail"]["init_pid"].as_i64().unwrap()
@@ -174,7 +174,7 @@ fn left_sessions_keep_their_deadline_while_the_server_is_down() {
     let pid = init_pid(&server, &token, &id);
     assert!(server.stop().success());
     assert!(process_alive(pid), "leave mode keeps the session running");
-    // Nobody supervises it now: its own init ends it at the deadline.
+    // No process supervises it now, so its own init ends it at the deadline.
     let started = Instant::now();
     while process_alive(pid) && started.elapsed() < Duration::from_secs(6) {
         std::thread::sleep(Duration::from_millis(50));

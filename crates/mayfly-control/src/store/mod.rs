@@ -1,4 +1,4 @@
-//! Where the control plane keeps principals, tokens, sessions and events:
+//! The control plane's storage of principals, tokens, sessions and events:
 //! SQLite under the state directory by default, PostgreSQL when several
 //! replicas share one database.
 //!
@@ -164,7 +164,7 @@ impl Store {
         Ok(store)
     }
 
-    /// Which back end this is: `sqlite` or `postgres`.
+    /// Returns the back end's name: `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         match self.pool {
             Pool::Sqlite(_) => "sqlite",
@@ -179,7 +179,7 @@ impl Store {
         Ok(())
     }
 
-    /// Checks that the database answers.
+    /// Checks that the database responds.
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_pool!(self, "SELECT 1", |q, pool| q.execute(pool).await.map(|_| ()))?;
         Ok(())
@@ -526,7 +526,7 @@ impl Store {
         })
     }
 
-    /// A session's events after `after_seq`, in order.
+    /// Returns a session's events after `after_seq`, in order.
     pub async fn events(&self, session_id: &str, after_seq: i64) -> Result<Vec<EventRecord>, StoreError> {
         on_pool!(
             self,

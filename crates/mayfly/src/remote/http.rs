@@ -128,7 +128,7 @@ pub struct Client {
     tls: Option<tokio_rustls::TlsConnector>,
 }
 
-/// A decoded answer: status and JSON body (or `Null` when empty).
+/// A decoded response: status and JSON body (or `Null` when empty).
 pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
@@ -205,7 +205,7 @@ impl Client {
         }
     }
 
-    /// Sends one request and decodes the JSON answer.
+    /// Sends one request and decodes the JSON response.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Answer, Failure> {
         let stream = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -269,7 +269,7 @@ impl Client {
     }
 }
 
-/// Maps an error answer to a failure: refusals are 4xx, the rest 5xx.
+/// Maps an error response to a failure: refusals are 4xx, the rest 5xx.
 pub fn problem_failure(answer: &Answer) -> Failure {
     let detail = answer.body.get("detail").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| answer.body.to_string());
     let title = answer.body.get("title").and_then(Value::as_str).unwrap_or("error");
