@@ -50,6 +50,16 @@ pub enum Kind {
     Shell,
 }
 
+impl Kind {
+    /// The kind's name, as profiles, policies and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Job => "job",
+            Kind::Shell => "shell",
+        }
+    }
+}
+
 /// Whether a profile needs Landlock. `required` rejects a session on a kernel
 /// without it. `if-available` applies it where present and records in the
 /// session report whether it was applied.

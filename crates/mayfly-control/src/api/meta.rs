@@ -8,11 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
 
-use super::caller::Peer;
+use super::caller::{bearer, session_cookie, Peer};
 use crate::app::App;
 use crate::policy::{Action, Resource};
 use crate::problem::Problem;
 use crate::profiles;
+use crate::tokens::{self, Authenticated};
 
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
@@ -53,9 +54,32 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+/// Returns the caller, what the policy lets them do beyond their own
+/// sessions, the server's clock, and for a signed-in browser its CSRF token.
 pub async fn me(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Result<Response, Problem> {
     let who = app.caller(&headers, peer).await?;
-    Ok(Json(json!({ "principal": who.principal.name, "groups": who.principal.groups, "token": who.token_prefix })).into_response())
+    // Unrecorded probes: they decide what the console offers, not what is allowed.
+    let may = |action| app.policies.authorize(&who.principal, action, &Resource::Server, None).allowed;
+    let may = json!({
+        "list_all_sessions": may(Action::ListAllSessions),
+        "read_audit": may(Action::ReadAudit),
+        "read_metrics": may(Action::ReadMetrics),
+    });
+    let csrf = match (bearer(&headers), session_cookie(&headers)) {
+        (None, Some(cookie)) => app.store.web_session(&tokens::hash(cookie)).await.map_err(|e| Problem::store_failed(&e))?.map(|web| web.csrf),
+        _ => None,
+    };
+    let mut body = json!({
+        "principal": who.principal.name,
+        "groups": who.principal.groups,
+        "token": who.token_prefix,
+        "may": may,
+        "now_unix_ms": crate::app::now_ms(),
+    });
+    if let Some(csrf) = csrf {
+        body["csrf"] = json!(csrf);
+    }
+    Ok(Json(body).into_response())
 }
 
 pub async fn list_profiles(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Result<Response, Problem> {
@@ -66,6 +90,7 @@ pub async fn list_profiles(State(app): State<Arc<App>>, Extension(peer): Extensi
     for name in profiles::names(directory) {
         match profiles::load(&name, directory) {
             Ok(profile) => list.push(json!({
+                "may_launch": may_launch(&app, &who, &profile),
                 "name": profile.name,
                 "kind": profile.kind,
                 "description": profile.description,
@@ -77,4 +102,12 @@ pub async fn list_profiles(State(app): State<Arc<App>>, Extension(peer): Extensi
         }
     }
     Ok(Json(json!({ "profiles": list })).into_response())
+}
+
+/// Whether the policy lets the caller launch the profile with its default
+/// TTL; an unrecorded probe for the console's launch list.
+fn may_launch(app: &App, who: &Authenticated, profile: &mayfly_core::Profile) -> bool {
+    let kind = profile.kind.as_str();
+    let resource = Resource::Profile { name: &profile.name, kind };
+    app.policies.authorize(&who.principal, Action::CreateSession, &resource, Some(profile.default_ttl.as_duration().as_secs() as i64)).allowed
 }

@@ -4,6 +4,7 @@ mod attach;
 mod audit;
 mod body;
 pub mod caller;
+mod console;
 mod meta;
 mod sessions;
 mod tokens;
@@ -21,8 +22,9 @@ use crate::problem::Problem;
 
 pub use meta::OPENAPI;
 
-/// Every route, as `(method, path)` in OpenAPI's path syntax; a test checks
-/// that the OpenAPI document lists exactly these.
+/// Every API route, as `(method, path)` in OpenAPI's path syntax; a test
+/// checks that the OpenAPI document lists exactly these. The web console's
+/// page (`/`) and files (`/assets/...`) are not part of the API.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -73,6 +75,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/audit", get(audit::records))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/metrics", get(meta::metrics))
+        .route("/", get(console::page))
+        .route("/assets/{*path}", get(console::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(caller::protect_cookies))
@@ -83,5 +87,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(meta::readyz))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(v1)
+        .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(app)
 }

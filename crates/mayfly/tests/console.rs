@@ -1,0 +1,97 @@
+//! The web console in a real Chromium: this test starts `mayfly serve` on a
+//! loopback port, creates tokens for an admin and two users, and runs the
+//! Playwright tests in web/tests/console.test.mjs with Node.js. They save
+//! screenshots of the main pages under target/console-screenshots/.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::server;
+use common::Scratch;
+
+/// A shell profile with a short lifetime and an early warning, so the test
+/// sees the countdown, the warning and the end within half a minute.
+const QUICK_PROFILE: &str = r#"
+kind = "shell"
+description = "Short shell for the console test"
+
+[ttl]
+default = "2m"
+max = "10m"
+
+[limits]
+memory = "256MiB"
+cpus = 1
+pids = 128
+tmp = "16MiB"
+shm = "16MiB"
+work = "32MiB"
+open_files = 256
+inputs = "1MiB"
+artifacts = "1MiB"
+
+[environment]
+PATH = "/usr/local/bin:/usr/bin:/bin"
+HOME = "/work"
+TERM = "xterm-256color"
+PS1 = "$ "
+
+[shell]
+command = ["/bin/bash", "--norc", "--noprofile", "-i"]
+warnings = ["15s"]
+"#;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn create_token(server: &server::Server, principal: &str, groups: &str) -> String {
+    let output = server.cli(server.token()).args(["token", "create", "--name", principal, "--principal", principal, "--groups", groups]).output().unwrap();
+    assert!(output.status.success(), "token create for {principal}: {}", server::output_text(&output));
+    String::from_utf8(output.stdout).unwrap().lines().find(|l| l.starts_with("mfy_")).expect("the new token is printed").trim().to_string()
+}
+
+#[test]
+fn console_in_chromium() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "the console test needs Chromium at {chromium}: install Debian's chromium package (apt-get install -y chromium), or set CHROMIUM"
+    );
+    let repository = repository();
+    let web = repository.join("web");
+    assert!(
+        web.join("node_modules/playwright-core").is_dir(),
+        "web/node_modules/playwright-core is missing; building the workspace runs npm ci in web/, so run cargo build first"
+    );
+    let scratch = Scratch::new("console");
+    let profiles = scratch.path.join("profiles");
+    common::write(&profiles.join("quick.toml"), QUICK_PROFILE);
+    let profiles_arg = profiles.to_str().unwrap().to_string();
+    let server = server::start(&scratch.state_dir(), &["--profiles-dir", &profiles_arg], &[]);
+    let alice = create_token(&server, "alice", "dev");
+    let bob = create_token(&server, "bob", "dev");
+
+    let screenshots = repository.join("target/console-screenshots");
+    let output = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "--test-concurrency=1", "tests/console.test.mjs"])
+        .current_dir(&web)
+        .env("MAYFLY_URL", &server.url)
+        .env("MAYFLY_ADMIN_TOKEN", server.token())
+        .env("MAYFLY_ALICE_TOKEN", &alice)
+        .env("MAYFLY_BOB_TOKEN", &bob)
+        .env("MAYFLY_SCREENSHOTS", &screenshots)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}); the console test needs Node.js 18 or later: apt-get install -y nodejs"));
+    let text = server::output_text(&output);
+    println!("{text}");
+    let status = server.stop();
+    assert!(output.status.success(), "the console tests failed:\n{text}");
+    assert!(status.success(), "mayfly serve exited with {status}");
+    for name in ["01-sign-in", "03-sessions", "04-terminal", "06-ended", "08-admin"] {
+        assert!(screenshots.join(format!("{name}.png")).is_file(), "screenshot {name}.png was saved");
+    }
+}

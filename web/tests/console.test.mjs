@@ -1,0 +1,286 @@
+// The web console in a real Chromium, driven by Playwright. The Rust test
+// crates/mayfly/tests/console.rs starts `mayfly serve` on a loopback port,
+// creates the tokens and runs this file with node --test.
+//
+// Environment: MAYFLY_URL, MAYFLY_ADMIN_TOKEN, MAYFLY_ALICE_TOKEN,
+// MAYFLY_BOB_TOKEN, MAYFLY_SCREENSHOTS (a directory), CHROMIUM (the browser
+// executable, /usr/bin/chromium by default).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const url = required('MAYFLY_URL');
+const tokens = { admin: required('MAYFLY_ADMIN_TOKEN'), alice: required('MAYFLY_ALICE_TOKEN'), bob: required('MAYFLY_BOB_TOKEN') };
+const screenshots = required('MAYFLY_SCREENSHOTS');
+mkdirSync(screenshots, { recursive: true });
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set; run this file through cargo test --test console`);
+  return value;
+}
+
+let browser;
+/** Content-Security-Policy violations any page reported. */
+const violations = [];
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    // Root cannot use Chromium's own sandbox; the browser only visits the
+    // loopback server under test. The other flags keep it off the network.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--disable-default-apps', '--disable-extensions'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+/** A fresh browser profile signed in as `who`, on the sessions page. */
+async function signedIn(who) {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
+  const page = await context.newPage();
+  watch(page);
+  await page.goto(`${url}/#/signin`);
+  await page.locator('#token').fill(tokens[who]);
+  await page.keyboard.press('Enter');
+  await page.waitForURL(/#\/sessions$/);
+  await page.getByRole('heading', { name: 'Sessions', level: 1 }).waitFor();
+  return { context, page };
+}
+
+function watch(page) {
+  page.on('console', (message) => {
+    if (/Content.Security.Policy|Trusted Type/i.test(message.text())) violations.push(message.text());
+  });
+  page.on('pageerror', (error) => violations.push(`page error: ${error.message}`));
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(screenshots, `${name}.png`), fullPage: false });
+}
+
+/** The text xterm.js shows on screen, with its no-break spaces as spaces. */
+async function terminalText(page) {
+  return (await page.locator('.xterm-rows').innerText()).replace(/\u00a0/g, ' ');
+}
+
+/** The shell's prompt on a line of its own. */
+const PROMPT = /^\$ *$/m;
+
+async function waitForTerminalText(page, pattern, timeout = 15000) {
+  const started = Date.now();
+  for (;;) {
+    const text = await terminalText(page);
+    if (pattern.test(text)) return text;
+    if (Date.now() - started > timeout) assert.fail(`the terminal never showed ${pattern}; it shows:\n${text}`);
+    await page.waitForTimeout(100);
+  }
+}
+
+let aliceSession;
+
+test('the page is served with a strict Content-Security-Policy', async () => {
+  const response = await fetch(`${url}/`);
+  assert.equal(response.status, 200);
+  const policy = response.headers.get('content-security-policy');
+  assert.match(policy, /script-src 'self';/);
+  assert.match(policy, /style-src 'self' 'nonce-[A-Za-z0-9]+'/);
+  assert.doesNotMatch(policy, /unsafe-inline|unsafe-eval/);
+  assert.match(policy, /frame-ancestors 'none'/);
+  assert.equal(response.headers.get('x-content-type-options'), 'nosniff');
+  const page = await response.text();
+  const nonce = policy.match(/'nonce-([A-Za-z0-9]+)'/)[1];
+  assert.ok(page.includes(`nonce="${nonce}"`), 'the page carries the nonce of its own policy');
+  const second = await fetch(`${url}/`);
+  assert.notEqual(second.headers.get('content-security-policy'), policy, 'every response gets a new nonce');
+});
+
+test('a wrong token is refused in plain words', async () => {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
+  const page = await context.newPage();
+  watch(page);
+  await page.goto(`${url}/`);
+  await page.waitForURL(/#\/signin$/);
+  // The token field has the focus, so a keyboard user types at once.
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'token');
+  await shot(page, '01-sign-in');
+  await page.keyboard.type('mfy_notarealtoken_0000000000000000000000');
+  await page.keyboard.press('Enter');
+  const error = page.locator('#signin-error');
+  await error.filter({ hasText: 'not accepted' }).waitFor();
+  await shot(page, '02-sign-in-refused');
+  await context.close();
+});
+
+test('alice launches a shell, types a command, sees the countdown, the warning and the end screen', async () => {
+  const { context, page } = await signedIn('alice');
+  const card = page.locator('li[data-profile="quick"]');
+  await card.waitFor();
+  await shot(page, '03-sessions');
+  await card.getByLabel('Time to live').fill('25s');
+  await card.getByRole('button', { name: 'Launch quick' }).click();
+  await page.waitForURL(/#\/sessions\/s-[0-9a-f]+$/);
+  aliceSession = page.url().split('/').pop();
+
+  await waitForTerminalText(page, PROMPT);
+  await page.locator('.xterm-helper-textarea').focus();
+  await page.keyboard.type('echo "mayfly-$((6*7))" && stty size');
+  await page.keyboard.press('Enter');
+  const text = await waitForTerminalText(page, /^mayfly-42\s*$/m);
+  // The terminal told the shell its size after fitting the window.
+  const size = text.match(/^(\d+) (\d+)\s*$/m);
+  assert.ok(size, `stty size printed rows and columns:\n${text}`);
+  assert.ok(Number(size[2]) > 80, `the terminal is wider than 80 columns on a laptop screen: ${size[0]}`);
+
+  const countdown = page.locator('#countdown');
+  assert.match(await countdown.innerText(), /^Ends in 0:[0-2]\d$/);
+  await shot(page, '04-terminal');
+
+  const banner = page.locator('#banner');
+  await banner.filter({ hasText: 'This session ends in 15 seconds' }).waitFor({ timeout: 20000 });
+  await shot(page, '05-warning');
+
+  const ended = page.locator('#ended');
+  await ended.waitFor({ timeout: 30000 });
+  assert.match(await page.locator('#end-reason').innerText(), /reached its deadline/);
+  assert.equal(await countdown.innerText(), 'Ended');
+  assert.equal(await page.getByRole('button', { name: /resume|reconnect/i }).count(), 0, 'the end screen offers no way back in');
+  await shot(page, '06-ended');
+
+  // Opening the ended session again shows the end screen, not a terminal.
+  await page.goto(`${url}/#/sessions`);
+  await page.goto(`${url}/#/sessions/${aliceSession}`);
+  await page.locator('#ended').waitFor();
+  assert.equal(await page.locator('.xterm').count(), 0);
+  await context.close();
+});
+
+test('bob cannot open alice\'s session', async () => {
+  assert.ok(aliceSession, 'the previous test created a session');
+  const { context, page } = await signedIn('bob');
+  assert.equal(await page.locator(`tr[data-session="${aliceSession}"]`).count(), 0, 'alice\'s session is not in bob\'s list');
+  await page.goto(`${url}/#/sessions/${aliceSession}`);
+  const error = page.getByRole('alert').filter({ hasText: `You cannot open session ${aliceSession}` });
+  await error.waitFor();
+  assert.equal(await page.locator('.xterm').count(), 0);
+  await shot(page, '07-not-yours');
+  await context.close();
+});
+
+test('a job launched from the console shows its output and its exit status', async () => {
+  const { context, page } = await signedIn('alice');
+  const card = page.locator('li[data-profile="default"]');
+  await card.getByLabel('Command').fill(`/bin/sh -c 'echo "job says $((20+22))"; exit 3'`);
+  await card.getByRole('button', { name: 'Launch default' }).click();
+  await page.waitForURL(/#\/sessions\/s-[0-9a-f]+$/);
+  await page.locator('#ended').waitFor({ timeout: 15000 });
+  assert.match(await page.locator('#end-reason').innerText(), /exited with status 3/);
+  await waitForTerminalText(page, /^job says 42 *$/m);
+  await shot(page, '10-job-ended');
+
+  // A command with an unclosed quote is refused before it reaches the server.
+  await page.goto(`${url}/#/sessions`);
+  await card.getByLabel('Command').fill(`/bin/echo 'oops`);
+  await card.getByRole('button', { name: 'Launch default' }).click();
+  await card.getByRole('alert').filter({ hasText: 'unclosed' }).waitFor();
+  // A TTL above the profile's maximum gets the server's explanation.
+  await card.getByLabel('Command').fill('/bin/true');
+  await card.getByLabel('Time to live').fill('9h');
+  await card.getByRole('button', { name: 'Launch default' }).click();
+  await card.getByRole('alert').filter({ hasText: 'above the maximum' }).waitFor();
+  await context.close();
+});
+
+test('a page of another origin cannot attach with the signed-in cookie', async () => {
+  const { context, page } = await signedIn('alice');
+  const card = page.locator('li[data-profile="quick"]');
+  await card.getByRole('button', { name: 'Launch quick' }).click();
+  await page.waitForURL(/#\/sessions\/s-[0-9a-f]+$/);
+  const id = page.url().split('/').pop();
+  await waitForTerminalText(page, PROMPT);
+  // Free the writer slot, so only the origin check can refuse the next attach.
+  await page.goto(`${url}/#/sessions`);
+
+  // A page on another loopback port: the same site, so the browser sends
+  // the SameSite=Strict cookie, but another origin.
+  const foreign = http.createServer((_, response) => {
+    response.writeHead(200, { 'content-type': 'text/html' });
+    response.end('<!doctype html><title>other origin</title>');
+  });
+  await new Promise((resolve) => foreign.listen(0, '127.0.0.1', resolve));
+  const other = await context.newPage();
+  await other.goto(`http://127.0.0.1:${foreign.address().port}/`);
+  const target = `${url.replace(/^http/, 'ws')}/v1/sessions/${id}/attach`;
+  const outcome = await other.evaluate((address) => new Promise((resolve) => {
+    const socket = new WebSocket(address);
+    socket.onmessage = (event) => resolve(`message: ${event.data}`);
+    socket.onclose = (event) => resolve(`closed ${event.code}`);
+  }), target);
+  assert.equal(outcome, 'closed 1006', 'the upgrade was refused before any message');
+  const fetched = await other.evaluate((address) => fetch(address, { method: 'DELETE', credentials: 'include' }).then((r) => r.status, () => 'blocked'),
+    `${url}/v1/sessions/${id}`);
+  assert.notEqual(fetched, 204, 'a cross-origin delete with the cookie did not end the session');
+  foreign.close();
+
+  // The session's own page can still attach.
+  await page.goto(`${url}/#/sessions/${id}`);
+  await waitForTerminalText(page, PROMPT);
+  await context.close();
+});
+
+test('an admin sees every session, ends one, and reads the verified audit log', async () => {
+  const owner = await signedIn('alice');
+  const card = owner.page.locator('li[data-profile="quick"]');
+  await card.getByRole('button', { name: 'Launch quick' }).click();
+  await owner.page.waitForURL(/#\/sessions\/s-[0-9a-f]+$/);
+  const id = owner.page.url().split('/').pop();
+  await waitForTerminalText(owner.page, PROMPT);
+
+  const { context, page } = await signedIn('admin');
+  await page.getByRole('link', { name: 'Administration' }).click();
+  await page.waitForURL(/#\/admin$/);
+  const row = page.locator(`#all-sessions tr[data-session="${id}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /alice/);
+  await page.locator('#audit-intact').waitFor();
+  assert.match(await page.locator('#audit-intact').innerText(), /^Intact: \d+ records/);
+  assert.ok(await page.locator('#audit-records tbody tr').count() > 0);
+  await shot(page, '08-admin');
+
+  // Two presses: the first arms the button, the second ends the session.
+  const end = row.getByRole('button', { name: `End session ${id}` });
+  await end.focus();
+  await page.keyboard.press('Enter');
+  await row.getByRole('button', { name: /Confirm: end session/ }).waitFor();
+  await page.keyboard.press('Enter');
+  await row.locator('td.state-destroyed').waitFor({ timeout: 10000 });
+
+  // The owner's terminal shows the end screen with who ended it.
+  await owner.page.locator('#ended').waitFor({ timeout: 10000 });
+  assert.match(await owner.page.locator('#end-reason').innerText(), /ended early/);
+  await shot(owner.page, '09-ended-by-admin');
+  await owner.context.close();
+  await context.close();
+});
+
+test('signing out ends the browser session', async () => {
+  const { context, page } = await signedIn('bob');
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.waitForURL(/#\/signin$/);
+  await page.goto(`${url}/#/sessions`);
+  await page.waitForURL(/#\/signin$/);
+  const status = await page.evaluate(() => fetch('/v1/me').then((r) => r.status));
+  assert.equal(status, 401);
+  await context.close();
+});
+
+test('no page broke the Content-Security-Policy or threw', () => {
+  assert.deepEqual(violations, []);
+});
