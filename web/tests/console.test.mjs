@@ -9,7 +9,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -279,6 +280,40 @@ test('signing out ends the browser session', async () => {
   const status = await page.evaluate(() => fetch('/v1/me').then((r) => r.status));
   assert.equal(status, 401);
   await context.close();
+});
+
+/** Runs axe-core's WCAG 2.1 A and AA rules on the page; returns the violations. */
+async function accessibilityViolations(page) {
+  const source = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+  await page.evaluate(source);
+  const result = await page.evaluate(() => window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } }));
+  return result.violations.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`);
+}
+
+test('the main pages pass an accessibility scan', async () => {
+  // axe-core is injected as a script, which the console's own policy
+  // forbids, so this browser profile ignores the policy.
+  const context = await browser.newContext({ viewport: { width: 1366, height: 768 }, bypassCSP: true });
+  const page = await context.newPage();
+  await page.goto(`${url}/#/signin`);
+  await page.locator('#token').waitFor();
+  const found = { signin: await accessibilityViolations(page) };
+  await page.locator('#token').fill(tokens.admin);
+  await page.keyboard.press('Enter');
+  await page.locator('li[data-profile="quick"]').waitFor();
+  found.sessions = await accessibilityViolations(page);
+  await page.locator('li[data-profile="quick"]').getByRole('button', { name: 'Launch quick' }).click();
+  await waitForTerminalText(page, PROMPT);
+  found.terminal = await accessibilityViolations(page);
+  await page.locator('#end-session').click();
+  await page.locator('#end-session').click();
+  await page.locator('#ended').waitFor({ timeout: 10000 });
+  found.ended = await accessibilityViolations(page);
+  await page.goto(`${url}/#/admin`);
+  await page.locator('#audit-intact').waitFor();
+  found.admin = await accessibilityViolations(page);
+  await context.close();
+  assert.deepEqual(found, { signin: [], sessions: [], terminal: [], ended: [], admin: [] });
 });
 
 test('no page broke the Content-Security-Policy or threw', () => {
