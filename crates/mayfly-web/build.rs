@@ -61,10 +61,10 @@ fn main() {
     std::fs::write(out.join("assets.rs"), generated).expect("OUT_DIR is writable");
 }
 
-/// Runs `npm ci` unless node_modules holds exactly what the lock file pins.
+/// Runs `npm ci` unless node_modules contains exactly what the lock file pins.
 fn install_packages(web: &Path, lock: &Path, modules: &Path) {
-    let wanted = std::fs::read(lock).unwrap_or_else(|e| panic!("cannot read {}: {e}", lock.display()));
-    if std::fs::read(modules.join(STAMP)).is_ok_and(|installed| installed == wanted) {
+    let expected = std::fs::read(lock).unwrap_or_else(|e| panic!("cannot read {}: {e}", lock.display()));
+    if std::fs::read(modules.join(STAMP)).is_ok_and(|installed| installed == expected) {
         return;
     }
     println!("cargo:warning=installing the web console's npm packages (npm ci in {})", web.display());
@@ -82,7 +82,7 @@ fn install_packages(web: &Path, lock: &Path, modules: &Path) {
             "cannot run npm ({error}); building Mayfly's web console needs Node.js 18 or later and npm: on Debian, `apt-get install -y nodejs npm`"
         ),
     }
-    std::fs::write(modules.join(STAMP), wanted).expect("node_modules is writable after npm ci");
+    std::fs::write(modules.join(STAMP), expected).expect("node_modules is writable after npm ci");
 }
 
 /// Adds every file under `dir` to `files`, named by its path below web/src.
@@ -90,7 +90,7 @@ fn collect(dir: &Path, prefix: &str, files: &mut Vec<(String, PathBuf)>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
     for entry in entries {
         let entry = entry.expect("a readable directory entry");
-        let name = entry.file_name().into_string().expect("web/src holds UTF-8 names");
+        let name = entry.file_name().into_string().expect("file names in web/src are valid UTF-8");
         let path = entry.path();
         if path.is_dir() {
             collect(&path, &format!("{prefix}{name}/"), files);

@@ -1,6 +1,6 @@
 //! The web console's files, embedded at build time from `web/`.
 //!
-//! `index.html` holds the placeholder [`NONCE_PLACEHOLDER`], which the server
+//! `index.html` contains the placeholder [`NONCE_PLACEHOLDER`], which the server
 //! replaces with the nonce of each response's Content-Security-Policy.
 
 /// One file the console serves.
@@ -35,12 +35,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_page_and_the_terminal_are_embedded() {
+    fn assets_include_page_and_terminal() {
         assert!(index_html("abc").contains("nonce=\"abc\""), "index.html carries the nonce placeholder");
         for path in ["app.js", "style.css", "vendor/xterm.mjs", "vendor/xterm.css", "vendor/addon-fit.mjs"] {
             let asset = find(path).unwrap_or_else(|| panic!("{path} is embedded"));
             assert!(!asset.body.is_empty());
-            assert!(asset.etag.starts_with('"') && asset.etag.len() == 26, "{}", asset.etag);
+            assert!(asset.etag.starts_with('"'), "{}", asset.etag);
+            assert_eq!(asset.etag.len(), 26, "{}", asset.etag);
         }
         assert!(find("../Cargo.toml").is_none());
     }

@@ -11,8 +11,8 @@ use std::process::Command;
 use common::server;
 use common::Scratch;
 
-/// A shell profile with a short lifetime and an early warning, so the test
-/// sees the countdown, the warning and the end within half a minute.
+/// A shell profile with an early warning, so that a session with a 25-second
+/// TTL shows the countdown, the warning and the end within half a minute.
 const QUICK_PROFILE: &str = r#"
 kind = "shell"
 description = "Short shell for the console test"

@@ -104,8 +104,8 @@ pub async fn list_profiles(State(app): State<Arc<App>>, Extension(peer): Extensi
     Ok(Json(json!({ "profiles": list })).into_response())
 }
 
-/// Whether the policy lets the caller launch the profile with its default
-/// TTL; an unrecorded probe for the console's launch list.
+/// Checks whether the policy lets the caller launch the profile with its
+/// default TTL. The console's launch list uses it, so it is not audited.
 fn may_launch(app: &App, who: &Authenticated, profile: &mayfly_core::Profile) -> bool {
     let kind = profile.kind.as_str();
     let resource = Resource::Profile { name: &profile.name, kind };
