@@ -6,7 +6,7 @@ let csrf = null;
 /** An API call that failed: the HTTP status and the problem details. */
 export class ApiError extends Error {
   constructor(status, problem) {
-    super(problem.detail || problem.title || `The server answered ${status}.`);
+    super(problem.detail || problem.title || `The server returned ${status}.`);
     this.status = status;
     this.problem = problem;
   }
@@ -41,12 +41,12 @@ export async function api(method, path, body) {
     data = null;
   }
   if (!response.ok) {
-    throw new ApiError(response.status, data && typeof data === 'object' ? data : { detail: `The server answered ${response.status} ${response.statusText}.` });
+    throw new ApiError(response.status, data && typeof data === 'object' ? data : { detail: `The server returned ${response.status} ${response.statusText}.` });
   }
   return data;
 }
 
-/** The address of a session's attach WebSocket on this server. */
+/** Returns the address of a session's attach WebSocket on this server. */
 export function attachUrl(id, mode) {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const query = mode ? `?mode=${encodeURIComponent(mode)}` : '';

@@ -13,7 +13,7 @@ installStyleNonce();
 
 const main = document.getElementById('main');
 
-/** What the console knows of the signed-in user, or null. */
+/** The signed-in user and the server's clock, shared by the pages. */
 const context = {
   me: null,
   /** Server clock minus browser clock, in milliseconds. */
@@ -74,17 +74,20 @@ async function route() {
       return;
     }
   }
+
   const match = routes.map(([pattern, page, title]) => [hash.match(pattern), page, title]).find(([m]) => m);
   if (!match) {
     show(null, 'Not found', errorPage(new Error(`There is no page at ${hash}.`)));
     return;
   }
+
   const [params, page, title] = match;
   document.title = `${title} · Mayfly`;
   for (const link of document.querySelectorAll('.top nav a')) {
     if (hash === link.getAttribute('href')) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
+
   main.className = '';
   main.replaceChildren();
   leave = (await page(main, context, ...params.slice(1))) || null;
@@ -113,7 +116,7 @@ document.getElementById('sign-out').addEventListener('click', async () => {
   try {
     await api('DELETE', '/v1/auth/session');
   } catch (error) {
-    // Signed out already, or the server is gone: the page forgets the user either way.
+    // The browser session may have ended already, or the server may be down; the page signs out either way.
     console.warn('sign-out', error);
   }
   context.signedOut();

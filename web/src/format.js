@@ -41,7 +41,7 @@ export function describeEnd(end, exitCode) {
   }
 }
 
-/** Whether a session in this state still runs or is about to. */
+/** Returns whether a session in this state runs or is about to run. */
 export function isLive(state) {
   return state === 'pending' || state === 'starting' || state === 'running';
 }

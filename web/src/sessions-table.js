@@ -13,7 +13,7 @@ export function liveSessionsTable(container, context, { query, showOwner, captio
   let failure = '';
   const countdowns = [];
 
-  let shown = null;
+  let shownKey = null;
 
   async function load() {
     try {
@@ -26,8 +26,8 @@ export function liveSessionsTable(container, context, { query, showOwner, captio
     // Rebuilding the table would move the keyboard focus; do it only when
     // something changed, and put the focus back on the same control.
     const key = JSON.stringify([failure, sessions]);
-    if (key === shown) return;
-    shown = key;
+    if (key === shownKey) return;
+    shownKey = key;
     const focused = document.activeElement;
     const focusedLabel = container.contains(focused) ? focused.getAttribute('aria-label') || focused.textContent : null;
     const focusedRow = focusedLabel && focused.closest('tr')?.dataset.session;
@@ -98,7 +98,7 @@ export function liveSessionsTable(container, context, { query, showOwner, captio
       } catch (error) {
         failure = `Session ${session.id} could not be ended: ${error.message}`;
       }
-      shown = null;
+      shownKey = null;
       await load();
     });
     button.addEventListener('blur', () => {

@@ -43,13 +43,13 @@ after(async () => {
   await browser?.close();
 });
 
-/** A fresh browser profile signed in as `who`, on the sessions page. */
-async function signedIn(who) {
+/** Opens a fresh browser profile signed in as `user`, on the sessions page. */
+async function signedIn(user) {
   const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
   const page = await context.newPage();
   watch(page);
   await page.goto(`${url}/#/signin`);
-  await page.locator('#token').fill(tokens[who]);
+  await page.locator('#token').fill(tokens[user]);
   await page.keyboard.press('Enter');
   await page.waitForURL(/#\/sessions$/);
   await page.getByRole('heading', { name: 'Sessions', level: 1 }).waitFor();
@@ -67,7 +67,7 @@ async function shot(page, name) {
   await page.screenshot({ path: join(screenshots, `${name}.png`), fullPage: false });
 }
 
-/** The text xterm.js shows on screen, with its no-break spaces as spaces. */
+/** Reads the text xterm.js shows on screen, with its no-break spaces as spaces. */
 async function terminalText(page) {
   return (await page.locator('.xterm-rows').innerText()).replace(/\u00a0/g, ' ');
 }
@@ -120,7 +120,7 @@ test('a wrong token is refused in plain words', async () => {
   await context.close();
 });
 
-test('alice launches a shell, types a command, sees the countdown, the warning and the end screen', async () => {
+test('shell from launch to deadline', async () => {
   const { context, page } = await signedIn('alice');
   const card = page.locator('li[data-profile="quick"]');
   await card.waitFor();
@@ -135,7 +135,7 @@ test('alice launches a shell, types a command, sees the countdown, the warning a
   await page.keyboard.type('echo "mayfly-$((6*7))" && stty size');
   await page.keyboard.press('Enter');
   const text = await waitForTerminalText(page, /^mayfly-42\s*$/m);
-  // The terminal told the shell its size after fitting the window.
+  // The console sent the terminal's size to the shell after fitting the window.
   const size = text.match(/^(\d+) (\d+)\s*$/m);
   assert.ok(size, `stty size printed rows and columns:\n${text}`);
   assert.ok(Number(size[2]) > 80, `the terminal is wider than 80 columns on a laptop screen: ${size[0]}`);
