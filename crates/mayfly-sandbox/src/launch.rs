@@ -41,6 +41,8 @@ pub enum LaunchError {
     Release(io::Error),
     #[error("too many input files: at most {max}")]
     TooManyInputs { max: usize },
+    #[error("failed to prepare the sandbox before its start: {0}")]
+    BeforeStart(String),
 }
 
 /// The supervisor's ends of a started sandbox.
@@ -144,14 +146,16 @@ fn write_id_map(pid: i32, map: &'static str, base: u32) -> Result<(), LaunchErro
 }
 
 /// Clones init into new user, PID, mount, network, IPC and UTS namespaces
-/// and into `cgroup`, maps its ids onto `id_base`, sends it `spec` and lets
-/// it run. On failure the child is killed and reaped.
+/// and into `cgroup`, maps its ids onto `id_base`, calls `before_release`
+/// with init's PID while init still waits, sends it `spec` and lets it run.
+/// On failure the child is killed and reaped.
 pub fn launch(
     spec: &InitSpec,
     inputs: Vec<File>,
     uid_lock: &File,
     id_base: u32,
     cgroup: &SessionCgroup,
+    before_release: &mut dyn FnMut(i32) -> Result<(), String>,
 ) -> Result<Launched, LaunchError> {
     const MAX_INPUTS: usize = 256;
     if inputs.len() > MAX_INPUTS {
@@ -239,6 +243,7 @@ pub fn launch(
     // init can clear the groups it inherited.
     write_id_map(pid, "uid_map", id_base).map_err(abort)?;
     write_id_map(pid, "gid_map", id_base).map_err(abort)?;
+    before_release(pid).map_err(|e| abort(LaunchError::BeforeStart(e)))?;
     let mut sync = File::from(sync_write);
     sync.write_all(b"x").map_err(|e| abort(LaunchError::Release(e)))?;
     drop(sync);

@@ -14,6 +14,7 @@ pub mod init;
 pub mod landlock_policy;
 pub mod launch;
 pub mod ledger;
+pub mod netns;
 pub mod seccomp;
 pub mod session;
 pub mod spec;

@@ -139,6 +139,7 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
         forward_signals: true,
         control: None,
         terminal: None,
+        before_start: None,
     };
     Ok((config, layout))
 }

@@ -52,6 +52,7 @@ pub fn session_config(profile: &Profile, spec: JobSpec, control: Option<SessionC
         forward_signals: false,
         control,
         terminal: None,
+        before_start: None,
     }
 }
 

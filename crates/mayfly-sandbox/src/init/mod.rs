@@ -7,7 +7,7 @@
 //! that started it is gone. Before exiting it streams the artifacts out.
 
 mod command;
-mod network;
+pub(crate) mod network;
 mod pty;
 pub mod rootfs;
 

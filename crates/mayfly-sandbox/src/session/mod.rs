@@ -72,6 +72,24 @@ pub struct SessionConfig {
     /// then carries frames ([`crate::terminal`]), and standard output the
     /// terminal's output; standard error stays empty.
     pub terminal: Option<crate::terminal::WindowSize>,
+    /// Runs with init's host PID after the namespaces exist and before init
+    /// starts the command, such as to open a listener in the session's
+    /// network. The value it returns is dropped once init has exited and
+    /// before the teardown is verified.
+    pub before_start: Option<BeforeStart>,
+}
+
+/// What [`SessionConfig::before_start`] returns: a guard that the session
+/// drops once its init has exited.
+pub type StartGuard = Box<dyn Send>;
+
+/// A function called with init's host PID before the command starts.
+pub struct BeforeStart(pub Box<dyn FnOnce(i32) -> Result<StartGuard, String> + Send>);
+
+impl std::fmt::Debug for BeforeStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeStart")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +245,15 @@ pub fn run(
     let mut spec = init_spec(&config, monotonic_now_ns() + config.ttl.as_nanos() as u64);
     spec.cgroup_membership = cgroup.membership();
     let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
-    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup) {
+    let mut before_start = config.before_start.take();
+    let mut start_guard: Option<StartGuard> = None;
+    let mut call_before_start = |pid: i32| -> Result<(), String> {
+        if let Some(hook) = before_start.take() {
+            start_guard = Some((hook.0)(pid)?);
+        }
+        Ok(())
+    };
+    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup, &mut call_before_start) {
         Ok(launched) => launched,
         Err(error) => {
             let _ = cgroup.kill_all(KILL_TIMEOUT);
@@ -276,6 +302,9 @@ pub fn run(
     timings.ended_us = started.elapsed().as_micros() as u64;
     // SAFETY: waitpid on the init process this supervisor started.
     unsafe { libc::waitpid(init_pid, std::ptr::null_mut(), 0) };
+    // Sockets the guard holds in the session's network keep that namespace
+    // alive, so they close before the teardown looks for what is left.
+    drop(start_guard);
     let (mut end, landlock, mut enforcer) = end_reason(reports, received, supervisor_killed, started_ns, &mut timings);
     if let Some(control) = &config.control {
         control.finished();
