@@ -19,6 +19,7 @@ struct Request {
     done: oneshot::Sender<Result<(), AuditError>>,
 }
 
+#[derive(Clone)]
 pub struct Auditor {
     log: Arc<AuditLog>,
     queue: mpsc::Sender<Request>,

@@ -90,6 +90,8 @@ struct RawProfile {
     environment: BTreeMap<String, String>,
     #[serde(default)]
     sandbox: RawSandbox,
+    #[serde(default)]
+    network: crate::egress::RawNetwork,
     shell: Option<RawShell>,
 }
 
@@ -220,6 +222,8 @@ pub struct Profile {
     pub mounts: Vec<ProfileMount>,
     /// Set for shell profiles, `None` for jobs.
     pub shell: Option<ShellSettings>,
+    /// Whether and where the session may connect beyond its own loopback.
+    pub network: crate::egress::NetworkSettings,
 }
 
 /// Checks a profile name: lowercase letters, digits and dashes, 1 to 63 long.
@@ -336,6 +340,7 @@ impl Profile {
         for (index, mount) in raw.sandbox.mounts.iter().enumerate() {
             check_mount(mount).map_err(|message| invalid(&format!("sandbox.mounts[{index}]"), message))?;
         }
+        let network = crate::egress::NetworkSettings::from_raw(raw.network).map_err(|(key, message)| invalid(&key, message))?;
         let shell = match (raw.kind, raw.shell) {
             (Kind::Job, Some(_)) => return Err(invalid("shell", "is only for profiles of kind \"shell\"".into())),
             (Kind::Job, None) => None,
@@ -355,6 +360,7 @@ impl Profile {
             landlock: raw.sandbox.landlock,
             mounts: raw.sandbox.mounts,
             shell,
+            network,
         })
     }
 

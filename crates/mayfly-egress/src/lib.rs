@@ -20,8 +20,7 @@ use mayfly_core::egress::EgressPolicy;
 
 pub use serve::ProxyHandle;
 
-/// The port the proxy listens on inside every session that has egress.
-pub const PROXY_PORT: u16 = 3128;
+pub use mayfly_core::egress::PROXY_PORT;
 
 /// Settings of one session's proxy.
 #[derive(Debug, Clone)]
@@ -68,13 +67,16 @@ pub struct ConnectionReport {
     pub duration: Duration,
 }
 
-/// Receives the proxy's reports; the control plane writes them to the audit
-/// log. Called from the proxy's thread, so it should not block for long.
+/// A report being written.
+pub type Writing = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Receives the proxy's reports and writes them to the audit log. The proxy
+/// awaits each write on its own thread before it closes the connection.
 pub trait EgressLog: Send + Sync {
-    fn connection(&self, report: ConnectionReport);
-    /// Connections refused by the rate or connection limit, reported once
+    fn connection(&self, report: ConnectionReport) -> Writing;
+    /// Records the connections refused by the rate or connection limit, once
     /// when the proxy stops, so a session cannot flood the log.
-    fn throttled(&self, count: u64);
+    fn throttled(&self, count: u64) -> Writing;
 }
 
 /// Starts a proxy on `listener`, which must be non-blocking.

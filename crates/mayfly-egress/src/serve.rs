@@ -136,7 +136,7 @@ async fn accept(listener: TcpListener, config: Arc<ProxyConfig>, log: Arc<dyn Eg
     let _ = ending.send(true);
     let _ = tokio::time::timeout(REPORT_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
     if throttled > 0 {
-        log.throttled(throttled);
+        log.throttled(throttled).await;
     }
 }
 
@@ -222,7 +222,7 @@ async fn handle(mut client: TcpStream, config: &ProxyConfig, log: &dyn EgressLog
     };
     let finish = |mut report: ConnectionReport| {
         report.duration = started.elapsed();
-        log.connection(report);
+        log.connection(report)
     };
 
     let connected = tokio::select! {
@@ -232,12 +232,12 @@ async fn handle(mut client: TcpStream, config: &ProxyConfig, log: &dyn EgressLog
     let Some((upstream, status, message)) = connected else {
         report.decision.push_str("; the session ended before the connection was made");
         let _ = respond(&mut client, 503, "the session is ending").await;
-        finish(report);
+        finish(report).await;
         return;
     };
     let Some(mut upstream) = upstream else {
         let _ = respond(&mut client, status, &message).await;
-        finish(report);
+        finish(report).await;
         return;
     };
     let greeting = match &upstream_head {
@@ -250,7 +250,7 @@ async fn handle(mut client: TcpStream, config: &ProxyConfig, log: &dyn EgressLog
     };
     if let Err(error) = forwarded {
         report.decision.push_str(&format!("; the connection failed: {error}"));
-        finish(report);
+        finish(report).await;
         return;
     }
     report.bytes_out = (upstream_head.as_ref().map_or(0, Vec::len) + early.len()) as u64;
@@ -261,7 +261,7 @@ async fn handle(mut client: TcpStream, config: &ProxyConfig, log: &dyn EgressLog
         report.decision.push_str("; ");
         report.decision.push_str(&ended);
     }
-    finish(report);
+    finish(report).await;
 }
 
 /// Copies bytes both ways until both sides have finished, an error occurs

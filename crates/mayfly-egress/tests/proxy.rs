@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mayfly_core::egress::EgressPolicy;
-use mayfly_egress::{ConnectionReport, EgressLog, ProxyConfig};
+use mayfly_egress::{ConnectionReport, EgressLog, ProxyConfig, Writing};
 
 #[derive(Default)]
 struct Reports {
@@ -17,11 +17,13 @@ struct Reports {
 }
 
 impl EgressLog for Reports {
-    fn connection(&self, report: ConnectionReport) {
+    fn connection(&self, report: ConnectionReport) -> Writing {
         self.connections.lock().unwrap().push(report);
+        Box::pin(async {})
     }
-    fn throttled(&self, count: u64) {
+    fn throttled(&self, count: u64) -> Writing {
         *self.throttled.lock().unwrap() += count;
+        Box::pin(async {})
     }
 }
 

@@ -1,9 +1,11 @@
 //! `mayfly run`: one job session from the command line, with no server.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use mayfly_audit::{AuditLog, Entry};
 use mayfly_core::limits::cpus_to_millis;
+use mayfly_core::egress::NetworkSettings;
 use mayfly_core::profile::valid_env_name;
 use mayfly_core::{ByteSize, ExitCode, Landlock, LimitOverrides, Profile, Ttl};
 use mayfly_sandbox::cgroup::{CgroupLimits, Layout};
@@ -13,6 +15,7 @@ use mayfly_sandbox::{host, ledger, transfer};
 
 use crate::cli::RunArgs;
 use mayfly_control::profiles;
+use mayfly_control::sessions::egress::{self, LocalEgressLog};
 
 use crate::{audit, state};
 
@@ -41,9 +44,11 @@ fn parse_cpus(value: &Option<String>) -> Result<Option<u32>, Refusal> {
     }
 }
 
-/// Builds the command's environment: the profile's variables, then `--env`.
+/// Builds the command's environment: the egress proxy's variables when the
+/// profile allows egress, the profile's variables, then `--env`.
 fn environment(profile: &Profile, flags: &[String]) -> Result<Vec<(String, String)>, Refusal> {
-    let mut env = profile.environment.clone();
+    let mut env: std::collections::BTreeMap<String, String> = profile.network.proxy_environment().into_iter().collect();
+    env.extend(profile.environment.clone());
     for flag in flags {
         let Some((key, value)) = flag.split_once('=') else {
             return Err(usage(format!("--env {flag:?} is missing '=': write KEY=VALUE")));
@@ -68,7 +73,7 @@ fn landlock_mode(profile: &Profile) -> LandlockMode {
 
 /// Validates everything and builds the session configuration, before any
 /// host resource exists.
-fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
+fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout, NetworkSettings), Refusal> {
     let profile = profiles::load(&args.profile, args.profiles.profiles_dir.as_deref()).map_err(|e| usage(e.to_string()))?;
     if profile.kind != mayfly_core::Kind::Job {
         return Err(usage(format!("profile {:?} is a shell profile; start it with `mayfly shell --profile {}` against a server", profile.name, profile.name)));
@@ -141,7 +146,7 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout), Refusal> {
         terminal: None,
         before_start: None,
     };
-    Ok((config, layout))
+    Ok((config, layout, profile.network))
 }
 
 fn print_outcome(outcome: &SessionOutcome) {
@@ -180,7 +185,7 @@ pub fn main(args: RunArgs) -> i32 {
         return ExitCode::USAGE;
     }
 
-    let (config, layout) = match prepare(&args) {
+    let (mut config, layout, network) = match prepare(&args) {
         Ok(prepared) => prepared,
         Err(refusal) => {
             eprintln!("mayfly: {}", refusal.message);
@@ -192,7 +197,7 @@ pub fn main(args: RunArgs) -> i32 {
     };
     // Fail closed: a session that cannot be audited does not start.
     let audit_log = match AuditLog::open(&args.state.state_dir) {
-        Ok(log) => log,
+        Ok(log) => Arc::new(log),
         Err(error) => {
             eprintln!("mayfly: the audit log cannot be opened, so no session starts: {error}");
             return ExitCode::SETUP_FAILED;
@@ -213,6 +218,8 @@ pub fn main(args: RunArgs) -> i32 {
     }
 
     let session_id = config.session_id.clone();
+    let egress_log = LocalEgressLog { log: Arc::clone(&audit_log), actor: audit::actor(), session_id: session_id.clone() };
+    config.before_start = egress::before_start(&network, Arc::new(egress_log));
     tracing::info!(session_id = %session_id, profile = %args.profile, "starting session");
     let outcome = match session::run(
         config,

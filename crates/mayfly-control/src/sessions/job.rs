@@ -29,7 +29,10 @@ pub struct JobSpec {
 
 /// Builds the sandbox configuration of a job with no inputs or artifacts.
 pub fn session_config(profile: &Profile, spec: JobSpec, control: Option<SessionControl>) -> SessionConfig {
-    let mut env = profile.environment.clone();
+    // The proxy variables come first, so the profile and the request may
+    // override them.
+    let mut env: BTreeMap<String, String> = profile.network.proxy_environment().into_iter().collect();
+    env.extend(profile.environment.clone());
     env.extend(spec.env);
     let limits = spec.limits;
     SessionConfig {

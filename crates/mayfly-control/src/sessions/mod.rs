@@ -3,6 +3,7 @@
 //! recovery.
 
 pub mod admission;
+pub mod egress;
 pub mod job;
 pub mod output;
 pub mod recording;
@@ -496,6 +497,8 @@ impl App {
         };
         let mut config = job::session_config(&profile, spec, Some(control));
         config.terminal = terminal;
+        let egress_log = egress::ServerEgressLog { audit: self.audit.clone(), actor: format!("user:{owner}"), session_id: id.clone() };
+        config.before_start = egress::before_start(&profile.network, Arc::new(egress_log));
         if let (Some(input), Some(idle)) = (input, profile.shell.as_ref().and_then(|s| s.idle_timeout)) {
             runner::watch_idle(self, &id, input, idle.as_duration());
         }

@@ -14,11 +14,18 @@
 //! points an allowed name into the host's network is refused.
 
 mod address;
+mod settings;
 
 use std::fmt;
 use std::net::IpAddr;
 
 pub use address::{classify, AddressClass};
+pub use settings::{EgressMode, NetworkSettings};
+pub(crate) use settings::RawNetwork;
+
+/// The port the egress proxy listens on, on the loopback of every session
+/// whose profile allows egress.
+pub const PROXY_PORT: u16 = 3128;
 
 /// The host part of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
