@@ -8,6 +8,7 @@ mod http;
 mod report;
 mod runc_bundle;
 mod runtime;
+mod server;
 mod shell;
 mod stats;
 mod timed_run;

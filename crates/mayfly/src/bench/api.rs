@@ -4,10 +4,8 @@
 //! create-to-running latency, sessions created per second with auditing on,
 //! and audit records appended per second.
 
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,80 +14,14 @@ use mayfly_audit::{AuditLog, Entry};
 use serde_json::{json, Value};
 
 use super::http::call;
+use super::server::{mayfly_executable, start_server, BenchDir, Target, RAISED_LIMITS};
 use super::stats::{median, milliseconds, percentile, ratio};
 use super::timed_run::{time_run, RUN_TIMEOUT};
 use crate::cli::BenchArgs;
 
 const CLIENTS: usize = 4;
-const SERVER_CONFIG: &str = "[limits]\nrequests_per_minute_per_source = 1000000\nburst_per_source = 100000\nrequests_per_minute_per_principal = 1000000\nburst_per_principal = 100000\nsessions_per_principal = 1000\ncreations_per_minute_per_principal = 1000000\n[capacity]\nsessions = 64\n";
-
-struct Server {
-    child: Child,
-    address: SocketAddr,
-    token: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: kill on the PID of the server this bench started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(executable: &Path, dir: &Path) -> Result<Server, String> {
-    let config = dir.join("mayfly.toml");
-    std::fs::write(&config, SERVER_CONFIG).map_err(|e| e.to_string())?;
-    let mut child = Command::new(executable)
-        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(dir.join("server"))
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start mayfly serve: {e}"))?;
-    let stdout = child.stdout.take().expect("piped");
-    let (mut address, mut token) = (None, None);
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        if let Some(rest) = line.strip_prefix("mayfly: listening on http://") {
-            address = rest.split_whitespace().next().and_then(|a| a.parse::<SocketAddr>().ok());
-        } else if line.starts_with("mfy_") {
-            token = Some(line.trim().to_string());
-        } else if line.starts_with("mayfly: accepting connections") {
-            break;
-        }
-    }
-    let (Some(address), Some(token)) = (address, token) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err("mayfly serve did not print its address and first token".into());
-    };
-    let server = Server { child, address, token };
-    let started = Instant::now();
-    while call(address, "GET", "/readyz", "", None).map(|(s, _)| s) != Ok(200) {
-        if started.elapsed() > Duration::from_secs(30) {
-            return Err("mayfly serve did not become ready within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(server)
-}
-
-/// Where a client sends its requests.
-#[derive(Clone)]
-struct Target {
-    address: SocketAddr,
-    token: String,
-}
-
-impl Server {
-    fn target(&self) -> Target {
-        Target { address: self.address, token: self.token.clone() }
-    }
-}
+/// Appended to the raised limits: room for the throughput phase's sessions.
+const CAPACITY_CONFIG: &str = "[capacity]\nsessions = 64\n";
 
 /// Creates a `/bin/true` job, retrying while the host is full.
 fn create(server: &Target) -> Result<String, String> {
@@ -205,21 +137,16 @@ fn row(name: &str, sorted: &[Duration], base: Option<Duration>) -> String {
 }
 
 pub(super) fn main(args: &BenchArgs) -> i32 {
-    let executable = match std::env::current_exe() {
-        Ok(path) => path,
+    let prepared = mayfly_executable().and_then(|executable| Ok((executable, BenchDir::create(args.state_dir.join("bench-api"))?)));
+    let (executable, dir) = match prepared {
+        Ok(prepared) => prepared,
         Err(error) => {
-            eprintln!("mayfly: cannot find the mayfly executable: {error}");
+            eprintln!("mayfly: {error}");
             return 1;
         }
     };
-    let dir: PathBuf = args.state_dir.join("bench-api");
-    let _ = std::fs::remove_dir_all(&dir);
-    if let Err(error) = std::fs::create_dir_all(&dir) {
-        eprintln!("mayfly: cannot create {}: {error}", dir.display());
-        return 1;
-    }
-    let result = run(&executable, &dir, args);
-    let _ = std::fs::remove_dir_all(&dir);
+    let result = run(&executable, dir.path(), args);
+    drop(dir);
     match result {
         Ok(markdown) => {
             print!("{markdown}");
@@ -239,7 +166,7 @@ pub(super) fn main(args: &BenchArgs) -> i32 {
 }
 
 fn run(executable: &Path, dir: &Path, args: &BenchArgs) -> Result<String, String> {
-    let server = start_server(executable, dir)?;
+    let server = start_server(executable, dir, &format!("{RAISED_LIMITS}{CAPACITY_CONFIG}"))?;
     let target = server.target();
     let mut lat = latencies(executable, &dir.join("run"), &target, args.runs);
     for list in [&mut lat.cold_start, &mut lat.create_to_running, &mut lat.post_round_trip] {
