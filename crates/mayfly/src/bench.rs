@@ -1,16 +1,23 @@
 //! `mayfly bench`: end-to-end wall time of a cold start of `/bin/true` under
 //! Mayfly, bubblewrap and runc. One bench run measures all three and
 //! alternates between them each iteration, so machine noise affects each
-//! runtime alike.
+//! runtime alike. The `api` and `shell` suites are in `api.rs` and
+//! `shell_sessions.rs`.
 
 mod api;
+mod host_pty;
 mod http;
+mod memory;
 mod report;
 mod runc_bundle;
 mod runtime;
 mod server;
 mod shell;
+mod shell_report;
+mod shell_requests;
+mod shell_sessions;
 mod stats;
+mod terminal_echo;
 mod timed_run;
 mod utc;
 
@@ -59,6 +66,9 @@ pub fn main(args: BenchArgs) -> i32 {
     }
     if args.suite == "api" {
         return api::main(&args);
+    }
+    if args.suite == "shell" {
+        return shell_sessions::main(&args);
     }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("mayfly: warning: not running as root. `mayfly run` needs root, so its runs will fail.");

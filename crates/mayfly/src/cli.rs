@@ -20,7 +20,7 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Destroy what crashed sessions left behind (cgroups, ledger records).
     Reap(StateArgs),
-    /// Measure cold session start against bubblewrap and runc, side by side.
+    /// Measure cold start against bubblewrap and runc, the control plane, or shell sessions.
     Bench(BenchArgs),
     /// Check or export the hash-chained audit log.
     #[command(subcommand)]
@@ -155,10 +155,10 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to measure: `start` (cold start against bubblewrap and runc) or `api` (the control plane beside `mayfly run`).
-    #[arg(long, default_value = "start", value_parser = ["start", "api"])]
+    /// Suite to run: `start` (cold start against bubblewrap and runc), `api` (the control plane beside `mayfly run`) or `shell` (shell sessions: keystroke echo, memory, capacity).
+    #[arg(long, default_value = "start", value_parser = ["start", "api", "shell"])]
     pub suite: String,
-    /// Number of measured runs per runtime, from 1 to 10000, alternating between runtimes.
+    /// Number of measured runs per runtime, from 1 to 10000, alternating between runtimes; for `shell`, keystrokes per terminal.
     #[arg(long, default_value_t = 50)]
     pub runs: u32,
     /// Directory for the crash ledger and id-range locks of the measured sessions.

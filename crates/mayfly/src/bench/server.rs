@@ -41,6 +41,10 @@ impl Server {
     pub(super) fn target(&self) -> Target {
         Target { address: self.address, token: self.token.clone() }
     }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 /// Starts `mayfly serve` with `config` as its configuration file and its state
