@@ -126,9 +126,9 @@ fn memory_rows(memory: &MemoryReport) -> Vec<[String; 3]> {
         ["Host-side total: server RSS growth + session cgroup".into(), format!("{:.2}", memory.host_side_mib), ratio_cell(memory.host_side_mib, anchor)],
         ["`mayfly serve` RSS growth".into(), format!("{:.2}", memory.server_rss_mib), String::new()],
         ["Session memory cgroup".into(), format!("{:.2}", memory.cgroup_mib), String::new()],
-        ["- of it anonymous pages".into(), format!("{:.2}", memory.cgroup_anon_mib), String::new()],
-        ["- of it page cache and tmpfs".into(), format!("{:.2}", memory.cgroup_file_mib), String::new()],
-        ["- of it kernel memory".into(), format!("{:.2}", memory.cgroup_kernel_mib), String::new()],
+        ["Cgroup part: anonymous pages".into(), format!("{:.2}", memory.cgroup_anon_mib), String::new()],
+        ["Cgroup part: page cache and tmpfs".into(), format!("{:.2}", memory.cgroup_file_mib), String::new()],
+        ["Cgroup part: kernel memory".into(), format!("{:.2}", memory.cgroup_kernel_mib), String::new()],
         [
             format!("PSS of the sandbox processes ({:.1} per session)", memory.processes_per_session),
             format!("{:.2}", memory.sandbox_pss_mib),
