@@ -57,6 +57,14 @@ pub struct Launched {
     pub artifacts: File,
 }
 
+/// The supervisor's ends of the command pipes: `to_command` carries what
+/// the command reads at descriptor 3, `from_command` what it writes at 4.
+#[derive(Debug)]
+pub struct CommandPipes {
+    pub to_command: File,
+    pub from_command: File,
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.into()))
 }
@@ -147,15 +155,17 @@ fn write_id_map(pid: i32, map: &'static str, base: u32) -> Result<(), LaunchErro
 
 /// Clones init into new user, PID, mount, network, IPC and UTS namespaces
 /// and into `cgroup`, maps its ids onto `id_base`, calls `before_release`
-/// with init's PID while init still waits, sends it `spec` and lets it run.
-/// On failure the child is killed and reaped.
+/// with init's PID (and the command pipes when `command_pipes` is set) while
+/// init still waits, sends it `spec` and lets it run. On failure the child
+/// is killed and reaped.
 pub fn launch(
     spec: &InitSpec,
     inputs: Vec<File>,
     uid_lock: &File,
     id_base: u32,
     cgroup: &SessionCgroup,
-    before_release: &mut dyn FnMut(i32) -> Result<(), String>,
+    command_pipes: bool,
+    before_release: &mut dyn FnMut(i32, Option<CommandPipes>) -> Result<(), String>,
 ) -> Result<Launched, LaunchError> {
     const MAX_INPUTS: usize = 256;
     if inputs.len() > MAX_INPUTS {
@@ -180,6 +190,17 @@ pub fn launch(
         uid_lock.as_raw_fd(),
     ];
     fds.extend(inputs.iter().map(|f| f.as_raw_fd()));
+    // The command pipes follow the inputs; the spec tells init where.
+    let mut spec = spec.clone();
+    let pipes = if command_pipes {
+        let (to_command_read, to_command_write) = pipe()?;
+        let (from_command_read, from_command_write) = pipe()?;
+        spec.command_pipes = Some((fds.len() as i32, fds.len() as i32 + 1));
+        fds.extend([to_command_read.as_raw_fd(), from_command_write.as_raw_fd()]);
+        Some((to_command_read, to_command_write, from_command_read, from_command_write))
+    } else {
+        None
+    };
     let mut shuffled = vec![0 as RawFd; fds.len()];
 
     let path = CString::new("/proc/self/exe").expect("no NUL");
@@ -227,6 +248,10 @@ pub fn launch(
     // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop((stdin_read, stdout_write, stderr_write, spec_read, reports_write, artifacts_write, sync_read));
+    let command_pipes = pipes.map(|(child_read, to_command, from_command, child_write)| {
+        drop((child_read, child_write));
+        CommandPipes { to_command: File::from(to_command), from_command: File::from(from_command) }
+    });
 
     let abort = |error: LaunchError| {
         // SAFETY: kill and waitpid on the child created above.
@@ -243,13 +268,13 @@ pub fn launch(
     // init can clear the groups it inherited.
     write_id_map(pid, "uid_map", id_base).map_err(abort)?;
     write_id_map(pid, "gid_map", id_base).map_err(abort)?;
-    before_release(pid).map_err(|e| abort(LaunchError::BeforeStart(e)))?;
+    before_release(pid, command_pipes).map_err(|e| abort(LaunchError::BeforeStart(e)))?;
     let mut sync = File::from(sync_write);
     sync.write_all(b"x").map_err(|e| abort(LaunchError::Release(e)))?;
     drop(sync);
 
     // The spec is one line of JSON, and the pipe closes after it.
-    let mut spec_json = serde_json::to_vec(spec).expect("the spec serializes");
+    let mut spec_json = serde_json::to_vec(&spec).expect("the spec serializes");
     spec_json.push(b'\n');
     let mut spec_pipe = File::from(spec_write);
     spec_pipe.write_all(&spec_json).map_err(|e| abort(LaunchError::Release(e)))?;

@@ -82,6 +82,11 @@ pub struct InitSpec {
     /// becomes the command's standard input, output and error.
     #[serde(default)]
     pub terminal: Option<crate::terminal::WindowSize>,
+    /// Init's descriptors of the two command pipes, when the session has
+    /// them: the command reads the first at descriptor 3 and writes the
+    /// second at descriptor 4. The launcher sets this.
+    #[serde(default)]
+    pub command_pipes: Option<(i32, i32)>,
 }
 
 /// Which Landlock protection the command actually got.

@@ -144,6 +144,7 @@ fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout, NetworkSettings), R
         forward_signals: true,
         control: None,
         terminal: None,
+        command_pipes: false,
         before_start: None,
     };
     Ok((config, layout, profile.network))

@@ -17,8 +17,8 @@ pub fn before_start(network: &NetworkSettings, log: Arc<dyn EgressLog>) -> Optio
         return None;
     }
     let config = ProxyConfig::new(network.policy.clone());
-    Some(BeforeStart(Box::new(move |init_pid| {
-        let listener = mayfly_sandbox::netns::listen_on_session_loopback(init_pid, PROXY_PORT)
+    Some(BeforeStart(Box::new(move |start| {
+        let listener = mayfly_sandbox::netns::listen_on_session_loopback(start.init_pid, PROXY_PORT)
             .map_err(|e| format!("cannot open the egress proxy's listener on the session's loopback: {e}"))?;
         let handle = mayfly_egress::start(listener, config, log).map_err(|e| format!("cannot start the egress proxy: {e}"))?;
         Ok(Box::new(handle) as StartGuard)

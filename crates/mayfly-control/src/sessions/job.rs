@@ -55,6 +55,7 @@ pub fn session_config(profile: &Profile, spec: JobSpec, control: Option<SessionC
         forward_signals: false,
         control,
         terminal: None,
+        command_pipes: false,
         before_start: None,
     }
 }

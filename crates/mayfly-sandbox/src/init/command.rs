@@ -195,6 +195,24 @@ pub fn run(spec: &InitSpec, pipe: OwnedFd, terminal: Option<&Path>) -> ! {
     // Every descriptor above stderr, the error pipe included, closes at exec.
     // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    // The command pipes become descriptors 3 and 4, which dup2 leaves open
+    // across exec. Their sources sit above the inputs, so neither is 3 or 4,
+    // but the error pipe may be, so it moves out of the way first.
+    let pipe = match spec.command_pipes {
+        None => pipe,
+        Some((read, write)) => {
+            // SAFETY: fcntl and dup2 on descriptors this child owns; the
+            // duplicate of the error pipe is owned by the OwnedFd below alone.
+            unsafe {
+                let moved = libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&pipe), libc::F_DUPFD_CLOEXEC, 1024);
+                drop(pipe);
+                if moved < 0 || libc::dup2(read, 3) != 3 || libc::dup2(write, 4) != 4 {
+                    libc::_exit(125)
+                }
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved)
+            }
+        }
+    };
     let mut pipe = std::fs::File::from(pipe);
     let message = confine_and_exec(spec, &mut pipe, terminal);
     send(&mut pipe, &message);

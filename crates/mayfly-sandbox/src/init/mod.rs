@@ -221,6 +221,15 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
         Err(e) => return EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() },
     };
     drop(error_write);
+    // Only the command holds the command pipes, so each side sees the end
+    // of the other.
+    if let Some((read, write)) = spec.command_pipes {
+        // SAFETY: closing init's copies, which no Rust object wraps.
+        unsafe {
+            libc::close(read);
+            libc::close(write);
+        }
+    }
 
     // A terminal session's stdio pipes stay with init, which copies between
     // them and the pseudo-terminal's master.

@@ -72,19 +72,32 @@ pub struct SessionConfig {
     /// then carries frames ([`crate::terminal`]), and standard output the
     /// terminal's output; standard error stays empty.
     pub terminal: Option<crate::terminal::WindowSize>,
-    /// Runs with init's host PID after the namespaces exist and before init
-    /// starts the command, such as to open a listener in the session's
-    /// network. The value it returns is dropped once init has exited and
-    /// before the teardown is verified.
+    /// Gives the command two pipes, at descriptors 3 (to read) and 4 (to
+    /// write), whose other ends [`SessionConfig::before_start`] receives;
+    /// Chromium's DevTools pipe uses them.
+    pub command_pipes: bool,
+    /// Runs after the namespaces exist and before init starts the command,
+    /// such as to open a listener in the session's network. The value it
+    /// returns is dropped once init has exited and before the teardown is
+    /// verified.
     pub before_start: Option<BeforeStart>,
+}
+
+/// What [`SessionConfig::before_start`] receives.
+#[derive(Debug)]
+pub struct StartContext {
+    /// Init's PID in the host's PID namespace.
+    pub init_pid: i32,
+    /// The supervisor's ends of the command pipes, when the session has them.
+    pub command_pipes: Option<launch::CommandPipes>,
 }
 
 /// What [`SessionConfig::before_start`] returns: a guard that the session
 /// drops once its init has exited.
 pub type StartGuard = Box<dyn Send>;
 
-/// A function called with init's host PID before the command starts.
-pub struct BeforeStart(pub Box<dyn FnOnce(i32) -> Result<StartGuard, String> + Send>);
+/// A function called before the command starts.
+pub struct BeforeStart(pub Box<dyn FnOnce(StartContext) -> Result<StartGuard, String> + Send>);
 
 impl std::fmt::Debug for BeforeStart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +159,7 @@ fn init_spec(config: &SessionConfig, deadline_monotonic_ns: u64) -> InitSpec {
         landlock: config.landlock,
         cgroup_membership: Vec::new(),
         terminal: config.terminal,
+        command_pipes: None,
     }
 }
 
@@ -247,13 +261,13 @@ pub fn run(
     let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
     let mut before_start = config.before_start.take();
     let mut start_guard: Option<StartGuard> = None;
-    let mut call_before_start = |pid: i32| -> Result<(), String> {
+    let mut call_before_start = |init_pid: i32, command_pipes| -> Result<(), String> {
         if let Some(hook) = before_start.take() {
-            start_guard = Some((hook.0)(pid)?);
+            start_guard = Some((hook.0)(StartContext { init_pid, command_pipes })?);
         }
         Ok(())
     };
-    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup, &mut call_before_start) {
+    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup, config.command_pipes, &mut call_before_start) {
         Ok(launched) => launched,
         Err(error) => {
             let _ = cgroup.kill_all(KILL_TIMEOUT);

@@ -1,0 +1,5 @@
+//! Chromium in a browser session, driven over the DevTools protocol through
+//! the pipe that `--remote-debugging-pipe` opens at the command's descriptors
+//! 3 and 4. No debugging port exists anywhere.
+
+pub mod cdp;
