@@ -2,4 +2,8 @@
 //! the pipe that `--remote-debugging-pipe` opens at the command's descriptors
 //! 3 and 4. No debugging port exists anywhere.
 
+mod base64;
 pub mod cdp;
+pub mod driver;
+
+pub use driver::{check_url, Browser, Frame, Input, Status};

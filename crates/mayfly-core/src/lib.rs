@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod egress;
 pub mod end;
 pub mod lifecycle;

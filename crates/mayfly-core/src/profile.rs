@@ -18,7 +18,11 @@ pub const DEFAULT_PROFILE: &str = "default";
 
 /// Built-in profiles, compiled into the binary: (name, TOML text).
 pub const BUILT_IN: &[(&str, &str)] =
-    &[(DEFAULT_PROFILE, include_str!("../profiles/default.toml")), ("shell", include_str!("../profiles/shell.toml"))];
+    &[
+    (DEFAULT_PROFILE, include_str!("../profiles/default.toml")),
+    ("shell", include_str!("../profiles/shell.toml")),
+    ("browser", include_str!("../profiles/browser.toml")),
+];
 
 /// The shortest and longest maximum TTL a profile may set.
 pub const TTL_RANGE: limits::Range<Ttl> = limits::Range { key: "ttl.max", min: Ttl::from_secs(1), max: Ttl::from_secs(7 * 86_400) };
@@ -48,6 +52,7 @@ pub enum ProfileError {
 pub enum Kind {
     Job,
     Shell,
+    Browser,
 }
 
 impl Kind {
@@ -56,6 +61,7 @@ impl Kind {
         match self {
             Kind::Job => "job",
             Kind::Shell => "shell",
+            Kind::Browser => "browser",
         }
     }
 }
@@ -93,6 +99,7 @@ struct RawProfile {
     #[serde(default)]
     network: crate::egress::RawNetwork,
     shell: Option<RawShell>,
+    browser: Option<crate::browser::RawBrowser>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +231,8 @@ pub struct Profile {
     pub shell: Option<ShellSettings>,
     /// Whether and where the session may connect beyond its own loopback.
     pub network: crate::egress::NetworkSettings,
+    /// Set for browser profiles, `None` for the other kinds.
+    pub browser: Option<crate::browser::BrowserSettings>,
 }
 
 /// Checks a profile name: lowercase letters, digits and dashes, 1 to 63 long.
@@ -342,9 +351,14 @@ impl Profile {
         }
         let network = crate::egress::NetworkSettings::from_raw(raw.network).map_err(|(key, message)| invalid(&key, message))?;
         let shell = match (raw.kind, raw.shell) {
-            (Kind::Job, Some(_)) => return Err(invalid("shell", "is only for profiles of kind \"shell\"".into())),
-            (Kind::Job, None) => None,
+            (Kind::Job | Kind::Browser, Some(_)) => return Err(invalid("shell", "is only for profiles of kind \"shell\"".into())),
+            (Kind::Job | Kind::Browser, None) => None,
             (Kind::Shell, shell) => Some(shell_settings(shell, max_ttl).map_err(|(key, message)| invalid(&key, message))?),
+        };
+        let browser = match (raw.kind, raw.browser) {
+            (Kind::Browser, browser) => Some(crate::browser::BrowserSettings::from_raw(browser.unwrap_or_default()).map_err(|(key, message)| invalid(&key, message))?),
+            (_, Some(_)) => return Err(invalid("browser", "is only for profiles of kind \"browser\"".into())),
+            (_, None) => None,
         };
 
         Ok(Profile {
@@ -361,6 +375,7 @@ impl Profile {
             mounts: raw.sandbox.mounts,
             shell,
             network,
+            browser,
         })
     }
 
@@ -418,9 +433,14 @@ mod tests {
     fn built_in_profiles_parse() {
         for (name, text) in BUILT_IN {
             let profile = Profile::parse(name, text).unwrap();
-            let expected = if *name == "shell" { Kind::Shell } else { Kind::Job };
+            let expected = match *name {
+                "shell" => Kind::Shell,
+                "browser" => Kind::Browser,
+                _ => Kind::Job,
+            };
             assert_eq!(profile.kind, expected, "{name}");
             assert_eq!(profile.shell.is_some(), expected == Kind::Shell, "{name}");
+            assert_eq!(profile.browser.is_some(), expected == Kind::Browser, "{name}");
             assert!(profile.default_ttl <= profile.max_ttl);
         }
     }

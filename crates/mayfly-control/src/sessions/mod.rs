@@ -3,6 +3,7 @@
 //! recovery.
 
 pub mod admission;
+pub mod browser;
 pub mod egress;
 pub mod job;
 pub mod output;
@@ -46,6 +47,8 @@ pub struct Live {
     /// The input side of a shell session, `None` for a job.
     pub terminal: Option<Arc<terminal::TerminalInput>>,
     pub shell: Option<mayfly_core::profile::ShellSettings>,
+    /// A browser session's browser, once its driver has attached.
+    pub browser: Option<browser::BrowserSlot>,
 }
 
 /// A terminal's size in a request.
@@ -189,6 +192,16 @@ fn validate(profile: &Profile, request: &CreateRequest) -> Result<Checked, Probl
         }
         (Kind::Job, None, _) => {
             return Err(Problem::bad_request("command is missing: give the program and its arguments, for example [\"/bin/echo\", \"hello\"]"))
+        }
+        (Kind::Browser, Some(_), _) => {
+            return Err(Problem::bad_request(format!("profile {:?} starts its own browser; leave command out", profile.name)))
+        }
+        (Kind::Browser, None, _) => {
+            if request.terminal.is_some() {
+                return Err(Problem::bad_request(format!("profile {:?} runs a browser, which has no terminal; leave terminal out", profile.name)));
+            }
+            let settings = profile.browser.as_ref().expect("browser profiles have browser settings");
+            (browser::chromium_argv(profile, settings), None)
         }
         (Kind::Shell, Some(_), _) => {
             return Err(Problem::bad_request(format!("profile {:?} starts its own shell; leave command out", profile.name)))
@@ -485,6 +498,7 @@ impl App {
                 deadline_unix_ms: record.deadline_unix_ms,
                 terminal: input.clone(),
                 shell: profile.shell.clone(),
+                browser: None,
             },
         );
         let spec = job::JobSpec {
@@ -499,6 +513,15 @@ impl App {
         config.terminal = terminal;
         let egress_log = egress::ServerEgressLog { audit: self.audit.clone(), actor: format!("user:{owner}"), session_id: id.clone() };
         config.before_start = egress::before_start(&profile.network, Arc::new(egress_log));
+        if let Some(settings) = &profile.browser {
+            let (hook, slot) = browser::before_start(tokio::runtime::Handle::current(), id.clone(), settings);
+            config.before_start = browser::chain(config.before_start.take(), Some(hook));
+            config.command_pipes = true;
+            config.env.extend(browser::chromium_environment(&profile, settings));
+            if let Some(live) = self.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
+                live.browser = Some(slot);
+            }
+        }
         if let (Some(input), Some(idle)) = (input, profile.shell.as_ref().and_then(|s| s.idle_timeout)) {
             runner::watch_idle(self, &id, input, idle.as_duration());
         }

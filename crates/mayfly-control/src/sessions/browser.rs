@@ -1,0 +1,122 @@
+//! Browser sessions: the Chromium command line, and the driver that the
+//! session starts on the DevTools pipe before Chromium runs.
+
+use std::sync::Arc;
+
+use mayfly_browser::cdp::Connection;
+use mayfly_browser::Browser;
+use mayfly_core::browser::BrowserSettings;
+use mayfly_core::egress::{EgressMode, PROXY_PORT};
+use mayfly_core::Profile;
+use mayfly_sandbox::session::{BeforeStart, StartGuard};
+use tokio::sync::watch;
+
+/// Debian's Chromium binary. /usr/bin/chromium is a wrapper script that
+/// reads /etc/chromium.d, which the sandbox does not have.
+pub const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+
+/// Where the browser profile lives inside the sandbox, on the `/work` tmpfs.
+const PROFILE_DIR: &str = "/work/chromium";
+
+/// Returns Chromium's command line for a browser profile.
+///
+/// Chromium's own sandbox is off (`--no-sandbox`): its namespace layer needs
+/// to create user namespaces, which Mayfly's seccomp filter denies to every
+/// session. The session record states this; see SECURITY.md.
+pub fn chromium_argv(profile: &Profile, settings: &BrowserSettings) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--remote-debugging-pipe",
+        "--disable-gpu",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--disable-breakpad",
+        "--password-store=basic",
+        "--use-mock-keychain",
+        "--noerrdialogs",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.push(format!("--user-data-dir={PROFILE_DIR}"));
+    argv.push(format!("--window-size={},{}", settings.width, settings.height));
+    argv.push(format!("--lang={}", settings.locale));
+    argv.push(format!("--accept-lang={}", settings.locale));
+    if profile.network.egress == EgressMode::Proxy {
+        argv.push(format!("--proxy-server=http://127.0.0.1:{PROXY_PORT}"));
+        // Chromium sends loopback addresses around a proxy unless told not to,
+        // and the session's loopback has nothing but the proxy on it.
+        argv.push("--proxy-bypass-list=<-loopback>".into());
+    } else {
+        argv.push("--no-proxy-server".into());
+    }
+    argv.push(settings.start_url.clone());
+    argv
+}
+
+/// Returns the environment Chromium needs beyond the profile's: the time
+/// zone and language come from the profile, never from the host.
+pub fn chromium_environment(profile: &Profile, settings: &BrowserSettings) -> Vec<(String, String)> {
+    let language = settings.locale.replace('-', "_");
+    vec![("TZ".into(), profile.timezone.clone()), ("LANG".into(), format!("{language}.UTF-8")), ("LANGUAGE".into(), language)]
+}
+
+/// The browser of a live session, once its driver has attached.
+pub type BrowserSlot = watch::Receiver<Option<Arc<Browser>>>;
+
+/// Stops the driver when the session ends.
+struct DriverGuard {
+    task: tokio::task::JoinHandle<()>,
+    slot: watch::Sender<Option<Arc<Browser>>>,
+}
+
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = self.slot.send(None);
+    }
+}
+
+/// Returns the hook that connects to Chromium's DevTools pipe and starts the
+/// screencast, and the slot where the running browser appears.
+pub fn before_start(runtime: tokio::runtime::Handle, session_id: String, settings: &BrowserSettings) -> (BeforeStart, BrowserSlot) {
+    let (sender, slot) = watch::channel(None);
+    let (width, height) = (settings.width, settings.height);
+    let hook = BeforeStart(Box::new(move |start| {
+        let pipes = start.command_pipes.ok_or("the browser session has no DevTools pipe")?;
+        let connection = Connection::start(pipes.to_command, pipes.from_command);
+        let publish = sender.clone();
+        let task = runtime.spawn(async move {
+            match Browser::start(connection, width, height).await {
+                Ok(browser) => {
+                    let _ = publish.send(Some(Arc::new(browser)));
+                }
+                Err(error) => tracing::error!(session_id = %session_id, error = %error, "the browser driver could not attach to Chromium"),
+            }
+        });
+        Ok(Box::new(DriverGuard { task, slot: sender }) as StartGuard)
+    }));
+    (hook, slot)
+}
+
+/// Runs two hooks in order; the session keeps both guards.
+pub fn chain(first: Option<BeforeStart>, second: Option<BeforeStart>) -> Option<BeforeStart> {
+    match (first, second) {
+        (Some(first), Some(second)) => Some(BeforeStart(Box::new(move |start| {
+            let command_pipes = start.command_pipes;
+            let init_pid = start.init_pid;
+            let guard_one = (first.0)(mayfly_sandbox::session::StartContext { init_pid, command_pipes: None })?;
+            let guard_two = (second.0)(mayfly_sandbox::session::StartContext { init_pid, command_pipes })?;
+            Ok(Box::new((guard_one, guard_two)) as StartGuard)
+        }))),
+        (first, None) => first,
+        (None, second) => second,
+    }
+}
