@@ -69,7 +69,7 @@ export function liveSessionsTable(container, context, { query, showOwner, captio
     else time.textContent = `${describeEnd(session.end, session.exit_code)} ${formatTime(session.ended_unix_ms)}`;
     const actions = h('td', { className: 'actions' });
     if (live) {
-      actions.append(h('a', { className: 'button secondary', href: `#/sessions/${session.id}` }, session.kind === 'shell' ? 'Open terminal' : 'Open output'));
+      actions.append(h('a', { className: 'button secondary', href: `#/sessions/${session.id}` }, { shell: 'Open terminal', job: 'Open output', browser: 'Open browser' }[session.kind]));
       actions.append(endButton(session));
     }
     return h('tr', { 'data-session': session.id },

@@ -271,6 +271,61 @@ test('an admin sees every session, ends one, and reads the verified audit log', 
   await context.close();
 });
 
+test('browser session: page, link, German keys, Unicode paste and end', async () => {
+  const origin = required('MAYFLY_ORIGIN');
+  const { context, page } = await signedIn('alice');
+  const card = page.locator('li[data-profile="web"]');
+  await card.getByRole('button', { name: 'Launch web' }).click();
+  await page.waitForURL(/#\/sessions\/s-[0-9a-f]+$/);
+  const image = page.locator('#screen-image');
+  await page.waitForFunction(() => document.getElementById('screen-image')?.naturalWidth > 0, null, { timeout: 30000 });
+  const address = page.locator('#address');
+  await page.waitForFunction((expected) => document.getElementById('address').value === expected, `${origin}/`, { timeout: 15000 });
+  assert.match(await page.locator('#countdown').innerText(), /^Ends in \d+:\d\d/);
+  await shot(page, '11-browser-home');
+
+  // The link fills the top 300 of the page's 700 pixels.
+  const box = await image.boundingBox();
+  await page.mouse.click(box.x + box.width / 2, box.y + box.height * (150 / 700));
+  await page.waitForFunction((expected) => document.getElementById('address').value === expected, `${origin}/form`, { timeout: 15000 });
+
+  // Type as a German keyboard would: umlauts and ß are keys of their own,
+  // and AltGr+Q gives @, which the browser reports with Control and Alt.
+  const keyboard = page.locator('#remote-keyboard');
+  await keyboard.focus();
+  await page.waitForTimeout(300);
+  await page.keyboard.type('Grüße');
+  await keyboard.evaluate((node) => {
+    for (const type of ['keydown', 'keyup']) {
+      node.dispatchEvent(new KeyboardEvent(type, { key: '@', code: 'KeyQ', ctrlKey: true, altKey: true, bubbles: true, cancelable: true }));
+    }
+  });
+  // A paste of text outside the keyboard: CJK and an emoji.
+  await keyboard.evaluate((node) => {
+    const data = new DataTransfer();
+    data.setData('text/plain', ' 日本語 😀');
+    node.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
+  });
+  await page.waitForTimeout(300);
+  await shot(page, '12-browser-typed');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.getElementById('address').value.includes('/result?value='), null, { timeout: 15000 });
+  const sent = new URL(await address.inputValue()).searchParams.get('value');
+  assert.equal(sent, 'Grüße@ 日本語 😀');
+
+  // The address bar opens only web addresses.
+  await address.fill('file:///etc/passwd');
+  await address.press('Enter');
+  await page.locator('#banner').filter({ hasText: 'only http and https' }).waitFor();
+
+  await page.locator('#end-session').click();
+  await page.locator('#end-session').click();
+  await page.locator('#ended').waitFor({ timeout: 15000 });
+  assert.match(await page.locator('#end-reason').innerText(), /ended early/);
+  await shot(page, '13-browser-ended');
+  await context.close();
+});
+
 test('signing out ends the browser session', async () => {
   const { context, page } = await signedIn('bob');
   await page.getByRole('button', { name: 'Sign out' }).click();

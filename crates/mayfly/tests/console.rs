@@ -43,6 +43,49 @@ command = ["/bin/bash", "--norc", "--noprofile", "-i"]
 warnings = ["15s"]
 "#;
 
+/// A browser profile whose only allowed destination is the test's origin.
+fn web_profile(origin_port: u16) -> String {
+    let base = include_str!("../../mayfly-core/profiles/browser.toml");
+    let base = base.replace("start_url = \"about:blank\"", &format!("start_url = \"http://127.0.0.1:{origin_port}/\""));
+    let base = base.replace("width = 1280", "width = 1000").replace("height = 800", "height = 700");
+    format!("{base}\n[network]\negress = \"proxy\"\nallow = [\"127.0.0.1:{origin_port}\"]\n")
+}
+
+/// Pages on the host's loopback for the browser session to open: a home
+/// page with a large link to a form, the form, and a page that shows what
+/// the form sent. The allow rule of the `web` profile names this port.
+fn origin() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let body = if path == "/" {
+                    "<!doctype html><title>Origin home</title><body style=\"margin:0;font:32px sans-serif\"><a id=next href=\"/form\" style=\"display:block;height:300px;background:#cde\">Go to the form</a><p>Welcome to the origin.</p>".to_string()
+                } else if path == "/form" {
+                    "<!doctype html><title>Form</title><body style=\"margin:0;font:32px sans-serif\"><form action=\"/result\"><input id=field name=value autofocus style=\"font-size:32px;width:900px\"></form>".to_string()
+                } else {
+                    "<!doctype html><title>Result</title><body style=\"font:32px sans-serif\"><p>Thank you.</p>".to_string()
+                };
+                let mut stream = stream;
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            });
+        }
+    });
+    port
+}
+
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
@@ -69,6 +112,8 @@ fn console_in_chromium() {
     let scratch = Scratch::new("console");
     let profiles = scratch.path.join("profiles");
     common::write(&profiles.join("quick.toml"), QUICK_PROFILE);
+    let origin_port = origin();
+    common::write(&profiles.join("web.toml"), &web_profile(origin_port));
     let profiles_arg = profiles.to_str().unwrap().to_string();
     let server = server::start(&scratch.state_dir(), &["--profiles-dir", &profiles_arg], &[]);
     let alice = create_token(&server, "alice", "dev");
@@ -84,6 +129,7 @@ fn console_in_chromium() {
         .env("MAYFLY_BOB_TOKEN", &bob)
         .env("MAYFLY_SCREENSHOTS", &screenshots)
         .env("CHROMIUM", &chromium)
+        .env("MAYFLY_ORIGIN", format!("http://127.0.0.1:{origin_port}"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run node ({e}); the console test needs Node.js 18 or later: apt-get install -y nodejs"));
     let text = server::output_text(&output);

@@ -6,6 +6,7 @@ import { FitAddon } from '../vendor/addon-fit.mjs';
 import { api, ApiError, attachUrl } from '../api.js';
 import { h, fill } from '../dom.js';
 import { describeEnd, formatRemaining, formatSeconds, isLive } from '../format.js';
+import { browserView } from './browser.js';
 
 const encoder = new TextEncoder();
 
@@ -23,15 +24,26 @@ export async function sessionPage(main, context, id) {
   const hint = h('p', { className: 'hint', id: 'terminal-hint', hidden: true }, 'F6 moves the keyboard focus from the terminal to the buttons above it.');
   main.append(bar, banner, notice, box, hint);
 
+  function warn(text) {
+    banner.hidden = false;
+    banner.textContent = text;
+  }
+
   // Set before any early return, because showEnded reads them.
   let term = null;
   let socket = null;
   let ended = false;
+  let replay = false;
   let session;
   try {
     session = await api('GET', `/v1/sessions/${encodeURIComponent(id)}`);
   } catch (error) {
-    if (error instanceof ApiError && error.status === 410) {
+    if (error instanceof ApiError && error.status === 410 && error.problem.session?.kind === 'job') {
+      // A job that ended moments ago: its output is still kept on the
+      // server for a while, so attach to read it and its end.
+      session = error.problem.session;
+      replay = true;
+    } else if (error instanceof ApiError && error.status === 410) {
       showEnded(error.problem.state, error.problem.end, error.problem.exit_code);
     } else if (error instanceof ApiError && (error.status === 404 || error.status === 403)) {
       fill(bar, heading);
@@ -40,9 +52,9 @@ export async function sessionPage(main, context, id) {
     } else {
       fill(notice, h('p', { className: 'error', role: 'alert' }, error.message));
     }
-    return null;
+    if (!replay) return null;
   }
-  if (!isLive(session.state)) {
+  if (!isLive(session.state) && !replay) {
     showEnded(session.state, session.end, session.exit_code);
     return null;
   }
@@ -52,6 +64,49 @@ export async function sessionPage(main, context, id) {
   const shell = session.kind === 'shell';
   state.textContent = session.state;
   state.className = `state state-${session.state}`;
+
+  function tick() {
+    if (ended) return;
+    const left = deadline - context.now();
+    countdown.textContent = left > 0 ? `Ends in ${formatRemaining(left)}` : 'Ending';
+    countdown.classList.toggle('soon', left <= 60_000);
+  }
+
+  let armed = false;
+  endButton.addEventListener('click', async () => {
+    if (!armed) {
+      armed = true;
+      endButton.textContent = 'Confirm: end and destroy';
+      return;
+    }
+    endButton.disabled = true;
+    try {
+      await api('DELETE', `/v1/sessions/${encodeURIComponent(id)}`);
+    } catch (error) {
+      warn(`The session could not be ended: ${error.message}`);
+      endButton.disabled = false;
+    }
+  });
+  endButton.addEventListener('blur', () => {
+    if (armed && !endButton.disabled) {
+      armed = false;
+      endButton.textContent = 'End session';
+    }
+  });
+
+  if (session.kind === 'browser') {
+    const browserBody = h('div', { className: 'browser-body', id: 'browser' });
+    main.insertBefore(browserBody, box);
+    const disconnect = browserView(session, { body: browserBody, notice, state }, { showEnded, warn });
+    tick();
+    const browserTicker = setInterval(tick, 1000);
+    return () => {
+      ended = true;
+      clearInterval(browserTicker);
+      disconnect();
+    };
+  }
+
 
   term = new Terminal({
     convertEol: !shell,
@@ -92,10 +147,6 @@ export async function sessionPage(main, context, id) {
     if (shell && socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: 'resize', rows, cols }));
   }
 
-  function warn(text) {
-    banner.hidden = false;
-    banner.textContent = text;
-  }
 
   function connect(mode) {
     attached = false;
@@ -162,35 +213,6 @@ export async function sessionPage(main, context, id) {
       ),
     );
   }
-
-  function tick() {
-    if (ended) return;
-    const left = deadline - context.now();
-    countdown.textContent = left > 0 ? `Ends in ${formatRemaining(left)}` : 'Ending';
-    countdown.classList.toggle('soon', left <= 60_000);
-  }
-
-  let armed = false;
-  endButton.addEventListener('click', async () => {
-    if (!armed) {
-      armed = true;
-      endButton.textContent = 'Confirm: end and destroy';
-      return;
-    }
-    endButton.disabled = true;
-    try {
-      await api('DELETE', `/v1/sessions/${encodeURIComponent(id)}`);
-    } catch (error) {
-      warn(`The session could not be ended: ${error.message}`);
-      endButton.disabled = false;
-    }
-  });
-  endButton.addEventListener('blur', () => {
-    if (armed && !endButton.disabled) {
-      armed = false;
-      endButton.textContent = 'End session';
-    }
-  });
 
   function showEnded(finalState, end, exitCode) {
     ended = true;

@@ -19,7 +19,7 @@ export async function sessionsPage(main, context) {
   });
   try {
     const { profiles } = await api('GET', '/v1/profiles');
-    const usable = profiles.filter((p) => !p.error && p.may_launch && (p.kind === 'shell' || p.kind === 'job'));
+    const usable = profiles.filter((p) => !p.error && p.may_launch && ['shell', 'job', 'browser'].includes(p.kind));
     if (usable.length === 0) fill(launch, h('li', { className: 'empty' }, 'No profile may be launched with your permissions.'));
     else fill(launch, usable.map((profile) => profileCard(profile)));
   } catch (error) {
@@ -98,7 +98,7 @@ function profileCard(profile) {
   });
   return h('li', { className: 'card', 'data-profile': profile.name },
     h('h3', {}, profile.name),
-    h('p', { className: 'hint' }, `${profile.kind === 'shell' ? 'Interactive shell' : 'One-shot job'}${profile.description ? `: ${profile.description}` : ''}`),
+    h('p', { className: 'hint' }, `${{ shell: 'Interactive shell', job: 'One-shot job', browser: 'Remote browser' }[profile.kind]}${profile.description ? `: ${profile.description}` : ''}`),
     form,
   );
 }

@@ -92,6 +92,10 @@ pub async fn attach(
     let session = app.session_or_404(&id).await?;
     app.authorize(&who, Action::AttachSession, &resource(&session), None).await?;
     let upgrade = upgrade.map_err(|e| Problem::bad_request(format!("this endpoint needs a WebSocket upgrade: {}", e.body_text())))?;
+    let browser = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(|l| l.browser.clone().map(|slot| (Arc::clone(&l.output), slot, Arc::clone(&l.browser_writer))));
+    if let Some((output, slot, writer_flag)) = browser {
+        return attach_browser(&app, who, &session, output, slot, writer_flag, query.mode.as_deref(), upgrade).await;
+    }
     let live = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| (Arc::clone(&l.output), l.terminal.clone(), l.shell.clone()));
     let (live_output, terminal, shell) = match live {
         Some((output, terminal, shell)) => (Some(output), terminal, shell),
@@ -170,11 +174,67 @@ pub async fn attach(
     }))
 }
 
+/// Releases a browser session's writer claim when its viewer leaves.
+struct BrowserWriter(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for BrowserWriter {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Attaches a viewer to a browser session: the first viewer drives it,
+/// and `mode=observe` watches without input.
+#[allow(clippy::too_many_arguments)]
+async fn attach_browser(
+    app: &Arc<App>,
+    who: Authenticated,
+    session: &crate::store::SessionRecord,
+    output: Arc<Output>,
+    slot: crate::sessions::browser::BrowserSlot,
+    writer_flag: Arc<std::sync::atomic::AtomicBool>,
+    mode: Option<&str>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, Problem> {
+    let id = session.id.clone();
+    let claim = match mode {
+        Some("observe") => None,
+        None | Some("write") => {
+            if writer_flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(Problem::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "writer-attached",
+                    "Another client is attached",
+                    format!("another viewer controls browser session {id}; watch instead with mode=observe"),
+                ));
+            }
+            Some(BrowserWriter(writer_flag))
+        }
+        Some(other) => return Err(Problem::bad_request(format!("mode {other:?} is not known; use write or observe"))),
+    };
+    let role_name = if claim.is_some() { "writer" } else { "observer" };
+    let attached = Entry::new("session.attached", &crate::sessions::actor(&who)).session(&id).field("token", who.token_prefix.clone()).field("role", role_name);
+    app.audit.one(attached).await.map_err(|e| Problem::audit_failed(&e))?;
+    let summary = json!({ "type": "session", "id": id, "kind": session.kind, "state": session.state, "deadline_unix_ms": session.deadline_unix_ms, "role": role_name });
+    let warnings = Warnings::new(session.deadline_unix_ms, vec![300_000, 60_000]);
+    let limit = app.config.limits.max_websocket_message_bytes;
+    let app = Arc::clone(app);
+    Ok(upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
+        let writer = claim.is_some();
+        let reason = super::attach_browser::stream(socket, output, slot, summary, writer, warnings).await;
+        drop(claim);
+        let detached = Entry::new("session.detached", &crate::sessions::actor(&who)).session(&id).field("reason", reason);
+        if let Err(error) = app.audit.one(detached).await {
+            tracing::error!(session_id = %id, error = %error, "failed to record a detach");
+        }
+    }))
+}
+
 /// The deadline warnings still to send, as `(at_unix_ms, remaining_seconds)`.
-struct Warnings(Vec<(i64, i64)>);
+pub(super) struct Warnings(Vec<(i64, i64)>);
 
 impl Warnings {
-    fn new(deadline_unix_ms: i64, before_ms: Vec<i64>) -> Warnings {
+    pub(super) fn new(deadline_unix_ms: i64, before_ms: Vec<i64>) -> Warnings {
         let now = now_ms();
         let mut due: Vec<(i64, i64)> = before_ms.into_iter().map(|b| (deadline_unix_ms - b, b / 1000)).filter(|(at, _)| *at > now).collect();
         due.sort();
@@ -182,7 +242,7 @@ impl Warnings {
     }
 
     /// Time until the next warning, or a long wait when none is left.
-    fn next_in(&self) -> std::time::Duration {
+    pub(super) fn next_in(&self) -> std::time::Duration {
         match self.0.first() {
             Some((at, _)) => std::time::Duration::from_millis((at - now_ms()).max(0) as u64),
             None => std::time::Duration::from_secs(3600),
@@ -190,7 +250,7 @@ impl Warnings {
     }
 
     /// Takes the warnings that are due and returns their remaining seconds.
-    fn take_due(&mut self) -> Vec<i64> {
+    pub(super) fn take_due(&mut self) -> Vec<i64> {
         let now = now_ms();
         let due: Vec<i64> = self.0.iter().filter(|(at, _)| *at <= now).map(|(_, seconds)| *seconds).collect();
         self.0.retain(|(at, _)| *at > now);

@@ -20,7 +20,7 @@ const API_POLICY: &str = "default-src 'none'; frame-ancestors 'none'; base-uri '
 /// Builds the policy of the console's page, with its nonce.
 fn page_policy(nonce: &str) -> String {
     format!(
-        "default-src 'none'; script-src 'self'; style-src 'self' 'nonce-{nonce}'; img-src 'self'; font-src 'self'; \
+        "default-src 'none'; script-src 'self'; style-src 'self' 'nonce-{nonce}'; img-src 'self' blob:; font-src 'self'; \
          connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'"
     )
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, limits on bodies, and the fallback responses.
 
 mod attach;
+mod attach_browser;
 mod audit;
 mod body;
 pub mod caller;

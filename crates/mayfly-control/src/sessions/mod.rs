@@ -49,6 +49,8 @@ pub struct Live {
     pub shell: Option<mayfly_core::profile::ShellSettings>,
     /// A browser session's browser, once its driver has attached.
     pub browser: Option<browser::BrowserSlot>,
+    /// Set while a viewer is attached to a browser session as its writer.
+    pub browser_writer: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A terminal's size in a request.
@@ -362,7 +364,7 @@ impl App {
             other => Problem::bad_request(other.to_string()),
         })?;
         let Checked { ttl, limits, argv, terminal } = validate(&profile, &request)?;
-        let kind = if terminal.is_some() { "shell" } else { "job" };
+        let kind = profile.kind.as_str();
         self.authorize(who, Action::CreateSession, &Resource::Profile { name: &profile.name, kind }, Some(ttl.as_duration().as_secs() as i64))
             .await?;
         profiles::check_on_host(&profile).map_err(|message| Problem::unavailable("profile-unusable", message, None))?;
@@ -499,6 +501,7 @@ impl App {
                 terminal: input.clone(),
                 shell: profile.shell.clone(),
                 browser: None,
+                browser_writer: Arc::default(),
             },
         );
         let spec = job::JobSpec {
