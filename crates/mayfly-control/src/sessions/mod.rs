@@ -426,6 +426,7 @@ impl App {
             end: None,
             exit_code: None,
             detail: None,
+            isolation: crate::store::isolation_for(kind),
         };
         let attach = match self.issue_attach_token(&record, &owner).await {
             Ok(attach) => attach,

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row};
 
-pub use records::{AttachTokenRecord, Ending, EventRecord, Principal, SessionFilter, SessionRecord, TokenRecord, WebSessionRecord};
+pub use records::{isolation_for, AttachTokenRecord, Ending, EventRecord, Principal, SessionFilter, SessionRecord, TokenRecord, WebSessionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -89,11 +89,13 @@ macro_rules! session_from_row {
         let end: Option<String> = row.try_get("end_json")?;
         let detail: Option<String> = row.try_get("detail_json")?;
         let exit_code: Option<i64> = row.try_get("exit_code")?;
+        let kind: String = row.try_get("kind")?;
         SessionRecord {
             id: row.try_get("id")?,
             owner: row.try_get("owner")?,
             profile: row.try_get("profile")?,
-            kind: row.try_get("kind")?,
+            isolation: records::isolation_for(&kind),
+            kind,
             state: state_of(&row.try_get::<String, _>("state")?)?,
             command: serde_json::from_str(&command).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             ttl_ms: row.try_get("ttl_ms")?,

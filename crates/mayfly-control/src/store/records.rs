@@ -45,6 +45,23 @@ pub struct SessionRecord {
     pub exit_code: Option<i32>,
     /// Usage, teardown evidence and the isolation in place, once ended.
     pub detail: Option<serde_json::Value>,
+    /// For a browser session, how Chromium is isolated, from its start;
+    /// derived from the kind, not stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<serde_json::Value>,
+}
+
+/// Returns what a session of `kind` states about its isolation beyond the
+/// sandbox every session has: for browsers, that Chromium's own sandbox is
+/// off, and why.
+pub fn isolation_for(kind: &str) -> Option<serde_json::Value> {
+    (kind == "browser").then(|| {
+        serde_json::json!({
+            "chromium_sandbox": false,
+            "reason": "Chromium's namespace sandbox needs to create user namespaces, which Mayfly's seccomp filter denies to every session, so Chromium runs with --no-sandbox inside Mayfly's sandbox",
+            "layers": ["namespaces", "seccomp", "landlock", "cgroups", "unprivileged uid", "egress proxy"],
+        })
+    })
 }
 
 /// One lifecycle transition or notable moment of a session.

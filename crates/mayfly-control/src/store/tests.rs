@@ -18,6 +18,7 @@ fn session(id: &str, owner: &str, created: i64) -> SessionRecord {
         end: None,
         exit_code: None,
         detail: None,
+        isolation: None,
     }
 }
 

@@ -118,6 +118,7 @@ impl Harness {
             end: None,
             exit_code: None,
             detail: None,
+            isolation: None,
         };
         self.app.store.insert_session(&record).await.unwrap();
         let path: &[SessionState] = match state {
