@@ -40,6 +40,9 @@ export async function api(method, path, body) {
   } catch {
     data = null;
   }
+  if (response.status === 401 && path !== '/v1/auth/session') {
+    window.dispatchEvent(new CustomEvent('mayfly:signed-out'));
+  }
   if (!response.ok) {
     throw new ApiError(response.status, data && typeof data === 'object' ? data : { detail: `The server returned ${response.status} ${response.statusText}.` });
   }

@@ -34,9 +34,34 @@ const context = {
   signedOut() {
     this.me = null;
     setCsrf(null);
+    localStorage.removeItem(SIGNED_IN);
     showUser();
   },
 };
+
+/** Set while this browser is signed in, so a page load without it goes
+ *  straight to the sign-in page instead of probing the server. */
+const SIGNED_IN = 'mayfly.signed-in';
+/** Tells the other tabs of this browser about a sign-out. */
+const tabs = new BroadcastChannel('mayfly');
+
+/** Ends the page's use of a browser session that is gone. */
+function signedOutHere(message) {
+  if (!context.me && location.hash === '#/signin') return;
+  context.signedOut();
+  if (leave) {
+    leave();
+    leave = null;
+  }
+  sessionStorage.setItem('mayfly.signin-message', message);
+  location.hash = '#/signin';
+}
+
+window.addEventListener('mayfly:signed-out', () => signedOutHere('Your sign-in has ended. Sign in again to go on.'));
+tabs.addEventListener('message', (event) => {
+  if (event.data === 'signed-out') signedOutHere('You signed out in another tab.');
+});
+window.addEventListener('mayfly:signed-in', () => localStorage.setItem(SIGNED_IN, '1'));
 
 function showUser() {
   const me = context.me;
@@ -62,7 +87,15 @@ async function route() {
     leave();
     leave = null;
   }
+  if (context.me && hash === '#/signin') {
+    location.replace('#/sessions');
+    return;
+  }
   if (!context.me && hash !== '#/signin') {
+    if (!localStorage.getItem(SIGNED_IN)) {
+      location.replace('#/signin');
+      return;
+    }
     try {
       await context.refreshMe();
     } catch (error) {
@@ -120,6 +153,7 @@ document.getElementById('sign-out').addEventListener('click', async () => {
     console.warn('sign-out', error);
   }
   context.signedOut();
+  tabs.postMessage('signed-out');
   location.hash = '#/signin';
 });
 

@@ -35,7 +35,7 @@ export function describeEnd(end, exitCode) {
     case 'command_not_found': return `The command ${end.command} was not found in the sandbox.`;
     case 'command_not_executable': return `The command ${end.command} could not be run: ${end.error}.`;
     case 'setup_failed': return `The sandbox could not be set up (${end.step}: ${end.error}).`;
-    case 'destroyed': return `The session was ended early: ${end.detail}.`;
+    case 'destroyed': return `The session was ended before its deadline (${end.detail}).`;
     case 'interrupted': return `The server stopped while the session ran: ${end.detail}.`;
     default: return exitCode == null ? `The session ended (${end.reason}).` : `The session ended (${end.reason}, code ${exitCode}).`;
   }

@@ -64,7 +64,7 @@ export function liveSessionsTable(container, context, { query, showOwner, captio
 
   function row(session) {
     const live = isLive(session.state);
-    const time = h('td', { className: live ? 'mono' : '' });
+    const time = h('td', {});
     if (live) countdowns.push([time, session.deadline_unix_ms]);
     else time.textContent = `${describeEnd(session.end, session.exit_code)} ${formatTime(session.ended_unix_ms)}`;
     const actions = h('td', { className: 'actions' });
@@ -75,7 +75,7 @@ export function liveSessionsTable(container, context, { query, showOwner, captio
     return h('tr', { 'data-session': session.id },
       h('td', {}, h('a', { className: 'mono', href: `#/sessions/${session.id}` }, session.id)),
       showOwner && h('td', {}, session.owner),
-      h('td', {}, `${session.profile} (${session.kind})`),
+      h('td', {}, session.profile === session.kind ? session.profile : `${session.profile} (${session.kind})`),
       h('td', { className: `state state-${session.state}` }, session.state),
       time,
       actions,
@@ -114,13 +114,17 @@ export function liveSessionsTable(container, context, { query, showOwner, captio
   function tick() {
     for (const [cell, deadline] of countdowns) {
       const left = deadline - context.now();
-      cell.textContent = left > 0 ? `ends in ${formatRemaining(left)}` : 'ending';
+      cell.textContent = left > 0 ? `Ends in ${formatRemaining(left)}` : 'Ending';
     }
   }
 
   load();
   const ticker = setInterval(tick, 1000);
-  const refresher = setInterval(load, 5000);
+  // Every list request is an audited policy decision, so the list refreshes
+  // slowly, and only while the page is visible.
+  const refresher = setInterval(() => {
+    if (document.visibilityState === 'visible') load();
+  }, 10000);
   return () => {
     clearInterval(ticker);
     clearInterval(refresher);

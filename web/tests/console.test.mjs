@@ -145,7 +145,7 @@ test('shell from launch to deadline', async () => {
   await shot(page, '04-terminal');
 
   const banner = page.locator('#banner');
-  await banner.filter({ hasText: 'This session ends in 15 seconds' }).waitFor({ timeout: 20000 });
+  await banner.filter({ hasText: /This session ends in (15 seconds|0:1\d)/ }).waitFor({ timeout: 20000 });
   await shot(page, '05-warning');
 
   const ended = page.locator('#ended');
@@ -230,9 +230,23 @@ test('a page of another origin cannot attach with the signed-in cookie', async (
   assert.notEqual(fetched, 204, 'a cross-origin delete with the cookie did not end the session');
   foreign.close();
 
-  // The session's own page can still attach.
+  // The session's own page can still attach, and its terminal follows the
+  // window's height both ways.
   await page.goto(`${url}/#/sessions/${id}`);
   await waitForTerminalText(page, PROMPT);
+  const rows = async (mark) => {
+    await page.locator('.xterm-helper-textarea').focus();
+    await page.keyboard.type(`clear; echo "${mark} $(stty size)"`);
+    await page.keyboard.press('Enter');
+    const pattern = new RegExp(`^${mark} (\\d+) \\d+ *$`, 'm');
+    const text = await waitForTerminalText(page, pattern);
+    return Number(text.match(pattern)[1]);
+  };
+  const tall = await rows('tall');
+  await page.setViewportSize({ width: 1366, height: 450 });
+  await page.waitForTimeout(300);
+  const short = await rows('short');
+  assert.ok(short < tall, `the terminal shrank with the window: ${tall} rows, then ${short}`);
   await context.close();
 });
 
@@ -265,7 +279,7 @@ test('an admin sees every session, ends one, and reads the verified audit log', 
 
   // The owner's terminal shows the end screen with who ended it.
   await owner.page.locator('#ended').waitFor({ timeout: 10000 });
-  assert.match(await owner.page.locator('#end-reason').innerText(), /ended early/);
+  assert.match(await owner.page.locator('#end-reason').innerText(), /ended before its deadline/);
   await shot(owner.page, '09-ended-by-admin');
   await owner.context.close();
   await context.close();
@@ -321,19 +335,25 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   await page.locator('#end-session').click();
   await page.locator('#end-session').click();
   await page.locator('#ended').waitFor({ timeout: 15000 });
-  assert.match(await page.locator('#end-reason').innerText(), /ended early/);
+  assert.match(await page.locator('#end-reason').innerText(), /ended before its deadline/);
   await shot(page, '13-browser-ended');
   await context.close();
 });
 
 test('signing out ends the browser session', async () => {
   const { context, page } = await signedIn('bob');
+  const other = await context.newPage();
+  await other.goto(`${url}/#/sessions`);
+  await other.getByRole('heading', { name: 'Sessions', level: 1 }).waitFor();
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.waitForURL(/#\/signin$/);
   await page.goto(`${url}/#/sessions`);
   await page.waitForURL(/#\/signin$/);
   const status = await page.evaluate(() => fetch('/v1/me').then((r) => r.status));
   assert.equal(status, 401);
+  // The other tab of the same browser follows.
+  await other.waitForURL(/#\/signin$/);
+  await other.locator('#signin-error').filter({ hasText: 'another tab' }).waitFor();
   await context.close();
 });
 

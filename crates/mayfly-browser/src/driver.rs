@@ -128,8 +128,12 @@ impl Browser {
             .call("Page.startScreencast", json!({ "format": "jpeg", "quality": 75, "maxWidth": width, "maxHeight": height, "everyNthFrame": 1 }), Some(&page))
             .await?;
 
+        // The start page may have loaded before Page.enable, so its address
+        // comes from the history rather than from an event.
+        let history = connection.call("Page.getNavigationHistory", json!({}), Some(&page)).await?;
+        let current = history["currentIndex"].as_u64().and_then(|i| history["entries"].get(i as usize)).and_then(|e| e["url"].as_str()).unwrap_or_default().to_string();
         let (frame_sender, frames) = watch::channel(None);
-        let (status_sender, status) = watch::channel(Status::Running { url: String::new(), title: String::new() });
+        let (status_sender, status) = watch::channel(Status::Running { url: current, title: String::new() });
         let events_connection = connection.clone();
         let events_page = page.clone();
         let task = tokio::spawn(async move {

@@ -25,15 +25,18 @@ export async function adminPage(main, context) {
     const status = h('div', { id: 'audit-status', 'aria-live': 'polite' }, h('p', { className: 'hint' }, 'Verifying the audit log...'));
     const records = h('div', { id: 'audit-records' });
     const verify = h('button', { type: 'button', className: 'secondary', id: 'audit-verify' }, 'Verify again');
-    main.append(h('section', { 'aria-labelledby': 'audit-title' }, h('h2', { id: 'audit-title' }, 'Audit log'), status, h('p', {}, verify), records));
-    const load = () => loadAudit(status, records);
+    const checks = h('input', { type: 'checkbox', id: 'audit-show-checks' });
+    main.append(h('section', { 'aria-labelledby': 'audit-title' }, h('h2', { id: 'audit-title' }, 'Audit log'), status,
+      h('p', {}, verify, ' ', checks, ' ', h('label', { for: 'audit-show-checks', className: 'inline' }, 'Show allowed permission checks')), records));
+    const load = () => loadAudit(status, records, checks.checked);
     verify.addEventListener('click', load);
+    checks.addEventListener('change', load);
     load();
   }
   return stop;
 }
 
-async function loadAudit(status, records) {
+async function loadAudit(status, records, showChecks) {
   let total = 0;
   try {
     const result = await api('GET', '/v1/audit/verify');
@@ -53,7 +56,10 @@ async function loadAudit(status, records) {
   try {
     const since = Math.max(1, total - AUDIT_PAGE + 1);
     const page = await api('GET', `/v1/audit?since=${since}&limit=${AUDIT_PAGE}`);
-    const rows = page.records.reverse().map((record) => h('tr', {},
+    // Allowed permission checks are most of the log, the console's own
+    // reads among them, so they are hidden unless asked for.
+    const shown = page.records.reverse().filter((record) => showChecks || !(record.kind === 'authz.decision' && record.fields?.allowed === true));
+    const rows = shown.map((record) => h('tr', {},
       h('td', { className: 'mono' }, String(record.seq)),
       h('td', {}, formatTime(record.time_unix_ms)),
       h('td', { className: 'mono' }, record.kind),

@@ -17,7 +17,7 @@ export async function sessionPage(main, context, id) {
   const countdown = h('span', { className: 'countdown', id: 'countdown', role: 'timer', 'aria-live': 'off', 'aria-label': 'Time left' }, '');
   const endButton = h('button', { type: 'button', className: 'danger', id: 'end-session' }, 'End session');
   const bar = h('div', { className: 'session-bar' }, heading, state, countdown, h('span', { className: 'spacer' }), endButton,
-    h('a', { className: 'button secondary', href: '#/sessions' }, 'Back to sessions'));
+    h('a', { className: 'button secondary', href: '#/sessions', id: 'back-link' }, 'Back to sessions'));
   const banner = h('p', { className: 'banner', id: 'banner', role: 'alert', hidden: true });
   const notice = h('div', { id: 'notice' });
   const box = h('div', { className: 'terminal-box', id: 'terminal', hidden: true });
@@ -34,6 +34,8 @@ export async function sessionPage(main, context, id) {
   let socket = null;
   let ended = false;
   let replay = false;
+  /** Set once a deadline warning is shown, so the banner counts down too. */
+  let deadlineWarned = false;
   let session;
   try {
     session = await api('GET', `/v1/sessions/${encodeURIComponent(id)}`);
@@ -47,7 +49,7 @@ export async function sessionPage(main, context, id) {
       showEnded(error.problem.state, error.problem.end, error.problem.exit_code);
     } else if (error instanceof ApiError && (error.status === 404 || error.status === 403)) {
       fill(bar, heading);
-      fill(notice, h('p', { className: 'error', role: 'alert' }, `You cannot open session ${id}: ${error.message}`),
+      fill(notice, h('p', { className: 'error', role: 'alert' }, `You cannot open session ${id}: it does not exist, or it is not yours and your permissions do not cover it.`),
         h('p', {}, h('a', { href: '#/sessions' }, 'Back to your sessions')));
     } else {
       fill(notice, h('p', { className: 'error', role: 'alert' }, error.message));
@@ -61,6 +63,9 @@ export async function sessionPage(main, context, id) {
 
   let deadline = session.deadline_unix_ms;
   let attached = false;
+  if (session.kind === 'job') {
+    bar.insertBefore(h('code', { className: 'command', id: 'job-command' }, session.command.join(' ')), countdown);
+  }
   const shell = session.kind === 'shell';
   state.textContent = session.state;
   state.className = `state state-${session.state}`;
@@ -70,6 +75,7 @@ export async function sessionPage(main, context, id) {
     const left = deadline - context.now();
     countdown.textContent = left > 0 ? `Ends in ${formatRemaining(left)}` : 'Ending';
     countdown.classList.toggle('soon', left <= 60_000);
+    if (deadlineWarned) warn(`This session ends in ${formatRemaining(left)}. Everything in it will be destroyed: save what you need now.`);
   }
 
   let armed = false;
@@ -155,7 +161,12 @@ export async function sessionPage(main, context, id) {
     socket.binaryType = 'arraybuffer';
     socket.addEventListener('message', (event) => {
       if (typeof event.data !== 'string') {
-        term.write(new Uint8Array(event.data).subarray(1));
+        const bytes = new Uint8Array(event.data);
+        // A job's standard error (stream 2) shows in red.
+        if (bytes[0] === 2 && !shell) term.write(`\x1b[31m`);
+        term.write(bytes.subarray(1));
+        if (bytes[0] === 2 && !shell) term.write(`\x1b[0m`);
+        if (state.textContent === 'pending' || state.textContent === 'starting') state.textContent = 'running';
         return;
       }
       const message = JSON.parse(event.data);
@@ -168,10 +179,11 @@ export async function sessionPage(main, context, id) {
           if (shell && message.role === 'writer') term.focus();
           break;
         case 'warning':
+          deadlineWarned = true;
           warn(`This session ends in ${formatSeconds(message.remaining_seconds)}. Everything in it will be destroyed: save what you need now.`);
           break;
         case 'idle_warning':
-          warn(`No input for a while: this session ends in ${formatSeconds(message.remaining_seconds)} unless you type something.`);
+          warn(`No input for a while: the idle timeout ends this session in ${formatSeconds(message.remaining_seconds)}, before its deadline, unless you type something.`);
           break;
         case 'dropped':
           warn('Some output was skipped because the connection could not keep up.');
@@ -201,13 +213,16 @@ export async function sessionPage(main, context, id) {
         return;
       }
     }
-    const text = attached
-      ? 'The connection to this session was lost. The session still runs until its deadline.'
-      : 'This session could not be opened here. Another window or client may be attached to it as its writer; close it, or watch without typing when the profile allows observers.';
+    let text = 'The connection to this session was lost. The session still runs until its deadline.';
+    if (!attached && mode === 'observe') {
+      text = 'Watching is not possible: this session\'s profile allows no observers.';
+    } else if (!attached) {
+      text = 'This session could not be opened here: another window or client is attached to it as its writer. Close that one and reconnect.';
+    }
     fill(notice,
       h('p', { className: 'error', role: 'alert' }, text),
       h('p', {},
-        h('button', { type: 'button', onclick: () => connect(mode) }, 'Reconnect'),
+        h('button', { type: 'button', onclick: () => connect() }, 'Reconnect'),
         shell && mode !== 'observe' && ' ',
         shell && mode !== 'observe' && h('button', { type: 'button', className: 'secondary', onclick: () => connect('observe') }, 'Watch without typing'),
       ),
@@ -225,6 +240,8 @@ export async function sessionPage(main, context, id) {
     countdown.textContent = 'Ended';
     countdown.classList.remove('soon');
     endButton.hidden = true;
+    document.getElementById('back-link')?.setAttribute('hidden', '');
+    deadlineWarned = false;
     banner.hidden = true;
     hint.hidden = true;
     const title = h('h2', { id: 'ended-title', tabIndex: -1 }, 'Session ended');

@@ -63,6 +63,7 @@ function profileCard(profile) {
   const form = h('form', { 'aria-label': `Launch a ${profile.kind} session with the ${profile.name} profile` },
     command && h('label', { for: `${id}-command` }, 'Command'),
     command,
+    command && h('p', { className: 'hint', id: `${id}-command-hint` }, 'Split on spaces; quotes keep spaces inside one argument. No shell runs it: for pipes or $VARIABLES use ', h('code', {}, "/bin/sh -c '...'"), '.'),
     h('label', { for: `${id}-ttl` }, 'Time to live'),
     ttl,
     h('p', { className: 'hint', id: `${id}-ttl-hint` }, `Such as 90s, 15m or 1h. Default ${profile.default_ttl}, at most ${profile.max_ttl}. The session and everything in it is destroyed at the end.`),
@@ -97,8 +98,8 @@ function profileCard(profile) {
     }
   });
   return h('li', { className: 'card', 'data-profile': profile.name },
-    h('h3', {}, profile.name),
-    h('p', { className: 'hint' }, `${{ shell: 'Interactive shell', job: 'One-shot job', browser: 'Remote browser' }[profile.kind]}${profile.description ? `: ${profile.description}` : ''}`),
+    h('h3', {}, profile.name, ' ', h('span', { className: 'kind' }, { shell: 'shell', job: 'job', browser: 'browser' }[profile.kind])),
+    h('p', { className: 'hint' }, profile.description || { shell: 'Interactive shell', job: 'One-shot job', browser: 'Remote browser' }[profile.kind]),
     form,
   );
 }

@@ -21,7 +21,7 @@ export function signInPage(main, context) {
     h('h1', { id: 'signin-title' }, 'Sign in to Mayfly'),
     h('label', { for: 'token' }, 'API token'),
     input,
-    h('p', { className: 'hint', id: 'token-hint' }, 'An API token starts with mfy_. Ask your Mayfly administrator for one, or create one with mayfly token create. The browser keeps only a session cookie that ends within 8 hours, never the token.'),
+    h('p', { className: 'hint', id: 'token-hint' }, 'An API token starts with ', h('code', {}, 'mfy_'), '. Ask your Mayfly administrator for one, or create one with ', h('code', {}, 'mayfly token create'), '. The browser keeps only a session cookie that ends within 8 hours, never the token.'),
     error,
     h('p', {}, button),
   );
@@ -38,6 +38,7 @@ export function signInPage(main, context) {
     try {
       const signedIn = await api('POST', '/v1/auth/session', { token });
       setCsrf(signedIn.csrf);
+      window.dispatchEvent(new CustomEvent('mayfly:signed-in'));
       input.value = '';
       await context.refreshMe();
       location.hash = '#/sessions';
@@ -50,6 +51,11 @@ export function signInPage(main, context) {
       button.disabled = false;
     }
   });
+  const message = sessionStorage.getItem('mayfly.signin-message');
+  if (message) {
+    sessionStorage.removeItem('mayfly.signin-message');
+    error.textContent = message;
+  }
   main.append(form);
   input.focus();
 }
