@@ -298,8 +298,20 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   assert.match(await page.locator('#countdown').innerText(), /^Ends in \d+:\d\d/);
   await shot(page, '11-browser-home');
 
-  // The link fills the top 300 of the page's 700 pixels.
+  // The download link is 300 to 400 pixels down the page's 700. The
+  // default policy refuses the download, tells the viewer and audits it.
   const box = await image.boundingBox();
+  assert.deepEqual(await image.evaluate((node) => [node.naturalWidth, node.naturalHeight]), [1000, 700], 'frames have the profile\'s viewport size');
+  await page.mouse.click(box.x + box.width / 2, box.y + box.height * (350 / 700));
+  await page.locator('#banner').filter({ hasText: 'download of _.._report.txt was refused' }).waitFor({ timeout: 15000 });
+  const audit = await fetch(`${url}/v1/audit?since=1&limit=1000`, { headers: { Authorization: `Bearer ${tokens.admin}` } }).then((r) => r.json());
+  const refused = audit.records.filter((r) => r.kind === 'browser.download_refused');
+  assert.equal(refused.length, 1, JSON.stringify(refused));
+  assert.equal(refused[0].fields.filename, '_.._report.txt');
+  assert.equal(refused[0].fields.url, `${origin}/download`);
+  await shot(page, '11b-browser-download-refused');
+
+  // The form link fills the top 300 pixels.
   await page.mouse.click(box.x + box.width / 2, box.y + box.height * (150 / 700));
   await page.waitForFunction((expected) => document.getElementById('address').value === expected, `${origin}/form`, { timeout: 15000 });
 

@@ -31,6 +31,26 @@ pub enum Status {
     Closed,
 }
 
+/// Something the session's owner and the audit log should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A page started a download, which the browser refused.
+    DownloadRefused { url: String, filename: String },
+    /// A page's renderer process crashed.
+    RendererCrashed,
+}
+
+/// Receives the browser's notices; called from the driver's task.
+pub type Notify = Arc<dyn Fn(Notice) + Send + Sync>;
+
+/// Returns a download's suggested name as it may be shown and recorded:
+/// control characters and path separators replaced, at most 120 characters.
+pub fn sanitize_filename(name: &str) -> String {
+    let cleaned: String = name.chars().map(|c| if c.is_control() || c == '/' || c == '\\' { '_' } else { c }).take(120).collect();
+    let trimmed = cleaned.trim_matches(|c: char| c == '.' || c.is_whitespace());
+    if trimmed.is_empty() { "download".into() } else { trimmed.to_string() }
+}
+
 /// A viewer's input, as the attach WebSocket carries it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -98,6 +118,7 @@ pub struct Browser {
     page: String,
     frames: watch::Receiver<Option<Frame>>,
     status: watch::Receiver<Status>,
+    notices: tokio::sync::broadcast::Sender<Notice>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -112,8 +133,10 @@ impl Drop for Browser {
 impl Browser {
     /// Attaches to the browser's first page and starts its screencast at
     /// the given size.
-    pub async fn start(connection: Connection, width: u32, height: u32) -> Result<Browser, CdpError> {
+    pub async fn start(connection: Connection, width: u32, height: u32, notify: Notify) -> Result<Browser, CdpError> {
         let mut events = connection.events();
+        // Downloads are refused, and their start is reported.
+        connection.call("Browser.setDownloadBehavior", json!({ "behavior": "deny", "eventsEnabled": true }), None).await?;
         let targets = connection.call("Target.getTargets", json!({}), None).await?;
         let existing = targets["targetInfos"].as_array().and_then(|list| list.iter().find(|t| t["type"] == "page")).and_then(|t| t["targetId"].as_str()).map(str::to_string);
         let target = match existing {
@@ -123,6 +146,11 @@ impl Browser {
         let attached = connection.call("Target.attachToTarget", json!({ "targetId": target, "flatten": true }), None).await?;
         let page = attached["sessionId"].as_str().unwrap_or_default().to_string();
         connection.call("Page.enable", json!({}), Some(&page)).await?;
+        // The window of headless Chromium includes room for its hidden
+        // toolbars, so the page's viewport is set to the profile's size.
+        connection
+            .call("Emulation.setDeviceMetricsOverride", json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }), Some(&page))
+            .await?;
         connection.call("Inspector.enable", json!({}), Some(&page)).await.ok();
         connection
             .call("Page.startScreencast", json!({ "format": "jpeg", "quality": 75, "maxWidth": width, "maxHeight": height, "everyNthFrame": 1 }), Some(&page))
@@ -134,10 +162,13 @@ impl Browser {
         let current = history["currentIndex"].as_u64().and_then(|i| history["entries"].get(i as usize)).and_then(|e| e["url"].as_str()).unwrap_or_default().to_string();
         let (frame_sender, frames) = watch::channel(None);
         let (status_sender, status) = watch::channel(Status::Running { url: current, title: String::new() });
+        let (notices, _) = tokio::sync::broadcast::channel(16);
+        let events_notices = notices.clone();
         let events_connection = connection.clone();
         let events_page = page.clone();
         let task = tokio::spawn(async move {
             let mut seq = 0u64;
+            let mut seen_downloads = std::collections::HashSet::new();
             loop {
                 let event = match events.recv().await {
                     Ok(event) => event,
@@ -150,6 +181,20 @@ impl Browser {
                 if event.method == PIPE_CLOSED {
                     let _ = status_sender.send(Status::Closed);
                     break;
+                }
+                // Chromium reports a download on the browser, on the page, or
+                // both; the guid tells them apart.
+                let download = matches!(event.method.as_str(), "Browser.downloadWillBegin" | "Page.downloadWillBegin");
+                if download && !seen_downloads.insert(event.params["guid"].as_str().unwrap_or_default().to_string()) {
+                    continue;
+                }
+                if download {
+                    let url = event.params["url"].as_str().unwrap_or_default().chars().take(2048).collect();
+                    let filename = sanitize_filename(event.params["suggestedFilename"].as_str().unwrap_or_default());
+                    let notice = Notice::DownloadRefused { url, filename };
+                    notify(notice.clone());
+                    let _ = events_notices.send(notice);
+                    continue;
                 }
                 if event.session_id.as_deref() != Some(events_page.as_str()) {
                     continue;
@@ -164,6 +209,7 @@ impl Browser {
                         let _ = frame_sender.send(Some(Frame { seq, jpeg: Arc::new(jpeg) }));
                     }
                     "Inspector.targetCrashed" => {
+                        notify(Notice::RendererCrashed);
                         let _ = status_sender.send(Status::RendererCrashed);
                     }
                     "Page.frameNavigated" if event.params["frame"]["parentId"].is_null() => {
@@ -174,12 +220,17 @@ impl Browser {
                 }
             }
         });
-        Ok(Browser { connection, page, frames, status, tasks: Mutex::new(vec![task]) })
+        Ok(Browser { connection, page, frames, status, notices, tasks: Mutex::new(vec![task]) })
     }
 
     /// Subscribes to the frames; the receiver sees only the newest.
     pub fn frames(&self) -> watch::Receiver<Option<Frame>> {
         self.frames.clone()
+    }
+
+    /// Subscribes to the browser's notices from now on.
+    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.notices.subscribe()
     }
 
     /// Subscribes to the browser's status.
@@ -259,6 +310,15 @@ mod tests {
         for bad in ["javascript:alert(1)", "file:///etc/passwd", "data:text/html,hi", "chrome://settings", "view-source:http://x"] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sanitize_filename_keeps_names_inside() {
+        assert_eq!(sanitize_filename("report.pdf"), "report.pdf");
+        assert_eq!(sanitize_filename("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(sanitize_filename("a\nb\u{1b}[31m.txt"), "a_b_[31m.txt");
+        assert_eq!(sanitize_filename(".."), "download");
+        assert_eq!(sanitize_filename(&"x".repeat(500)).len(), 120);
     }
 
     #[test]

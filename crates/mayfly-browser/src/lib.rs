@@ -6,4 +6,4 @@ mod base64;
 pub mod cdp;
 pub mod driver;
 
-pub use driver::{check_url, Browser, Frame, Input, Status};
+pub use driver::{check_url, sanitize_filename, Browser, Frame, Input, Notice, Notify, Status};

@@ -72,14 +72,21 @@ fn origin() -> u16 {
                 }
                 let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
                 let body = if path == "/" {
-                    "<!doctype html><title>Origin home</title><body style=\"margin:0;font:32px sans-serif\"><a id=next href=\"/form\" style=\"display:block;height:300px;background:#cde\">Go to the form</a><p>Welcome to the origin.</p>".to_string()
+                    "<!doctype html><title>Origin home</title><body style=\"margin:0;font:32px sans-serif\"><a id=next href=\"/form\" style=\"display:block;height:300px;background:#cde\">Go to the form</a><a href=\"/download\" style=\"display:block;height:100px;background:#edc\">Download the report</a><p>Welcome to the origin.</p>".to_string()
                 } else if path == "/form" {
                     "<!doctype html><title>Form</title><body style=\"margin:0;font:32px sans-serif\"><form action=\"/result\"><input id=field name=value autofocus style=\"font-size:32px;width:900px\"></form>".to_string()
                 } else {
                     "<!doctype html><title>Result</title><body style=\"font:32px sans-serif\"><p>Thank you.</p>".to_string()
                 };
+                // The download's name tries to leave the download directory.
+                let (kind, extra) = if path == "/download" {
+                    ("text/plain", "Content-Disposition: attachment; filename=\"../../report.txt\"\r\n")
+                } else {
+                    ("text/html; charset=utf-8", "")
+                };
+                let body = if path == "/download" { "quarterly numbers".to_string() } else { body };
                 let mut stream = stream;
-                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             });
         }
     });

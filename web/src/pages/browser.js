@@ -169,6 +169,9 @@ export function browserView(session, parts, { showEnded, warn }) {
         case 'error':
           warn(message.message);
           break;
+        case 'download_refused':
+          warn(`The download of ${message.filename} was refused: this session's profile allows no downloads.`);
+          break;
         case 'end':
           ended = true;
           showEnded(message.state, message.end, message.exit_code);

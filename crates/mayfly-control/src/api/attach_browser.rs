@@ -79,6 +79,7 @@ pub async fn stream(mut socket: WebSocket, output: Arc<Output>, mut slot: Browse
     };
     let mut frames = browser.frames();
     let mut status = browser.status();
+    let mut notices = browser.notices();
     frames.mark_changed();
     status.mark_changed();
     loop {
@@ -110,6 +111,14 @@ pub async fn stream(mut socket: WebSocket, output: Arc<Output>, mut slot: Browse
                 if changed.is_ok() {
                     let text = status_message(&status.borrow_and_update());
                     if let Err(reason) = send(&mut socket, Message::Text(text.into())).await {
+                        return reason;
+                    }
+                }
+            }
+            notice = notices.recv() => {
+                if let Ok(mayfly_browser::Notice::DownloadRefused { filename, .. }) = notice {
+                    let message = json!({ "type": "download_refused", "filename": filename });
+                    if let Err(reason) = send(&mut socket, Message::Text(message.to_string().into())).await {
                         return reason;
                     }
                 }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use mayfly_browser::cdp::Connection;
-use mayfly_browser::Browser;
+use mayfly_audit::Entry;
+use mayfly_browser::{Browser, Notice};
 use mayfly_core::browser::BrowserSettings;
 use mayfly_core::egress::{EgressMode, PROXY_PORT};
 use mayfly_core::Profile;
@@ -86,15 +87,16 @@ impl Drop for DriverGuard {
 
 /// Returns the hook that connects to Chromium's DevTools pipe and starts the
 /// screencast, and the slot where the running browser appears.
-pub fn before_start(runtime: tokio::runtime::Handle, session_id: String, settings: &BrowserSettings) -> (BeforeStart, BrowserSlot) {
+pub fn before_start(runtime: tokio::runtime::Handle, session_id: String, settings: &BrowserSettings, audit: crate::audit::Auditor, actor: String) -> (BeforeStart, BrowserSlot) {
     let (sender, slot) = watch::channel(None);
     let (width, height) = (settings.width, settings.height);
     let hook = BeforeStart(Box::new(move |start| {
         let pipes = start.command_pipes.ok_or("the browser session has no DevTools pipe")?;
         let connection = Connection::start(pipes.to_command, pipes.from_command);
         let publish = sender.clone();
+        let notify = notifier(audit, actor, session_id.clone());
         let task = runtime.spawn(async move {
-            match Browser::start(connection, width, height).await {
+            match Browser::start(connection, width, height, notify).await {
                 Ok(browser) => {
                     let _ = publish.send(Some(Arc::new(browser)));
                 }
@@ -104,6 +106,22 @@ pub fn before_start(runtime: tokio::runtime::Handle, session_id: String, setting
         Ok(Box::new(DriverGuard { task, slot: sender }) as StartGuard)
     }));
     (hook, slot)
+}
+
+/// Writes the browser's notices to the audit log.
+fn notifier(audit: crate::audit::Auditor, actor: String, session_id: String) -> mayfly_browser::Notify {
+    Arc::new(move |notice| {
+        let entry = match notice {
+            Notice::DownloadRefused { url, filename } => Entry::new("browser.download_refused", &actor).session(&session_id).field("url", url).field("filename", filename),
+            Notice::RendererCrashed => Entry::new("browser.renderer_crashed", &actor).session(&session_id),
+        };
+        let (audit, session_id) = (audit.clone(), session_id.clone());
+        tokio::spawn(async move {
+            if let Err(error) = audit.one(entry).await {
+                tracing::error!(session_id = %session_id, error = %error, "failed to record a browser notice");
+            }
+        });
+    })
 }
 
 /// Runs two hooks in order; the session keeps both guards.

@@ -518,7 +518,7 @@ impl App {
         let egress_log = egress::ServerEgressLog { audit: self.audit.clone(), actor: format!("user:{owner}"), session_id: id.clone() };
         config.before_start = egress::before_start(&profile.network, Arc::new(egress_log));
         if let Some(settings) = &profile.browser {
-            let (hook, slot) = browser::before_start(tokio::runtime::Handle::current(), id.clone(), settings);
+            let (hook, slot) = browser::before_start(tokio::runtime::Handle::current(), id.clone(), settings, self.audit.clone(), format!("user:{owner}"));
             config.before_start = browser::chain(config.before_start.take(), Some(hook));
             config.command_pipes = true;
             config.env.extend(browser::chromium_environment(&profile, settings));
