@@ -339,6 +339,17 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   const sent = new URL(await address.inputValue()).searchParams.get('value');
   assert.equal(sent, 'Grüße@ 日本語 😀');
 
+  // Time zone and language come from the profile (Asia/Tokyo, de-DE), in
+  // the page, a worker, an iframe and the Accept-Language header.
+  await address.fill(`${origin}/env`);
+  await address.press('Enter');
+  await page.waitForFunction(() => document.getElementById('address').value.includes('/result?value='), null, { timeout: 15000 });
+  const [inPage, inWorker, inFrame, acceptLanguage] = new URL(await address.inputValue()).searchParams.get('value').split('|');
+  assert.equal(inPage, 'Asia/Tokyo,de-DE');
+  assert.equal(inWorker, 'Asia/Tokyo,de-DE');
+  assert.equal(inFrame, 'Asia/Tokyo,de-DE');
+  assert.match(acceptLanguage, /^de-DE/);
+
   // The address bar opens only web addresses.
   await address.fill('file:///etc/passwd');
   await address.press('Enter');

@@ -133,7 +133,7 @@ impl Drop for Browser {
 impl Browser {
     /// Attaches to the browser's first page and starts its screencast at
     /// the given size.
-    pub async fn start(connection: Connection, width: u32, height: u32, notify: Notify) -> Result<Browser, CdpError> {
+    pub async fn start(connection: Connection, width: u32, height: u32, locale: &str, notify: Notify) -> Result<Browser, CdpError> {
         let mut events = connection.events();
         // Downloads are refused, and their start is reported.
         connection.call("Browser.setDownloadBehavior", json!({ "behavior": "deny", "eventsEnabled": true }), None).await?;
@@ -146,6 +146,12 @@ impl Browser {
         let attached = connection.call("Target.attachToTarget", json!({ "targetId": target, "flatten": true }), None).await?;
         let page = attached["sessionId"].as_str().unwrap_or_default().to_string();
         connection.call("Page.enable", json!({}), Some(&page)).await?;
+        // Headless Chromium sends no Accept-Language of its own, and its user
+        // agent names it headless, which sites treat as a robot.
+        let version = connection.call("Browser.getVersion", json!({}), None).await?;
+        let user_agent = version["userAgent"].as_str().unwrap_or_default().replace("HeadlessChrome", "Chrome");
+        connection.call("Network.enable", json!({}), Some(&page)).await?;
+        connection.call("Network.setUserAgentOverride", json!({ "userAgent": user_agent, "acceptLanguage": locale }), Some(&page)).await?;
         // The window of headless Chromium includes room for its hidden
         // toolbars, so the page's viewport is set to the profile's size.
         connection

@@ -48,6 +48,9 @@ fn web_profile(origin_port: u16) -> String {
     let base = include_str!("../../mayfly-core/profiles/browser.toml");
     let base = base.replace("start_url = \"about:blank\"", &format!("start_url = \"http://127.0.0.1:{origin_port}/\""));
     let base = base.replace("width = 1280", "width = 1000").replace("height = 800", "height = 700");
+    // A time zone and language that differ from the host's, so the test
+    // sees that they come from the profile.
+    let base = base.replace("locale = \"en-US\"", "locale = \"de-DE\"").replace("timezone = \"UTC\"", "timezone = \"Asia/Tokyo\"");
     format!("{base}\n[network]\negress = \"proxy\"\nallow = [\"127.0.0.1:{origin_port}\"]\n")
 }
 
@@ -67,12 +70,30 @@ fn origin() -> u16 {
                     return;
                 }
                 let mut line = String::new();
+                let mut accept_language = String::new();
                 while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    if line.to_ascii_lowercase().starts_with("accept-language:") {
+                        accept_language = line["accept-language:".len()..].trim().to_string();
+                    }
                     line.clear();
                 }
                 let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
                 let body = if path == "/" {
                     "<!doctype html><title>Origin home</title><body style=\"margin:0;font:32px sans-serif\"><a id=next href=\"/form\" style=\"display:block;height:300px;background:#cde\">Go to the form</a><a href=\"/download\" style=\"display:block;height:100px;background:#edc\">Download the report</a><p>Welcome to the origin.</p>".to_string()
+                } else if path == "/env" {
+                    // Reports the time zone and language of the page, an
+                    // iframe and a worker, and the Accept-Language header.
+                    format!(
+                        "<!doctype html><title>Env</title><iframe id=f src=\"/frame\"></iframe><script>\
+                         const page = Intl.DateTimeFormat().resolvedOptions().timeZone + ',' + navigator.language;\
+                         const worker = new Worker(URL.createObjectURL(new Blob(['postMessage(Intl.DateTimeFormat().resolvedOptions().timeZone + \",\" + navigator.language)'])));\
+                         worker.onmessage = (e) => {{ const frame = document.getElementById('f').contentWindow; \
+                           const inFrame = frame.Intl.DateTimeFormat().resolvedOptions().timeZone + ',' + frame.navigator.language; \
+                           location.replace('/result?value=' + encodeURIComponent([page, e.data, inFrame, '{accept_language}'].join('|'))); }};\
+                         </script>"
+                    )
+                } else if path == "/frame" {
+                    "<!doctype html><title>Frame</title>".to_string()
                 } else if path == "/form" {
                     "<!doctype html><title>Form</title><body style=\"margin:0;font:32px sans-serif\"><form action=\"/result\"><input id=field name=value autofocus style=\"font-size:32px;width:900px\"></form>".to_string()
                 } else {

@@ -89,14 +89,14 @@ impl Drop for DriverGuard {
 /// screencast, and the slot where the running browser appears.
 pub fn before_start(runtime: tokio::runtime::Handle, session_id: String, settings: &BrowserSettings, audit: crate::audit::Auditor, actor: String) -> (BeforeStart, BrowserSlot) {
     let (sender, slot) = watch::channel(None);
-    let (width, height) = (settings.width, settings.height);
+    let (width, height, locale) = (settings.width, settings.height, settings.locale.clone());
     let hook = BeforeStart(Box::new(move |start| {
         let pipes = start.command_pipes.ok_or("the browser session has no DevTools pipe")?;
         let connection = Connection::start(pipes.to_command, pipes.from_command);
         let publish = sender.clone();
         let notify = notifier(audit, actor, session_id.clone());
         let task = runtime.spawn(async move {
-            match Browser::start(connection, width, height, notify).await {
+            match Browser::start(connection, width, height, &locale, notify).await {
                 Ok(browser) => {
                     let _ = publish.send(Some(Arc::new(browser)));
                 }
