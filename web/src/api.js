@@ -20,6 +20,7 @@ export async function api(method, path, body) {
   const headers = { Accept: 'application/json, application/problem+json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method !== 'GET' && csrf) headers['X-CSRF-Token'] = csrf;
+
   let response;
   try {
     response = await fetch(path, {
@@ -32,6 +33,7 @@ export async function api(method, path, body) {
   } catch {
     throw new ApiError(0, { detail: 'The Mayfly server cannot be reached. Check that it is running, then try again.' });
   }
+
   if (response.status === 204) return null;
   const text = await response.text();
   let data = null;

@@ -299,7 +299,7 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   await shot(page, '11-browser-home');
 
   // The download link is 300 to 400 pixels down the page's 700. The
-  // default policy refuses the download, tells the viewer and audits it.
+  // default policy refuses the download, shows it to the viewer and audits it.
   const box = await image.boundingBox();
   assert.deepEqual(await image.evaluate((node) => [node.naturalWidth, node.naturalHeight]), [1000, 700], 'frames have the profile\'s viewport size');
   await page.mouse.click(box.x + box.width / 2, box.y + box.height * (350 / 700));

@@ -74,7 +74,7 @@ impl Connection {
             .spawn(move || {
                 read_messages(from_browser, &reader_pending, &reader_events);
                 // Set before the waiting calls are failed, so a call that
-                // registers later sees it.
+                // registers later finds it set.
                 reader_closed.store(true, Ordering::SeqCst);
                 reader_pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 let _ = reader_events.send(Event { method: PIPE_CLOSED.into(), params: Value::Null, session_id: None });
@@ -178,8 +178,8 @@ fn read_messages(from_browser: impl Read, pending: &Pending, events: &broadcast:
 mod tests {
     use super::*;
 
-    /// A fake browser on an in-memory pipe pair that answers every command
-    /// with its own method name and sends one event first.
+    /// Starts a fake browser on an in-memory pipe pair. It replies to every
+    /// command with the command's method name, after one event.
     fn fake_browser() -> Connection {
         let (to_browser_read, to_browser_write) = std::io::pipe().unwrap();
         let (from_browser_read, mut from_browser_write) = std::io::pipe().unwrap();

@@ -21,7 +21,7 @@ pub struct Frame {
     pub jpeg: Arc<Vec<u8>>,
 }
 
-/// What the browser reports to viewers besides frames.
+/// The browser's state, as viewers get it beside the frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Running { url: String, title: String },
@@ -189,7 +189,7 @@ impl Browser {
                     break;
                 }
                 // Chromium reports a download on the browser, on the page, or
-                // both; the guid tells them apart.
+                // both, with the same guid.
                 let download = matches!(event.method.as_str(), "Browser.downloadWillBegin" | "Page.downloadWillBegin");
                 if download && !seen_downloads.insert(event.params["guid"].as_str().unwrap_or_default().to_string()) {
                     continue;
@@ -229,7 +229,7 @@ impl Browser {
         Ok(Browser { connection, page, frames, status, notices, tasks: Mutex::new(vec![task]) })
     }
 
-    /// Subscribes to the frames; the receiver sees only the newest.
+    /// Subscribes to the frames. The receiver reads only the newest.
     pub fn frames(&self) -> watch::Receiver<Option<Frame>> {
         self.frames.clone()
     }

@@ -11,7 +11,7 @@ pub(crate) struct RawBrowser {
     locale: Option<String>,
 }
 
-/// How a browser session's Chromium starts.
+/// The settings Chromium starts with in a browser session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BrowserSettings {
     /// The page the first tab opens.

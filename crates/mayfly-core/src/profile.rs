@@ -56,7 +56,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind's name, as profiles, policies and the API spell it.
+    /// Returns the kind's name, as profiles, policies and the API spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Job => "job",

@@ -6,7 +6,7 @@
 //! it carried.
 //!
 //! One proxy serves one session, on a thread of its own. Stopping it (or
-//! dropping its [`ProxyHandle`]) closes every socket it holds in the
+//! dropping its [`ProxyHandle`]) closes every socket it has in the
 //! session's network, so the namespace can go away with the session.
 
 mod request;

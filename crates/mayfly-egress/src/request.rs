@@ -6,10 +6,10 @@ use std::net::IpAddr;
 /// The largest request head the proxy reads.
 pub const MAX_HEAD: usize = 16 * 1024;
 
-/// What the client asked the proxy for.
+/// The target of a client's request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// A tunnel: the proxy answers 200 and then copies bytes both ways.
+    /// A tunnel: the proxy replies 200 and then copies bytes both ways.
     Connect { host: Host, port: u16 },
     /// One plain HTTP request, with its head rewritten for the origin.
     Http { host: Host, port: u16, head: Vec<u8> },
@@ -44,7 +44,7 @@ fn reject(status: u16, message: impl Into<String>) -> Rejected {
 }
 
 /// Returns the length of the head, through its blank line, once `buffer`
-/// holds all of it.
+/// contains all of it.
 pub fn head_length(buffer: &[u8]) -> Option<usize> {
     buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
 }

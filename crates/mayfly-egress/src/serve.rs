@@ -310,7 +310,7 @@ async fn relay(client: &mut TcpStream, upstream: &mut TcpStream, end_signal: &mu
 
 /// Resolves the host, decides every address and connects to the first
 /// allowed one. Without a connection it returns the status and message for
-/// the client; the report holds the decision either way.
+/// the client. The report contains the decision either way.
 async fn connect(host: &Host, port: u16, config: &ProxyConfig, report: &mut ConnectionReport) -> (Option<TcpStream>, u16, String) {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let (name, addresses) = match host {

@@ -27,8 +27,8 @@ impl EgressLog for Reports {
     }
 }
 
-/// An origin that answers every HTTP request with its request line, and
-/// echoes anything that is not HTTP.
+/// Starts an origin that replies to every HTTP request with its request
+/// line, and echoes anything that is not HTTP.
 fn origin() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -69,7 +69,7 @@ fn proxy(allow: &[String], deny: &[String], reports: &Arc<Reports>, tune: impl F
     (mayfly_egress::start(listener, config, log).unwrap(), address)
 }
 
-/// Sends `request` to the proxy and returns everything it answers.
+/// Sends `request` to the proxy and returns its whole response.
 fn exchange(proxy: SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(proxy).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -166,7 +166,7 @@ fn bad_requests_are_answered_in_words() {
 }
 
 #[test]
-fn new_connections_beyond_the_rate_are_refused_and_counted() {
+fn rate_limit_refuses_and_counts() {
     let reports = Arc::new(Reports::default());
     let (handle, proxy) = proxy(&[], &[], &reports, |config| config.connections_per_second = 1);
     let answers: Vec<String> = (0..5).map(|_| exchange(proxy, "CONNECT 127.0.0.1:9 HTTP/1.1\r\n\r\n")).collect();

@@ -190,7 +190,7 @@ pub fn launch(
         uid_lock.as_raw_fd(),
     ];
     fds.extend(inputs.iter().map(|f| f.as_raw_fd()));
-    // The command pipes follow the inputs; the spec tells init where.
+    // The command pipes follow the inputs, and the spec gives init their numbers.
     let mut spec = spec.clone();
     let pipes = if command_pipes {
         let (to_command_read, to_command_write) = pipe()?;

@@ -43,13 +43,13 @@ command = ["/bin/bash", "--norc", "--noprofile", "-i"]
 warnings = ["15s"]
 "#;
 
-/// A browser profile whose only allowed destination is the test's origin.
+/// Returns a browser profile whose only allowed destination is the test's origin.
 fn web_profile(origin_port: u16) -> String {
     let base = include_str!("../../mayfly-core/profiles/browser.toml");
     let base = base.replace("start_url = \"about:blank\"", &format!("start_url = \"http://127.0.0.1:{origin_port}/\""));
     let base = base.replace("width = 1280", "width = 1000").replace("height = 800", "height = 700");
-    // A time zone and language that differ from the host's, so the test
-    // sees that they come from the profile.
+    // A time zone and language that differ from the host's show that they
+    // come from the profile.
     let base = base.replace("locale = \"en-US\"", "locale = \"de-DE\"").replace("timezone = \"UTC\"", "timezone = \"Asia/Tokyo\"");
     format!("{base}\n[network]\negress = \"proxy\"\nallow = [\"127.0.0.1:{origin_port}\"]\n")
 }

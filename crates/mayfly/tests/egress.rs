@@ -1,6 +1,6 @@
 //! Network egress through the proxy, with `mayfly run` and a job inside a
 //! real sandbox. The only servers are the test's own, on the host's
-//! loopback; the rules name them explicitly, and refusal is shown with a
+//! loopback, and the rules name them explicitly. Refusal is shown with a
 //! loopback port that no rule names and a loopback address a rule forbids.
 
 mod common;
@@ -13,8 +13,8 @@ use std::process::Command;
 use common::*;
 use common::server;
 
-/// A server on the host's loopback that answers every request with a fixed
-/// body; returns its port.
+/// Starts a server on the host's loopback that replies to every request
+/// with a fixed body, and returns its port.
 fn origin() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -111,7 +111,7 @@ fn unnamed_and_forbidden_targets_are_refused_and_audited() {
 }
 
 #[test]
-fn without_egress_there_is_no_proxy_and_no_route() {
+fn no_egress_means_no_proxy() {
     let scratch = Scratch::new("egress-none");
     let port = origin();
     let dir = profiles(&scratch, "egress = \"none\"");

@@ -105,7 +105,9 @@ export function browserView(session, parts, { showEnded, warn }) {
     if (printable && shortcut && !altGraph && (event.key === 'v' || event.key === 'V')) return; // let the paste event read the clipboard
     event.preventDefault();
     held.add(event.key);
-    const text = printable && (!shortcut || altGraph) ? event.key : event.key === 'Enter' ? '\r' : '';
+    let text = '';
+    if (printable && (!shortcut || altGraph)) text = event.key;
+    if (event.key === 'Enter') text = '\r';
     send({ type: 'key', action: 'down', key: event.key, code: event.code, text, key_code: event.keyCode, modifiers: modifiers(event) });
   });
   keyboard.addEventListener('keyup', (event) => {

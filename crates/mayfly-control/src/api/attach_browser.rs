@@ -26,7 +26,7 @@ pub const FRAME: u8 = 0x10;
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The close code for a stalled viewer.
 pub const STALLED: u16 = 4008;
-/// How long the viewer waits for Chromium to start before it is told.
+/// How long the attach waits for Chromium to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn send(socket: &mut WebSocket, message: Message) -> Result<(), &'static str> {
@@ -69,7 +69,7 @@ async fn wait_for_browser(slot: &mut BrowserSlot, output: &Output) -> Option<Arc
 }
 
 /// Streams a browser session until it ends or the viewer leaves; returns
-/// why the attach ended. `writer` tells whether the viewer's input counts.
+/// why the attach ended. The viewer's input counts only when `writer` is set.
 pub async fn stream(mut socket: WebSocket, output: Arc<Output>, mut slot: BrowserSlot, summary: serde_json::Value, writer: bool, mut warnings: super::attach::Warnings) -> &'static str {
     if let Err(reason) = send(&mut socket, Message::Text(summary.to_string().into())).await {
         return reason;

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 /// reads /etc/chromium.d, which the sandbox does not have.
 pub const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 
-/// Where the browser profile lives inside the sandbox, on the `/work` tmpfs.
+/// The browser profile's directory inside the sandbox, on the `/work` tmpfs.
 const PROFILE_DIR: &str = "/work/chromium";
 
 /// Returns Chromium's command line for a browser profile.
@@ -52,8 +52,8 @@ pub fn chromium_argv(profile: &Profile, settings: &BrowserSettings) -> Vec<Strin
     argv.push(format!("--accept-lang={}", settings.locale));
     if profile.network.egress == EgressMode::Proxy {
         argv.push(format!("--proxy-server=http://127.0.0.1:{PROXY_PORT}"));
-        // Chromium sends loopback addresses around a proxy unless told not to,
-        // and the session's loopback has nothing but the proxy on it.
+        // By default Chromium connects to loopback addresses directly, not
+        // through the proxy, and the session's loopback has only the proxy.
         argv.push("--proxy-bypass-list=<-loopback>".into());
     } else {
         argv.push("--no-proxy-server".into());

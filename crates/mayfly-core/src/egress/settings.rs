@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{EgressPolicy, PROXY_PORT};
 
-/// How a session reaches the network.
+/// The way a session reaches the network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EgressMode {
@@ -26,7 +26,7 @@ pub(crate) struct RawNetwork {
     deny: Vec<String>,
 }
 
-/// The most rules of each list a profile may hold.
+/// The maximum number of rules in each list of a profile.
 const MAX_RULES: usize = 256;
 
 /// A profile's network settings, validated.

@@ -221,8 +221,8 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
         Err(e) => return EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() },
     };
     drop(error_write);
-    // Only the command holds the command pipes, so each side sees the end
-    // of the other.
+    // Only the command keeps the command pipes open, so each side reads
+    // end-of-file when the other closes.
     if let Some((read, write)) = spec.command_pipes {
         // SAFETY: closing init's copies, which no Rust object wraps.
         unsafe {

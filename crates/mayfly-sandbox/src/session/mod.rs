@@ -83,7 +83,7 @@ pub struct SessionConfig {
     pub before_start: Option<BeforeStart>,
 }
 
-/// What [`SessionConfig::before_start`] receives.
+/// The argument of [`SessionConfig::before_start`].
 #[derive(Debug)]
 pub struct StartContext {
     /// Init's PID in the host's PID namespace.
@@ -92,8 +92,8 @@ pub struct StartContext {
     pub command_pipes: Option<launch::CommandPipes>,
 }
 
-/// What [`SessionConfig::before_start`] returns: a guard that the session
-/// drops once its init has exited.
+/// The value [`SessionConfig::before_start`] returns: a guard that the
+/// session drops once its init has exited.
 pub type StartGuard = Box<dyn Send>;
 
 /// A function called before the command starts.
