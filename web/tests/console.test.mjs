@@ -363,6 +363,41 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   await context.close();
 });
 
+/** Opens `path` of the origin in the browser session's address bar and returns the value the page reports. */
+async function report(page, origin, path) {
+  const address = page.locator('#address');
+  await address.fill(`${origin}${path}`);
+  await address.press('Enter');
+  await page.waitForFunction(() => document.getElementById('address').value.includes('/result?value='), null, { timeout: 15000 });
+  return new URL(await address.inputValue()).searchParams.get('value');
+}
+
+async function launchWeb(user) {
+  const { context, page } = await signedIn(user);
+  await page.locator('li[data-profile="web"]').getByRole('button', { name: 'Launch web' }).click();
+  await page.waitForURL(/#\/sessions\/s-[0-9a-f]+$/);
+  await page.waitForFunction(() => document.getElementById('screen-image')?.naturalWidth > 0, null, { timeout: 30000 });
+  return { context, page };
+}
+
+test('browser state planted in one session is absent in the next', async () => {
+  const origin = required('MAYFLY_ORIGIN');
+  const first = await launchWeb('alice');
+  assert.equal(await report(first.page, origin, '/plant'), 'planted');
+  assert.equal(await report(first.page, origin, '/check'), 'planted=yes|yes|1', 'the cookie, the storage and the service worker exist');
+  await first.page.locator('#end-session').click();
+  await first.page.locator('#end-session').click();
+  await first.page.locator('#ended').waitFor({ timeout: 15000 });
+  await first.context.close();
+
+  const second = await launchWeb('alice');
+  assert.equal(await report(second.page, origin, '/check'), '||0', 'a new session has no cookie, storage or service worker');
+  await second.page.locator('#end-session').click();
+  await second.page.locator('#end-session').click();
+  await second.page.locator('#ended').waitFor({ timeout: 15000 });
+  await second.context.close();
+});
+
 test('signing out ends the browser session', async () => {
   const { context, page } = await signedIn('bob');
   const other = await context.newPage();

@@ -92,6 +92,17 @@ fn origin() -> u16 {
                            location.replace('/result?value=' + encodeURIComponent([page, e.data, inFrame, '{accept_language}'].join('|'))); }};\
                          </script>"
                     )
+                } else if path == "/plant" {
+                    // Leaves a cookie (set by the header below), local storage
+                    // and a service worker behind.
+                    "<!doctype html><title>Plant</title><script>localStorage.setItem('planted', 'yes');\
+                     navigator.serviceWorker.register('/sw.js').then((r) => r.update()).then(() => location.replace('/result?value=planted'),\
+                     (e) => location.replace('/result?value=' + encodeURIComponent('failed ' + e)));</script>".to_string()
+                } else if path == "/check" {
+                    "<!doctype html><title>Check</title><script>navigator.serviceWorker.getRegistrations().then((r) =>\
+                     location.replace('/result?value=' + encodeURIComponent([document.cookie, localStorage.getItem('planted'), r.length].join('|'))));</script>".to_string()
+                } else if path == "/sw.js" {
+                    "self.addEventListener('fetch', () => {});".to_string()
                 } else if path == "/frame" {
                     "<!doctype html><title>Frame</title>".to_string()
                 } else if path == "/form" {
@@ -102,6 +113,10 @@ fn origin() -> u16 {
                 // The download's name tries to leave the download directory.
                 let (kind, extra) = if path == "/download" {
                     ("text/plain", "Content-Disposition: attachment; filename=\"../../report.txt\"\r\n")
+                } else if path == "/plant" {
+                    ("text/html; charset=utf-8", "Set-Cookie: planted=yes; Max-Age=3600; Path=/\r\n")
+                } else if path == "/sw.js" {
+                    ("text/javascript", "")
                 } else {
                     ("text/html; charset=utf-8", "")
                 };
