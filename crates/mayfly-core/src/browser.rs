@@ -9,6 +9,7 @@ pub(crate) struct RawBrowser {
     width: Option<u32>,
     height: Option<u32>,
     locale: Option<String>,
+    viewer_grace: Option<crate::Ttl>,
 }
 
 /// The settings Chromium starts with in a browser session.
@@ -22,6 +23,9 @@ pub struct BrowserSettings {
     /// The language of the browser's interface and its `Accept-Language`,
     /// such as `en-US` or `de-DE`.
     pub locale: String,
+    /// How long the session runs on without a viewer in control before it
+    /// is ended; the time starts at creation and whenever the viewer leaves.
+    pub viewer_grace: crate::Ttl,
 }
 
 /// The smallest and largest viewport side, in pixels.
@@ -55,7 +59,11 @@ impl BrowserSettings {
         if !valid_locale(&locale) {
             return Err(("browser.locale".into(), format!("= {locale:?} is not a language tag such as en-US or de-DE")));
         }
-        Ok(BrowserSettings { start_url, width, height, locale })
+        let viewer_grace = raw.viewer_grace.unwrap_or(crate::Ttl::from_secs(120));
+        if viewer_grace < crate::Ttl::from_secs(2) || viewer_grace > crate::Ttl::from_secs(86_400) {
+            return Err(("browser.viewer_grace".into(), format!("= {viewer_grace} is out of range: allowed is 2s to 1d")));
+        }
+        Ok(BrowserSettings { start_url, width, height, locale, viewer_grace })
     }
 }
 

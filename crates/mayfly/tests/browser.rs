@@ -10,16 +10,18 @@ use common::server;
 use common::Scratch;
 use serde_json::{json, Value};
 
-/// Chromium processes of any browser session on this host: their command
-/// line carries the DevTools pipe flag, which only browser sessions use.
-fn session_chromium_processes() -> Vec<String> {
+/// Processes of the given sessions, found by the session id in their
+/// cgroup path, with their command lines.
+fn session_processes(ids: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains("--remote-debugging-pipe") && text.contains("--user-data-dir=/work/chromium") {
-            found.push(format!("{}: {}", entry.file_name().to_string_lossy(), text.chars().take(120).collect::<String>()));
+        let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else { continue };
+        if !ids.iter().any(|id| cgroup.contains(id.as_str())) {
+            continue;
         }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        found.push(format!("{}: {}", entry.file_name().to_string_lossy(), text.chars().take(120).collect::<String>()));
     }
     found
 }
@@ -44,10 +46,17 @@ fn browser_sessions_leave_nothing_behind() {
     for id in deleted.iter().chain([&expiring_id]) {
         server.wait_for_state(server.token(), id, &["running"]);
     }
-    // Chromium starts its processes over a moment; wait until they exist.
+    // Chromium starts its processes over a moment; wait until each session
+    // has its browser process.
+    let ids: Vec<String> = deleted.iter().cloned().chain([expiring_id.clone()]).collect();
     let started = Instant::now();
-    while session_chromium_processes().len() < 3 {
-        assert!(started.elapsed() < Duration::from_secs(20), "Chromium did not start in the sessions: {:?}", session_chromium_processes());
+    loop {
+        let processes = session_processes(&ids);
+        let browsers = processes.iter().filter(|p| p.contains("--remote-debugging-pipe")).count();
+        if browsers == 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "Chromium did not start in every session: {processes:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -64,6 +73,54 @@ fn browser_sessions_leave_nothing_behind() {
     }
     let expired = server.wait_for_state(server.token(), &expiring_id, &["destroyed"]);
     assert_eq!(expired["end"]["reason"], "deadline", "{expired}");
-    assert_eq!(session_chromium_processes(), Vec::<String>::new(), "no Chromium of a session is left");
+    assert_eq!(session_processes(&ids), Vec::<String>::new(), "no process of the sessions is left");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn browser_sessions_end_without_a_viewer() {
+    let scratch = Scratch::new("browser-viewer");
+    let profiles = scratch.path.join("profiles");
+    let text = include_str!("../../mayfly-core/profiles/browser.toml").replace("viewer_grace = \"2m\"", "viewer_grace = \"3s\"");
+    common::write(&profiles.join("lonely.toml"), &text);
+    let profiles_arg = profiles.to_str().unwrap().to_string();
+    let server = server::start(&scratch.state_dir(), &["--profiles-dir", &profiles_arg], &[]);
+    let create = |profile: &str| {
+        let (status, body) = server.http("POST", "/v1/sessions", Some(server.token()), Some(&json!({ "profile": profile, "ttl": "2m" })));
+        assert_eq!(status, 201, "{body}");
+        (body["session"]["id"].as_str().unwrap().to_string(), body["attach"]["token"].as_str().unwrap().to_string())
+    };
+
+    // Nobody ever attaches: the session ends once the grace has passed.
+    let (alone, _) = create("lonely");
+    let ended = server.wait_for_state(server.token(), &alone, &["destroyed"]);
+    assert_eq!(ended["end"]["reason"], "destroyed", "{ended}");
+    assert!(ended["end"]["detail"].as_str().unwrap().contains("no viewer for 3s"), "{ended}");
+
+    // A viewer in control keeps the session alive past the grace, and the
+    // session ends the grace after the viewer leaves.
+    let (watched, token) = create("lonely");
+    server.wait_for_state(server.token(), &watched, &["running"]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let frames = runtime.block_on(async {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+        let url = format!("ws://{}/v1/sessions/{watched}/attach?token={token}", server.address);
+        let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        let mut frames = 0;
+        let until = tokio::time::Instant::now() + Duration::from_secs(6);
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, socket.next()).await {
+            if matches!(message, Message::Binary(ref bytes) if bytes.first() == Some(&0x10)) {
+                frames += 1;
+            }
+        }
+        frames
+    });
+    assert!(frames >= 1, "the viewer received the page as frames");
+    let (status, session) = server.http("GET", &format!("/v1/sessions/{watched}"), Some(server.token()), None);
+    assert_eq!(status, 200, "the session outlived its 3 s grace while a viewer was attached: {session}");
+    let ended = server.wait_for_state(server.token(), &watched, &["destroyed"]);
+    assert!(ended["end"]["detail"].as_str().unwrap().contains("no viewer"), "{ended}");
     assert!(server.stop().success());
 }

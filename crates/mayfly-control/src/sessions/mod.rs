@@ -522,8 +522,12 @@ impl App {
             config.before_start = browser::chain(config.before_start.take(), Some(hook));
             config.command_pipes = true;
             config.env.extend(browser::chromium_environment(&profile, settings));
-            if let Some(live) = self.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
+            let writer = self.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id).map(|live| {
                 live.browser = Some(slot);
+                Arc::clone(&live.browser_writer)
+            });
+            if let Some(writer) = writer {
+                runner::watch_viewer(self, &id, writer, settings.viewer_grace.as_duration());
             }
         }
         if let (Some(input), Some(idle)) = (input, profile.shell.as_ref().and_then(|s| s.idle_timeout)) {

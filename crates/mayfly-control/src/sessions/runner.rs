@@ -116,6 +116,35 @@ pub(super) fn watch_idle(app: &Arc<App>, id: &str, input: Arc<super::terminal::T
     });
 }
 
+/// Ends a browser session that has had no viewer in control for `grace`,
+/// counted from its creation and from each time its viewer left.
+pub(super) fn watch_viewer(app: &Arc<App>, id: &str, writer: Arc<std::sync::atomic::AtomicBool>, grace: Duration) {
+    let app = Arc::downgrade(app);
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let mut alone_since = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(app) = app.upgrade() else { return };
+            if !app.live.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
+                return;
+            }
+            if writer.load(std::sync::atomic::Ordering::SeqCst) {
+                alone_since = std::time::Instant::now();
+                continue;
+            }
+            if alone_since.elapsed() < grace {
+                continue;
+            }
+            let reason = format!("no viewer for {}", mayfly_core::Ttl::from_duration(grace));
+            if let Err(problem) = app.destroy_session(SYSTEM, &id, &reason).await {
+                tracing::error!(session_id = %id, detail = %problem.detail, "failed to end a browser session without a viewer");
+            }
+            return;
+        }
+    });
+}
+
 type Recording = (Arc<std::sync::Mutex<super::recording::Recorder>>, Duration);
 
 /// Closes a session's recording and records its digest, or why it is
