@@ -1,10 +1,17 @@
 //! `mayfly bench`: end-to-end wall time of a cold start of `/bin/true` under
 //! Mayfly, bubblewrap and runc. One bench run measures all three and
 //! alternates between them each iteration, so machine noise affects each
-//! runtime alike. The `api` and `shell` suites are in `api.rs` and
-//! `shell_sessions.rs`.
+//! runtime alike. The `api`, `shell` and `browser` suites are in `api.rs`,
+//! `shell_sessions.rs` and `browser_sessions.rs`.
 
 mod api;
+mod attach_socket;
+mod browser_anchor;
+mod browser_origin;
+mod browser_report;
+mod browser_screen;
+mod browser_sessions;
+mod browser_viewer;
 mod host_pty;
 mod http;
 mod memory;
@@ -12,9 +19,9 @@ mod report;
 mod runc_bundle;
 mod runtime;
 mod server;
+mod session_requests;
 mod shell;
 mod shell_report;
-mod shell_requests;
 mod shell_sessions;
 mod stats;
 mod terminal_echo;
@@ -69,6 +76,9 @@ pub fn main(args: BenchArgs) -> i32 {
     }
     if args.suite == "shell" {
         return shell_sessions::main(&args);
+    }
+    if args.suite == "browser" {
+        return browser_sessions::main(&args);
     }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("mayfly: warning: not running as root. `mayfly run` needs root, so its runs will fail.");

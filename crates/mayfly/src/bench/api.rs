@@ -166,7 +166,7 @@ pub(super) fn main(args: &BenchArgs) -> i32 {
 }
 
 fn run(executable: &Path, dir: &Path, args: &BenchArgs) -> Result<String, String> {
-    let server = start_server(executable, dir, &format!("{RAISED_LIMITS}{CAPACITY_CONFIG}"))?;
+    let server = start_server(executable, dir, &format!("{RAISED_LIMITS}{CAPACITY_CONFIG}"), &[])?;
     let target = server.target();
     let mut lat = latencies(executable, &dir.join("run"), &target, args.runs);
     for list in [&mut lat.cold_start, &mut lat.create_to_running, &mut lat.post_round_trip] {

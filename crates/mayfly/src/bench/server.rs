@@ -2,6 +2,7 @@
 //! on a loopback port chosen by the kernel, keeps its state in a directory of
 //! the bench's own, and is stopped when dropped.
 
+use std::ffi::OsStr;
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,10 +48,10 @@ impl Server {
     }
 }
 
-/// Starts `mayfly serve` with `config` as its configuration file and its state
-/// in `dir/server`, and waits until it is ready. The first API token comes
-/// from the server's standard output.
-pub(super) fn start_server(executable: &Path, dir: &Path, config: &str) -> Result<Server, String> {
+/// Starts `mayfly serve` with `config` as its configuration file, its state
+/// in `dir/server` and `extra_args` after its own, and waits until it is
+/// ready. The first API token comes from the server's standard output.
+pub(super) fn start_server(executable: &Path, dir: &Path, config: &str, extra_args: &[&OsStr]) -> Result<Server, String> {
     let config_path = dir.join("mayfly.toml");
     std::fs::write(&config_path, config).map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let mut child = Command::new(executable)
@@ -58,6 +59,7 @@ pub(super) fn start_server(executable: &Path, dir: &Path, config: &str) -> Resul
         .arg(dir.join("server"))
         .arg("--config")
         .arg(&config_path)
+        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -94,7 +94,7 @@ pub(super) struct ShellReport {
 }
 
 /// Returns `value / base` with two decimals, or "-" when `base` is zero.
-fn ratio_cell(value: f64, base: f64) -> String {
+pub(super) fn ratio_cell(value: f64, base: f64) -> String {
     if base > 0.0 {
         format!("{:.2}", value / base)
     } else {

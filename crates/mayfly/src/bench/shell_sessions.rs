@@ -15,7 +15,7 @@ use super::memory::{mebibytes, parse_kib_field, process_pss_bytes, process_rss_b
 use super::server::{mayfly_executable, start_server, BenchDir, Server, Target, RAISED_LIMITS};
 use super::shell::shell_quote;
 use super::shell_report::{format_markdown, format_text, CapacityReport, EchoReport, EchoStats, MemoryReport, ShellReport};
-use super::shell_requests::{CreateAnswer, ShellSessions};
+use super::session_requests::{CreateAnswer, Sessions};
 use super::terminal_echo::{time_echo, wait_for_prompt, AttachedShell};
 use super::utc::format_utc;
 use crate::cli::BenchArgs;
@@ -56,7 +56,7 @@ impl AnchorShell {
 /// Times keystroke echoes on one attached shell session and on one anchor
 /// shell, alternating which goes first.
 fn measure_echo(target: &Target, anchor: &AnchorShell, home: &Path, runs: u32) -> Result<EchoReport, String> {
-    let mut sessions = ShellSessions::new(target.clone());
+    let mut sessions = Sessions::new(target.clone(), "shell");
     let created = sessions.create_one()?;
     sessions.wait_running(&created.id)?;
     let mut attached = AttachedShell::attach(target.address, &target.token, &created.id, &created.attach_token)?;
@@ -115,7 +115,7 @@ fn measure_memory(server: &Server, layout: &Layout, anchor: &AnchorShell, home: 
     let host_shell_pss_mib = anchor_shell_pss(anchor, home)?;
 
     let rss_before = process_rss_bytes(server.pid())?;
-    let mut sessions = ShellSessions::new(server.target());
+    let mut sessions = Sessions::new(server.target(), "shell");
     for _ in 0..IDLE_SESSIONS {
         sessions.create_one()?;
     }
@@ -163,7 +163,7 @@ fn measure_memory(server: &Server, layout: &Layout, anchor: &AnchorShell, home: 
 /// `CAPACITY_BOUND` is reached, checks that the admitted ones run, and
 /// deletes them all.
 fn measure_capacity(target: &Target, profile: &Profile) -> Result<CapacityReport, String> {
-    let mut sessions = ShellSessions::new(target.clone());
+    let mut sessions = Sessions::new(target.clone(), "shell");
     let mut rejection = None;
     while sessions.ids().len() < CAPACITY_BOUND {
         if let CreateAnswer::HostFull(detail) = sessions.create()? {
@@ -198,7 +198,7 @@ fn measure_capacity(target: &Target, profile: &Profile) -> Result<CapacityReport
 fn server_in(executable: &Path, dir: &Path, name: &str, config: &str) -> Result<Server, String> {
     let server_dir = dir.join(name);
     std::fs::create_dir_all(&server_dir).map_err(|e| format!("cannot create {}: {e}", server_dir.display()))?;
-    start_server(executable, &server_dir, config)
+    start_server(executable, &server_dir, config, &[])
 }
 
 /// Runs the three phases. A phase that fails leaves its section empty and

@@ -9,8 +9,8 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::remote::encode;
-use crate::remote::http::{Client, Stream};
+use super::attach_socket::connect_attach;
+use crate::remote::http::Stream;
 
 /// The key typed and timed. Shell prompts rarely contain it, and the bench
 /// waits for quiet before each keystroke anyway.
@@ -106,9 +106,7 @@ impl AttachedShell {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-        let client = Client::new(&format!("http://{address}"), api_token.to_string(), None).map_err(|f| f.message)?;
-        let path = format!("/v1/sessions/{}/attach?token={}&mode=write", encode(id), encode(attach_token));
-        let socket = runtime.block_on(client.websocket(&path)).map_err(|f| format!("attaching to session {id} failed: {}", f.message))?;
+        let socket = runtime.block_on(connect_attach(address, api_token, id, attach_token))?;
         Ok(AttachedShell { runtime, socket })
     }
 

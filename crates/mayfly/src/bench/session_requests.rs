@@ -1,5 +1,5 @@
-//! The API requests of the shell bench: create shell sessions, wait until
-//! they run, and delete every one the bench created.
+//! The API requests of the session benches: create sessions of one
+//! profile, wait until they run, and delete every one the bench created.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ const SESSION_TTL: &str = "10m";
 /// Maximum wait for a session to reach `running`, or to end after a delete.
 const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A shell session the server created.
+/// A session the server created.
 pub(super) struct Created {
     pub(super) id: String,
     pub(super) attach_token: String,
@@ -28,26 +28,27 @@ pub(super) enum CreateAnswer {
     HostFull(String),
 }
 
-/// The shell sessions that one bench phase created, deleted on drop unless
-/// `delete_all` already did.
-pub(super) struct ShellSessions {
+/// The sessions of one profile that one bench phase created, deleted on
+/// drop unless `delete_all` already did.
+pub(super) struct Sessions {
     target: Target,
+    profile: String,
     ids: Vec<String>,
 }
 
-impl ShellSessions {
-    pub(super) fn new(target: Target) -> ShellSessions {
-        ShellSessions { target, ids: Vec::new() }
+impl Sessions {
+    pub(super) fn new(target: Target, profile: &str) -> Sessions {
+        Sessions { target, profile: profile.to_string(), ids: Vec::new() }
     }
 
     pub(super) fn ids(&self) -> &[String] {
         &self.ids
     }
 
-    /// Requests one session of the `shell` profile. Any response but 201 and
-    /// 503 `host-full` is an error.
+    /// Requests one session of the profile. Any response but 201 and 503
+    /// `host-full` is an error.
     pub(super) fn create(&mut self) -> Result<CreateAnswer, String> {
-        let body = json!({ "profile": "shell", "ttl": SESSION_TTL });
+        let body = json!({ "profile": self.profile, "ttl": SESSION_TTL });
         let (status, answer) = call(self.target.address, "POST", "/v1/sessions", &self.target.token, Some(&body))?;
         match status {
             201 => {
@@ -57,7 +58,7 @@ impl ShellSessions {
                 Ok(CreateAnswer::Created(Created { id, attach_token }))
             }
             503 if answer["type"] == "urn:mayfly:problem:host-full" => Ok(CreateAnswer::HostFull(answer["detail"].as_str().unwrap_or_default().to_string())),
-            _ => Err(format!("creating a shell session failed with status {status}: {}", answer["detail"])),
+            _ => Err(format!("creating a {} session failed with status {status}: {}", self.profile, answer["detail"])),
         }
     }
 
@@ -65,7 +66,7 @@ impl ShellSessions {
     pub(super) fn create_one(&mut self) -> Result<Created, String> {
         match self.create()? {
             CreateAnswer::Created(created) => Ok(created),
-            CreateAnswer::HostFull(detail) => Err(format!("creating a shell session failed: the host is full: {detail}")),
+            CreateAnswer::HostFull(detail) => Err(format!("creating a {} session failed: the host is full: {detail}", self.profile)),
         }
     }
 
@@ -75,14 +76,14 @@ impl ShellSessions {
         loop {
             let (status, answer) = call(self.target.address, "GET", &format!("/v1/sessions/{id}"), &self.target.token, None)?;
             if status == 410 {
-                return Err(format!("shell session {id} ended before the bench used it: {}", answer["detail"]));
+                return Err(format!("{} session {id} ended before the bench used it: {}", self.profile, answer["detail"]));
             }
             // A live session's record is the whole body.
             if answer["state"] == "running" {
                 return Ok(());
             }
             if started.elapsed() > STATE_TIMEOUT {
-                return Err(format!("shell session {id} was not running after {} s: {}", STATE_TIMEOUT.as_secs(), answer["state"]));
+                return Err(format!("{} session {id} was not running after {} s: {}", self.profile, STATE_TIMEOUT.as_secs(), answer["state"]));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -104,12 +105,12 @@ impl ShellSessions {
         let path = format!("/v1/sessions/{id}");
         let (status, answer) = call(self.target.address, "DELETE", &path, &self.target.token, None)?;
         if status != 200 && status != 202 {
-            return Err(format!("deleting shell session {id} failed with status {status}: {}", answer["detail"]));
+            return Err(format!("deleting {} session {id} failed with status {status}: {}", self.profile, answer["detail"]));
         }
         let started = Instant::now();
         while call(self.target.address, "GET", &path, &self.target.token, None)?.0 != 410 {
             if started.elapsed() > STATE_TIMEOUT {
-                return Err(format!("shell session {id} had not ended {} s after its delete", STATE_TIMEOUT.as_secs()));
+                return Err(format!("{} session {id} had not ended {} s after its delete", self.profile, STATE_TIMEOUT.as_secs()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -117,7 +118,7 @@ impl ShellSessions {
     }
 }
 
-impl Drop for ShellSessions {
+impl Drop for Sessions {
     fn drop(&mut self) {
         if let Err(error) = self.delete_all() {
             eprintln!("mayfly: {error}. Stopping the bench's server destroys the sessions left.");
