@@ -113,7 +113,7 @@ impl AnchorBrowser {
         let browser = match Browser::start(connection.clone(), command.width, command.height, &command.locale, Arc::new(|_| {})).await {
             Ok(browser) => browser,
             Err(error) => {
-                stop_process_group(child);
+                stop_processes(child, &user_data_dir);
                 let _ = std::fs::remove_dir_all(&user_data_dir);
                 return Err(format!("the driver could not attach to the anchor's Chromium: {error}"));
             }
@@ -121,8 +121,9 @@ impl AnchorBrowser {
         Ok(AnchorBrowser { child, connection, browser, user_data_dir })
     }
 
-    pub(super) fn pid(&self) -> u32 {
-        self.child.id()
+    /// Returns the processes of this Chromium, from /proc.
+    pub(super) fn processes(&self) -> Vec<u32> {
+        anchor_processes(self.child.id(), &self.user_data_dir)
     }
 
     /// Returns Chromium's product and version, such as `HeadlessChrome/120.0.6099.224`.
@@ -148,8 +149,8 @@ impl AnchorBrowser {
         self.browser.input(input).await
     }
 
-    /// Asks Chromium to close, and kills its process group if it has not
-    /// exited after `CLOSE_TIMEOUT`.
+    /// Asks Chromium to close, and kills its processes if it has not exited
+    /// after `CLOSE_TIMEOUT`.
     pub(super) async fn stop(self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.connection.call("Browser.close", json!({}), None)).await;
         // Drop waits for the exit and kills what is left.
@@ -158,32 +159,36 @@ impl AnchorBrowser {
 
 impl Drop for AnchorBrowser {
     fn drop(&mut self) {
-        let pid = self.child.id();
         let started = Instant::now();
         while started.elapsed() < CLOSE_TIMEOUT && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        kill_group_and_wait(pid);
+        kill_processes(self.child.id(), &self.user_data_dir);
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.user_data_dir);
     }
 }
 
-/// Kills a child that never got a driver, with its process group.
-fn stop_process_group(mut child: Child) {
-    kill_group_and_wait(child.id());
+/// Kills a child that never got a driver, with the processes it started.
+fn stop_processes(mut child: Child, user_data_dir: &Path) {
+    kill_processes(child.id(), user_data_dir);
     let _ = child.wait();
 }
 
-/// Sends SIGKILL to process group `pgid`, which the bench started, and waits
-/// until none of its processes is left, for at most `KILL_TIMEOUT`.
-fn kill_group_and_wait(pgid: u32) {
-    let group = nix::unistd::Pid::from_raw(-(pgid as libc::pid_t));
-    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+/// Sends SIGKILL to the processes of the anchor Chromium `pid`, which the
+/// bench started, and waits until none is left, for at most `KILL_TIMEOUT`.
+fn kill_processes(pid: u32, user_data_dir: &Path) {
     let started = Instant::now();
-    // The group's leader stays a zombie until the bench reaps it, so only
-    // the other members are waited for here.
-    while started.elapsed() < KILL_TIMEOUT && group_members(pgid).iter().any(|&member| member != pgid) {
+    loop {
+        // Chromium itself stays a zombie until the bench reaps it.
+        let left: Vec<u32> = anchor_processes(pid, user_data_dir).into_iter().filter(|&process| process != pid).collect();
+        if left.is_empty() || started.elapsed() > KILL_TIMEOUT {
+            break;
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as libc::pid_t), nix::sys::signal::Signal::SIGKILL);
+        for process in left {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(process as libc::pid_t), nix::sys::signal::Signal::SIGKILL);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -197,13 +202,27 @@ pub(super) fn parse_stat_pgrp(text: &str) -> Option<u32> {
     rest.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// Returns the processes of process group `pgid`, from /proc.
-pub(super) fn group_members(pgid: u32) -> Vec<u32> {
+/// Returns whether a `/proc/PID/cmdline`, NUL-separated arguments, names
+/// `user_data_dir` as Chromium's user data directory or a path inside it.
+pub(super) fn cmdline_mentions(cmdline: &[u8], user_data_dir: &Path) -> bool {
+    let exact = format!("{USER_DATA_DIR}{}", user_data_dir.display());
+    let inside = format!("{}/", user_data_dir.display());
+    cmdline.split(|&byte| byte == 0).map(String::from_utf8_lossy).any(|arg| arg == exact || arg.contains(&inside))
+}
+
+/// Returns the processes of the anchor Chromium `pid`, from /proc: its
+/// process group, and the processes that name its user data directory.
+/// Chromium's crash handlers start their own sessions, so only the second
+/// test finds them. Their database is under `HOME`, inside that directory.
+fn anchor_processes(pid: u32, user_data_dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|text| parse_stat_pgrp(&text)) == Some(pgid))
+        .filter(|process| {
+            let in_group = std::fs::read_to_string(format!("/proc/{process}/stat")).ok().and_then(|text| parse_stat_pgrp(&text)) == Some(pid);
+            in_group || std::fs::read(format!("/proc/{process}/cmdline")).is_ok_and(|cmdline| cmdline_mentions(&cmdline, user_data_dir))
+        })
         .collect()
 }
 
@@ -220,9 +239,19 @@ mod tests {
     }
 
     #[test]
-    fn group_members_of_own_group() {
+    fn anchor_processes_include_own_group() {
         let own = nix::unistd::getpgrp().as_raw() as u32;
-        assert!(group_members(own).contains(&std::process::id()));
+        assert!(anchor_processes(own, Path::new("/nonexistent/anchor-1")).contains(&std::process::id()));
+    }
+
+    #[test]
+    fn cmdline_names_user_data_dir() {
+        let dir = Path::new("/dev/shm/bench/anchor-1");
+        assert!(cmdline_mentions(b"/chromium\0--type=renderer\0--user-data-dir=/dev/shm/bench/anchor-1\0", dir));
+        assert!(cmdline_mentions(b"/crashpad\0--database=/dev/shm/bench/anchor-1/home/.config/chromium/Crash Reports\0", dir));
+        assert!(!cmdline_mentions(b"/chromium\0--user-data-dir=/dev/shm/bench/anchor-10\0", dir));
+        assert!(!cmdline_mentions(b"/crashpad\0--database=/dev/shm/bench/anchor-10/home\0", dir));
+        assert!(!cmdline_mentions(b"", dir));
     }
 
     #[test]

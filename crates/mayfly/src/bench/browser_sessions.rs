@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mayfly_core::Profile;
 use mayfly_sandbox::cgroup::Layout;
 
-use super::browser_anchor::{group_members, AnchorBrowser, AnchorCommand};
+use super::browser_anchor::{AnchorBrowser, AnchorCommand};
 use super::browser_origin::{Origin, ANIMATION_PATH, COUNTER_PATH, STATIC_PATH};
 use super::browser_report::{format_markdown, format_text, BrowserReport, InputReport, MemoryReport, StartReport, StreamReport, TimeStats};
 use super::browser_screen::{count_frames, first_frame, time_key, wait_quiet, AnchorScreen, Screen};
@@ -268,15 +268,14 @@ async fn measure_stream(target: &Target, pages: &Pages, dirs: &mut AnchorDirs) -
     Ok(StreamReport { width: WIDTH, height: HEIGHT, mayfly, anchor: anchor_stats })
 }
 
-/// Returns the summed PSS in bytes of process group `pgid` and its number
-/// of processes.
-fn group_pss(pgid: u32) -> Result<(u64, usize), String> {
-    let members = group_members(pgid);
+/// Returns the summed PSS in bytes of an anchor's processes and their number.
+fn anchor_pss(anchor: &AnchorBrowser) -> Result<(u64, usize), String> {
+    let processes = anchor.processes();
     let mut total = 0;
-    for pid in &members {
+    for pid in &processes {
         total += process_pss_bytes(*pid)?;
     }
-    Ok((total, members.len()))
+    Ok((total, processes.len()))
 }
 
 /// Returns the mean summed PSS in bytes of `IDLE_SESSIONS` bare Chromiums on
@@ -291,7 +290,7 @@ async fn anchor_memory(pages: &Pages, dirs: &mut AnchorDirs) -> Result<(f64, f64
     tokio::time::sleep(SETTLE).await;
     let (mut pss, mut processes) = (0, 0);
     for screen in &anchors {
-        let (bytes, count) = group_pss(screen.anchor.pid())?;
+        let (bytes, count) = anchor_pss(&screen.anchor)?;
         pss += bytes;
         processes += count;
     }
