@@ -298,11 +298,19 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   assert.match(await page.locator('#countdown').innerText(), /^Ends in \d+:\d\d/);
   await shot(page, '11-browser-home');
 
-  // The download link is 300 to 400 pixels down the page's 700. The
-  // default policy refuses the download, shows it to the viewer and audits it.
-  const box = await image.boundingBox();
-  assert.deepEqual(await image.evaluate((node) => [node.naturalWidth, node.naturalHeight]), [1000, 700], 'frames have the profile\'s viewport size');
-  await page.mouse.click(box.x + box.width / 2, box.y + box.height * (350 / 700));
+  // The page's viewport follows the space the viewer has for it.
+  const followsScreen = () => page.waitForFunction(() => {
+    const frame = document.getElementById('screen-image');
+    const screen = document.getElementById('screen');
+    return Math.abs(frame.naturalWidth - (screen.clientWidth - 8)) <= 1 && Math.abs(frame.naturalHeight - (screen.clientHeight - 8)) <= 1;
+  }, null, { timeout: 10000 });
+  await followsScreen();
+  let box = await image.boundingBox();
+  const naturalHeight = await image.evaluate((node) => node.naturalHeight);
+  const pageY = (y) => box.y + y * (box.height / naturalHeight);
+  // The download link is 300 to 400 pixels down the page. The default
+  // policy refuses the download, shows it to the viewer and audits it.
+  await page.mouse.click(box.x + box.width / 2, pageY(350));
   await page.locator('#banner').filter({ hasText: 'download of _.._report.txt was refused' }).waitFor({ timeout: 15000 });
   const audit = await fetch(`${url}/v1/audit?since=1&limit=1000`, { headers: { Authorization: `Bearer ${tokens.admin}` } }).then((r) => r.json());
   const refused = audit.records.filter((r) => r.kind === 'browser.download_refused');
@@ -312,7 +320,7 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   await shot(page, '11b-browser-download-refused');
 
   // The form link fills the top 300 pixels.
-  await page.mouse.click(box.x + box.width / 2, box.y + box.height * (150 / 700));
+  await page.mouse.click(box.x + box.width / 2, pageY(150));
   await page.waitForFunction((expected) => document.getElementById('address').value === expected, `${origin}/form`, { timeout: 15000 });
 
   // Type as a German keyboard would: umlauts and ß are keys of their own,
@@ -349,6 +357,13 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   assert.equal(inWorker, 'Asia/Tokyo,de-DE');
   assert.equal(inFrame, 'Asia/Tokyo,de-DE');
   assert.match(acceptLanguage, /^de-DE/);
+
+  // A smaller window gives the page a smaller viewport.
+  const before = await image.evaluate((node) => node.naturalWidth);
+  await page.setViewportSize({ width: 1100, height: 650 });
+  await followsScreen();
+  assert.ok((await image.evaluate((node) => node.naturalWidth)) < before, 'the viewport shrank with the window');
+  box = await image.boundingBox();
 
   // The address bar opens only web addresses.
   await address.fill('file:///etc/passwd');

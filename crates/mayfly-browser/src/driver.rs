@@ -61,6 +61,8 @@ pub enum Input {
     /// Text to insert at the caret: a paste or a finished IME composition.
     Text { text: String },
     Navigate { url: String },
+    /// The viewer's screen area changed: the page's viewport follows it.
+    Viewport { width: u32, height: u32 },
     Back,
     Forward,
     Reload,
@@ -90,6 +92,9 @@ pub enum KeyAction {
     Down,
     Up,
 }
+
+/// The smallest and largest viewport side a viewer may set, in pixels.
+pub const VIEWPORT: (u32, u32) = (200, 4096);
 
 /// The largest text one input message may insert.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -300,6 +305,16 @@ impl Browser {
                 call("Page.navigateToHistoryEntry", json!({ "entryId": entry["id"] })).await
             }
             Input::Reload => call("Page.reload", json!({})).await,
+            Input::Viewport { width, height } => {
+                let (low, high) = VIEWPORT;
+                if !(low..=high).contains(&width) || !(low..=high).contains(&height) {
+                    return Err(format!("a viewport of {width}x{height} is out of range: each side must be {low} to {high} pixels"));
+                }
+                call("Emulation.setDeviceMetricsOverride", json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false })).await?;
+                // The screencast keeps its first size limit, so it restarts.
+                call("Page.stopScreencast", json!({})).await?;
+                call("Page.startScreencast", json!({ "format": "jpeg", "quality": 75, "maxWidth": width, "maxHeight": height, "everyNthFrame": 1 })).await
+            }
         }
     }
 }

@@ -140,6 +140,23 @@ export function browserView(session, parts, { showEnded, warn }) {
     held.clear();
   });
 
+  // The page's viewport follows the space the viewer has for it.
+  let sizing = null;
+  let sentSize = '';
+  function sendViewport() {
+    const width = Math.max(200, Math.floor(screen.clientWidth - 8));
+    const height = Math.max(200, Math.floor(screen.clientHeight - 8));
+    const size = `${width}x${height}`;
+    if (size === sentSize) return;
+    sentSize = size;
+    send({ type: 'viewport', width, height });
+  }
+  const resized = new ResizeObserver(() => {
+    clearTimeout(sizing);
+    sizing = setTimeout(sendViewport, 250);
+  });
+  resized.observe(screen);
+
   function connect(mode) {
     socket = new WebSocket(attachUrl(session.id, mode));
     socket.binaryType = 'arraybuffer';
@@ -158,6 +175,8 @@ export function browserView(session, parts, { showEnded, warn }) {
       switch (message.type) {
         case 'session':
           parts.state.textContent = message.role === 'observer' ? `${message.state}, watching` : message.state;
+          sentSize = '';
+          if (message.role === 'writer') sendViewport();
           keyboard.focus();
           break;
         case 'browser':
@@ -211,6 +230,8 @@ export function browserView(session, parts, { showEnded, warn }) {
   connect();
   return () => {
     ended = true;
+    resized.disconnect();
+    clearTimeout(sizing);
     if (socket) socket.close(1000);
     if (frameUrl) URL.revokeObjectURL(frameUrl);
   };
