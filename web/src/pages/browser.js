@@ -59,7 +59,7 @@ export function browserView(session, parts, { showEnded, warn }) {
   let socket = null;
   let ended = false;
   let frameUrl = null;
-  const held = new Set();
+  const pressedKeys = new Set();
 
   function send(message) {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
@@ -98,13 +98,13 @@ export function browserView(session, parts, { showEnded, warn }) {
 
   keyboard.addEventListener('keydown', (event) => {
     if (event.isComposing || event.key === 'Dead' || event.key === 'Process') return;
-    if (event.key === 'Tab' && held.has('Escape')) return; // leave the screen with the keyboard
+    if (event.key === 'Tab' && pressedKeys.has('Escape')) return; // leave the screen with the keyboard
     const printable = event.key.length === 1 || [...event.key].length === 1;
     const shortcut = event.ctrlKey || event.metaKey;
     const altGraph = isAltGraph(event);
     if (printable && shortcut && !altGraph && (event.key === 'v' || event.key === 'V')) return; // let the paste event read the clipboard
     event.preventDefault();
-    held.add(event.key);
+    pressedKeys.add(event.key);
     let text = '';
     if (printable && (!shortcut || altGraph)) text = event.key;
     if (event.key === 'Enter') text = '\r';
@@ -112,7 +112,7 @@ export function browserView(session, parts, { showEnded, warn }) {
   });
   keyboard.addEventListener('keyup', (event) => {
     if (event.key === 'Dead' || event.key === 'Process') return;
-    held.delete(event.key);
+    pressedKeys.delete(event.key);
     event.preventDefault();
     send({ type: 'key', action: 'up', key: event.key, code: event.code, key_code: event.keyCode, modifiers: modifiers(event) });
   });
@@ -136,8 +136,8 @@ export function browserView(session, parts, { showEnded, warn }) {
   });
   // No key stays pressed in the remote page after the viewer loses focus.
   keyboard.addEventListener('blur', () => {
-    for (const key of held) send({ type: 'key', action: 'up', key, code: '', key_code: 0, modifiers: 0 });
-    held.clear();
+    for (const key of pressedKeys) send({ type: 'key', action: 'up', key, code: '', key_code: 0, modifiers: 0 });
+    pressedKeys.clear();
   });
 
   // The page's viewport follows the space the viewer has for it.
