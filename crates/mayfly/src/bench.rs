@@ -95,15 +95,23 @@ pub fn main(args: BenchArgs) -> i32 {
     measure(&mut ready, args.runs);
 
     let report = build_report(slots, args.runs);
+    let failed = report.runtimes.iter().any(RuntimeResult::has_errors);
+    publish(&args, &report, failed, format_text(&report), format_markdown(&report))
+}
+
+/// Prints a suite's report as JSON with `--json` or as text otherwise,
+/// writes its Markdown to `--output`, and returns the exit code: 1 when a
+/// measurement failed or the Markdown could not be written.
+fn publish(args: &BenchArgs, report: &impl serde::Serialize, failed: bool, text: String, markdown: String) -> i32 {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
+        println!("{}", serde_json::to_string_pretty(report).expect("the report serializes"));
     } else {
-        print!("{}", format_text(&report));
+        print!("{text}");
     }
-    let mut code = if report.runtimes.iter().any(RuntimeResult::has_errors) { 1 } else { 0 };
+    let mut code = i32::from(failed);
     if let Some(path) = &args.output {
-        if let Err(error) = std::fs::write(path, format_markdown(&report)) {
-            eprintln!("mayfly: failed to write the Markdown table to {}: {error}", path.display());
+        if let Err(error) = std::fs::write(path, markdown) {
+            eprintln!("mayfly: failed to write the Markdown report to {}: {error}", path.display());
             code = 1;
         }
     }

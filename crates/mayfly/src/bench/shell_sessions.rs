@@ -279,17 +279,5 @@ pub(super) fn main(args: &BenchArgs) -> i32 {
     let report = run(&executable, dir.path(), args.runs);
     drop(dir);
 
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
-    } else {
-        print!("{}", format_text(&report));
-    }
-    let mut code = if report.errors.is_empty() { 0 } else { 1 };
-    if let Some(path) = &args.output {
-        if let Err(error) = std::fs::write(path, format_markdown(&report)) {
-            eprintln!("mayfly: failed to write the Markdown report to {}: {error}", path.display());
-            code = 1;
-        }
-    }
-    code
+    super::publish(args, &report, !report.errors.is_empty(), format_text(&report), format_markdown(&report))
 }
