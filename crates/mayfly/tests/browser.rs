@@ -91,7 +91,7 @@ fn browser_sessions_end_without_a_viewer() {
         (body["session"]["id"].as_str().unwrap().to_string(), body["attach"]["token"].as_str().unwrap().to_string())
     };
 
-    // Nobody ever attaches: the session ends once the grace has passed.
+    // No viewer ever attaches, so the session ends once the grace has passed.
     let (alone, _) = create("lonely");
     let ended = server.wait_for_state(server.token(), &alone, &["destroyed"]);
     assert_eq!(ended["end"]["reason"], "destroyed", "{ended}");

@@ -58,8 +58,8 @@ async function loadAudit(status, records, showChecks) {
     const page = await api('GET', `/v1/audit?since=${since}&limit=${AUDIT_PAGE}`);
     // Allowed permission checks are most of the log, the console's own
     // reads among them, so they are hidden unless asked for.
-    const shown = page.records.reverse().filter((record) => showChecks || !(record.kind === 'authz.decision' && record.fields?.allowed === true));
-    const rows = shown.map((record) => h('tr', {},
+    const visible = page.records.reverse().filter((record) => showChecks || !(record.kind === 'authz.decision' && record.fields?.allowed === true));
+    const rows = visible.map((record) => h('tr', {},
       h('td', { className: 'mono' }, String(record.seq)),
       h('td', {}, formatTime(record.time_unix_ms)),
       h('td', { className: 'mono' }, record.kind),
