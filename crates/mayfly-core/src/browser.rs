@@ -10,6 +10,8 @@ pub(crate) struct RawBrowser {
     height: Option<u32>,
     locale: Option<String>,
     viewer_grace: Option<crate::Ttl>,
+    #[serde(default)]
+    watermark: bool,
 }
 
 /// The settings Chromium starts with in a browser session.
@@ -26,6 +28,11 @@ pub struct BrowserSettings {
     /// How long the session runs on without a viewer in control before it
     /// is ended; the time starts at creation and whenever the viewer leaves.
     pub viewer_grace: crate::Ttl,
+    /// Whether the viewer shows the user's name and the session id over
+    /// the page, so screenshots and photos of it can be traced.
+    pub watermark: bool,
+    /// What may cross between the user's device and the browser.
+    pub transfer: crate::transfer::TransferSettings,
 }
 
 /// The smallest and largest viewport side, in pixels.
@@ -42,7 +49,7 @@ fn valid_locale(tag: &str) -> bool {
 }
 
 impl BrowserSettings {
-    pub(crate) fn from_raw(raw: RawBrowser) -> Result<BrowserSettings, (String, String)> {
+    pub(crate) fn from_raw(raw: RawBrowser, transfer: crate::transfer::RawTransfer) -> Result<BrowserSettings, (String, String)> {
         let start_url = raw.start_url.unwrap_or_else(|| "about:blank".into());
         let scheme_ok = ["http://", "https://"].iter().any(|s| start_url.starts_with(s)) || start_url == "about:blank";
         if !scheme_ok || start_url.len() > 2048 || start_url.chars().any(char::is_control) {
@@ -63,7 +70,8 @@ impl BrowserSettings {
         if viewer_grace < crate::Ttl::from_secs(2) || viewer_grace > crate::Ttl::from_secs(86_400) {
             return Err(("browser.viewer_grace".into(), format!("= {viewer_grace} is out of range: allowed is 2s to 1d")));
         }
-        Ok(BrowserSettings { start_url, width, height, locale, viewer_grace })
+        let transfer = crate::transfer::TransferSettings::from_raw(transfer)?;
+        Ok(BrowserSettings { start_url, width, height, locale, viewer_grace, watermark: raw.watermark, transfer })
     }
 }
 

@@ -9,6 +9,7 @@ pub mod end;
 pub mod lifecycle;
 pub mod limits;
 pub mod profile;
+pub mod transfer;
 pub mod units;
 
 pub use end::{EndReason, ExitCode};

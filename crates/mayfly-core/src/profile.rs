@@ -100,6 +100,7 @@ struct RawProfile {
     network: crate::egress::RawNetwork,
     shell: Option<RawShell>,
     browser: Option<crate::browser::RawBrowser>,
+    transfer: Option<crate::transfer::RawTransfer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,10 +356,13 @@ impl Profile {
             (Kind::Job | Kind::Browser, None) => None,
             (Kind::Shell, shell) => Some(shell_settings(shell, max_ttl).map_err(|(key, message)| invalid(&key, message))?),
         };
-        let browser = match (raw.kind, raw.browser) {
-            (Kind::Browser, browser) => Some(crate::browser::BrowserSettings::from_raw(browser.unwrap_or_default()).map_err(|(key, message)| invalid(&key, message))?),
-            (_, Some(_)) => return Err(invalid("browser", "is only for profiles of kind \"browser\"".into())),
-            (_, None) => None,
+        let browser = match (raw.kind, raw.browser, raw.transfer) {
+            (Kind::Browser, browser, transfer) => Some(
+                crate::browser::BrowserSettings::from_raw(browser.unwrap_or_default(), transfer.unwrap_or_default()).map_err(|(key, message)| invalid(&key, message))?,
+            ),
+            (_, Some(_), _) => return Err(invalid("browser", "is only for profiles of kind \"browser\"".into())),
+            (_, None, Some(_)) => return Err(invalid("transfer", "is only for profiles of kind \"browser\"".into())),
+            (_, None, None) => None,
         };
 
         Ok(Profile {
