@@ -44,8 +44,8 @@ after(async () => {
 });
 
 /** Opens a fresh browser profile signed in as `user`, on the sessions page. */
-async function signedIn(user) {
-  const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
+async function signedIn(user, options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 768 }, ...options });
   const page = await context.newPage();
   watch(page);
   await page.goto(`${url}/#/signin`);
@@ -387,8 +387,8 @@ async function report(page, origin, path) {
   return new URL(await address.inputValue()).searchParams.get('value');
 }
 
-async function launchWeb(user) {
-  const { context, page } = await signedIn(user);
+async function launchWeb(user, options = {}) {
+  const { context, page } = await signedIn(user, options);
   await page.locator('li[data-profile="web"]').getByRole('button', { name: 'Launch web' }).click();
   await page.waitForURL(/#\/sessions\/s-[0-9a-f]+$/);
   await page.waitForFunction(() => document.getElementById('screen-image')?.naturalWidth > 0, null, { timeout: 30000 });
@@ -411,6 +411,147 @@ test('browser state planted in one session is absent in the next', async () => {
   await second.page.locator('#end-session').click();
   await second.page.locator('#ended').waitFor({ timeout: 15000 });
   await second.context.close();
+});
+
+/** Waits until the viewer's address bar shows `expected` (a string or a pattern). */
+async function addressShows(page, expected) {
+  try {
+    await page.waitForFunction((want) => {
+      const value = document.getElementById('address').value;
+      return want.pattern ? new RegExp(want.pattern).test(value) : value === want.text;
+    }, expected instanceof RegExp ? { pattern: expected.source } : { text: expected }, { timeout: 15000 });
+  } catch (error) {
+    const shown = await page.locator('#address').inputValue();
+    const banner = await page.locator('#banner').innerText().catch(() => '');
+    throw new Error(`the address bar shows ${JSON.stringify(shown)}, not ${expected}; tabs: ${JSON.stringify(await tabList(page))}; banner: ${banner}`);
+  }
+}
+
+/** Returns the tabs the viewer lists: their titles, and which one is in front. */
+async function tabList(page) {
+  return page.locator('#tab-list li').evaluateAll((items) => items.map((li) => ({
+    id: li.dataset.tab,
+    name: li.querySelector('.tab-show').textContent,
+    current: li.querySelector('.tab-show').getAttribute('aria-current') === 'page',
+  })));
+}
+
+test('browser session: tabs, popups, touch, composition, dead keys, modifiers, copy and watermark', async () => {
+  const origin = required('MAYFLY_ORIGIN');
+  const { context, page } = await launchWeb('alice', { hasTouch: true });
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: url });
+  const address = page.locator('#address');
+  const keyboard = page.locator('#remote-keyboard');
+  const image = page.locator('#screen-image');
+  const sessionId = page.url().split('/').pop();
+
+  // The profile turns the watermark on: the user and the session id.
+  const watermark = await page.locator('#watermark span').first().textContent();
+  assert.equal(watermark, `alice · ${sessionId}`);
+
+  // A link with a target opens a tab, which comes to the front.
+  await address.fill(`${origin}/popup`);
+  await address.press('Enter');
+  await addressShows(page, `${origin}/popup`);
+  await page.waitForFunction(() => document.getElementById('screen-image').naturalHeight > 0);
+  let box = await image.boundingBox();
+  const scale = box.height / (await image.evaluate((node) => node.naturalHeight));
+  await page.mouse.click(box.x + 200 * scale, box.y + 100 * scale);
+  await addressShows(page, `${origin}/form`);
+  let tabs = await tabList(page);
+  assert.equal(tabs.length, 2, JSON.stringify(tabs));
+  assert.ok(tabs[1].current, 'the new tab is in front');
+
+  // Back to the first tab, then window.open gives a third.
+  await page.locator('#tab-list li').first().locator('.tab-show').click();
+  await addressShows(page, `${origin}/popup`);
+  await page.waitForTimeout(500);
+  await page.mouse.click(box.x + 200 * scale, box.y + 300 * scale);
+  await addressShows(page, `${origin}/result?value=popup`);
+  tabs = await tabList(page);
+  assert.equal(tabs.length, 3, JSON.stringify(tabs));
+  assert.ok(tabs[2].current, 'the popup is in front');
+  await shot(page, '14-browser-tabs');
+
+  // Closing the tab in front shows the newest one left; + opens a blank tab.
+  await page.locator(`#tab-list li[data-tab="${tabs[2].id}"] .tab-close`).click();
+  await page.waitForFunction(() => document.querySelectorAll('#tab-list li').length === 2);
+  await addressShows(page, `${origin}/form`);
+  await page.locator(`#tab-list li[data-tab="${tabs[1].id}"] .tab-close`).click();
+  await page.locator('#tab-new').click();
+  await addressShows(page, 'about:blank');
+  tabs = await tabList(page);
+  assert.equal(tabs.length, 2, JSON.stringify(tabs));
+  assert.ok(tabs[1].current);
+
+  // Typing, touch and modifiers on a page that records them.
+  await address.fill(`${origin}/input`);
+  await address.press('Enter');
+  await addressShows(page, `${origin}/input`);
+  await page.waitForTimeout(500);
+  box = await image.boundingBox();
+
+  // An IME composition in the viewer: the page gets the finished text once.
+  await keyboard.focus();
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('Input.imeSetComposition', { text: 'にほ', selectionStart: 2, selectionEnd: 2 });
+  await cdp.send('Input.imeSetComposition', { text: 'にほんご', selectionStart: 4, selectionEnd: 4 });
+  await cdp.send('Input.insertText', { text: '日本語' });
+  // Dead keys: Windows and Linux report the dead key, then the composed
+  // character as a key; macOS composes it.
+  await keyboard.evaluate((node) => {
+    const key = (type, key, code) => node.dispatchEvent(new KeyboardEvent(type, { key, code, bubbles: true, cancelable: true }));
+    key('keydown', 'Dead', 'Equal');
+    key('keyup', 'Dead', 'Equal');
+    key('keydown', 'é', 'KeyE');
+    key('keyup', 'é', 'KeyE');
+    node.dispatchEvent(new CompositionEvent('compositionstart', { data: '', bubbles: true }));
+    node.dispatchEvent(new CompositionEvent('compositionupdate', { data: '`', bubbles: true }));
+    node.dispatchEvent(new CompositionEvent('compositionend', { data: 'à', bubbles: true }));
+  });
+
+  // A finger on the pad (which takes the focus from the field).
+  await page.touchscreen.tap(box.x + 300 * scale, box.y + 160 * scale);
+
+  // Shift held down when the viewer loses focus does not stay pressed.
+  await page.keyboard.down('Shift');
+  await page.waitForTimeout(200);
+  await address.click();
+  await page.keyboard.up('Shift');
+  await keyboard.focus();
+  await page.waitForTimeout(300);
+  await page.keyboard.press('Enter');
+  await addressShows(page, /\/result\?value=/);
+  const [value, held, record] = new URL(await address.inputValue()).searchParams.get('value').split('|');
+  assert.equal(value, '日本語éà');
+  assert.equal(held, '', 'no key is held after the viewer lost focus');
+  assert.match(record, /touchstart1,touchend/);
+  assert.match(record, /compose/);
+
+  // Copy: a triple click selects the result's paragraph, Control+C copies
+  // it to this device, and the audit log records it.
+  box = await image.boundingBox();
+  await page.mouse.click(box.x + 80 * scale, box.y + 55 * scale, { clickCount: 3 });
+  await keyboard.focus();
+  await page.keyboard.press('Control+c');
+  await page.locator('#banner').filter({ hasText: 'Copied' }).waitFor({ timeout: 10000 });
+  assert.match(await page.evaluate(() => navigator.clipboard.readText()), /Thank you\./);
+  const audit = await fetch(`${url}/v1/audit?since=1&limit=1000`, { headers: { Authorization: `Bearer ${tokens.admin}` } }).then((r) => r.json());
+  const copied = audit.records.filter((r) => r.kind === 'browser.clipboard_out' && r.session_id === sessionId);
+  assert.equal(copied.length, 1, JSON.stringify(copied));
+
+  // A tap on a link follows it, as a click would.
+  await address.fill(`${origin}/input`);
+  await address.press('Enter');
+  await addressShows(page, `${origin}/input`);
+  await page.waitForTimeout(500);
+  await page.touchscreen.tap(box.x + 300 * scale, box.y + 330 * scale);
+  await addressShows(page, `${origin}/result?value=tapped`);
+
+  await page.locator('#end-session').click();
+  await page.locator('#end-session').click();
+  await page.locator('#ended').waitFor({ timeout: 15000 });
+  await context.close();
 });
 
 test('signing out ends the browser session', async () => {

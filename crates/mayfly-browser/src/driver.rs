@@ -1,17 +1,21 @@
-//! The browser of one session: the page it shows, the screencast of that
-//! page, and the viewer's input.
+//! The browser of one session: its tabs, the screencast of the tab in
+//! front, and the viewer's input.
 //!
-//! Frames are acknowledged as they arrive and only the newest is kept, so
-//! a slow viewer gets fewer, newer frames rather than a growing queue.
+//! Every page, including popups, is attached before it runs, so it gets
+//! the session's user agent, language and viewport before its first
+//! request. Frames are acknowledged as they arrive and only the newest is
+//! kept, so a slow viewer gets fewer, newer frames rather than a queue.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::base64;
-use crate::cdp::{CdpError, Connection, PIPE_CLOSED};
+use crate::cdp::{CdpError, Connection, Event, PIPE_CLOSED};
+use crate::input::{check_point, check_url, Input, KeyAction, MouseAction, TouchAction, MAX_TOUCH_POINTS, MAX_TYPED_TEXT, VIEWPORT};
+use crate::tabs::{Page, State, Tabs, MAX_TABS};
 
 /// One screencast frame.
 #[derive(Debug, Clone)]
@@ -21,7 +25,7 @@ pub struct Frame {
     pub jpeg: Arc<Vec<u8>>,
 }
 
-/// The browser's state, as viewers get it beside the frames.
+/// The state of the tab in front, as viewers get it beside the frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Running { url: String, title: String },
@@ -38,10 +42,24 @@ pub enum Notice {
     DownloadRefused { url: String, filename: String },
     /// A page's renderer process crashed.
     RendererCrashed,
+    /// A page opened more tabs than a session may have; the new one was closed.
+    TabRefused,
 }
 
 /// Receives the browser's notices; called from the driver's task.
 pub type Notify = Arc<dyn Fn(Notice) + Send + Sync>;
+
+/// Start settings of a browser.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The viewport in CSS pixels until the viewer sets its own.
+    pub width: u32,
+    pub height: u32,
+    /// The `Accept-Language` of every page, such as `de-DE`.
+    pub locale: String,
+    /// The page the first tab opens once it is set up.
+    pub start_url: Option<String>,
+}
 
 /// Returns a download's suggested name as it may be shown and recorded:
 /// control characters and path separators replaced, at most 120 characters.
@@ -51,79 +69,30 @@ pub fn sanitize_filename(name: &str) -> String {
     if trimmed.is_empty() { "download".into() } else { trimmed.to_string() }
 }
 
-/// A viewer's input, as the attach WebSocket carries it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Input {
-    Mouse { action: MouseAction, x: f64, y: f64, #[serde(default)] button: Button, #[serde(default)] buttons: u32, #[serde(default)] click_count: u32, #[serde(default)] modifiers: u32 },
-    Wheel { x: f64, y: f64, delta_x: f64, delta_y: f64, #[serde(default)] modifiers: u32 },
-    Key { action: KeyAction, key: String, code: String, #[serde(default)] text: String, #[serde(default)] key_code: u32, #[serde(default)] modifiers: u32 },
-    /// Text to insert at the caret: a paste or a finished IME composition.
-    Text { text: String },
-    Navigate { url: String },
-    /// The viewer's screen area changed: the page's viewport follows it.
-    Viewport { width: u32, height: u32 },
-    Back,
-    Forward,
-    Reload,
-}
+/// The largest text one paste may insert.
+pub const MAX_PASTE: usize = 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MouseAction {
-    Move,
-    Down,
-    Up,
-}
+/// How long the driver waits for the first page, or a new tab, to be ready.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Button {
-    #[default]
-    None,
-    Left,
-    Middle,
-    Right,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyAction {
-    Down,
-    Up,
-}
-
-/// The smallest and largest viewport side a viewer may set, in pixels.
-pub const VIEWPORT: (u32, u32) = (200, 4096);
-
-/// The largest text one input message may insert.
-pub const MAX_TEXT: usize = 64 * 1024;
-
-/// Checks an address the viewer asks to open: http, https or about:blank.
-pub fn check_url(url: &str) -> Result<String, String> {
-    let url = url.trim();
-    if url == "about:blank" {
-        return Ok(url.to_string());
-    }
-    if url.len() > 2048 || url.chars().any(char::is_control) {
-        return Err("the address is longer than 2048 characters or contains control characters".into());
-    }
-    if url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(url.to_string());
-    }
-    if url.contains("://") || url.starts_with("javascript:") || url.starts_with("data:") || url.starts_with("file:") {
-        return Err(format!("only http and https addresses can be opened, not {url:?}"));
-    }
-    Ok(format!("https://{url}"))
+/// State shared by the driver's tasks.
+struct Shared {
+    connection: Connection,
+    user_agent: String,
+    locale: String,
+    state: Mutex<State>,
+    /// Held while the tab in front changes, so two changes do not interleave.
+    switching: tokio::sync::Mutex<()>,
+    frames: watch::Sender<Option<Frame>>,
+    status: watch::Sender<Status>,
+    tabs: watch::Sender<Tabs>,
+    notices: broadcast::Sender<Notice>,
+    notify: Notify,
 }
 
 /// A running browser.
 pub struct Browser {
-    connection: Connection,
-    page: String,
-    frames: watch::Receiver<Option<Frame>>,
-    status: watch::Receiver<Status>,
-    notices: tokio::sync::broadcast::Sender<Notice>,
+    shared: Arc<Shared>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -135,144 +104,427 @@ impl Drop for Browser {
     }
 }
 
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notice(&self, notice: Notice) {
+        (self.notify)(notice.clone());
+        let _ = self.notices.send(notice);
+    }
+
+    /// Sends the tabs and the state of the one in front to viewers.
+    fn publish(&self) {
+        let (tabs, status) = {
+            let state = self.state();
+            let status = match state.active_page() {
+                Some(page) if page.crashed => Status::RendererCrashed,
+                Some(page) => Status::Running { url: page.url.clone(), title: page.title.clone() },
+                None => return,
+            };
+            (state.tabs(), status)
+        };
+        self.tabs.send_if_modified(|current| std::mem::replace(current, tabs.clone()) != tabs);
+        self.status.send_if_modified(|current| {
+            if *current == Status::Closed || *current == status {
+                return false;
+            }
+            *current = status.clone();
+            true
+        });
+    }
+
+    async fn call(&self, method: &str, params: Value, session: &str) -> Result<Value, String> {
+        self.connection.call(method, params, Some(session)).await.map_err(|e| e.to_string())
+    }
+
+    /// Gives a new page the session's user agent, language and viewport,
+    /// then lets it run and brings it to the front.
+    async fn set_up(self: Arc<Self>, target: String, session: String) {
+        let viewport = self.state().viewport;
+        // The commands go out in this order and the browser handles them in
+        // order, so the page runs only after the overrides apply. Some
+        // reply only once the page runs, so all are awaited together.
+        let agent_override = json!({ "userAgent": self.user_agent, "acceptLanguage": self.locale });
+        // Crash reports need the Inspector domain, but a page without it
+        // still works, so its result is not checked.
+        let (page, network, agent, size, _inspector, run) = tokio::join!(
+            self.call("Page.enable", json!({}), &session),
+            self.call("Network.enable", json!({}), &session),
+            self.call("Network.setUserAgentOverride", agent_override, &session),
+            // The window of headless Chromium includes room for its hidden
+            // toolbars, so the viewport is set to the viewer's size.
+            self.call("Emulation.setDeviceMetricsOverride", metrics(viewport), &session),
+            self.call("Inspector.enable", json!({}), &session),
+            self.call("Runtime.runIfWaitingForDebugger", json!({}), &session),
+        );
+
+        if let Err(error) = page.and(network).and(agent).and(size).and(run) {
+            // A page that closed while it was set up is not an error.
+            if self.state().page(&target).is_some() {
+                tracing::warn!(target_id = %target, error = %error, "a browser tab could not be set up; closing it");
+                self.connection.call("Target.closeTarget", json!({ "targetId": target }), None).await.ok();
+            }
+            return;
+        }
+
+        match self.state().page_mut(&target) {
+            Some(page) => page.ready = true,
+            None => return,
+        }
+        // A new tab comes to the front, as in a local browser.
+        self.activate(&target).await;
+    }
+
+    /// Shows a tab: its screencast replaces the one in front.
+    async fn activate(&self, target: &str) {
+        let _switching = self.switching.lock().await;
+        let (previous, session, viewport) = {
+            let mut state = self.state();
+            let Some(page) = state.page(target).filter(|p| p.ready) else { return };
+            let session = page.session.clone();
+            let previous = state.active_page().map(|p| p.session.clone());
+            state.active = Some(target.to_string());
+            (previous, session, state.viewport)
+        };
+        self.publish();
+        if previous.as_deref() == Some(session.as_str()) {
+            return;
+        }
+        if let Some(previous) = previous {
+            self.call("Page.stopScreencast", json!({}), &previous).await.ok();
+        }
+        self.connection.call("Target.activateTarget", json!({ "targetId": target }), None).await.ok();
+        let started = async {
+            self.call("Emulation.setDeviceMetricsOverride", metrics(viewport), &session).await?;
+            self.call("Page.startScreencast", screencast(viewport), &session).await
+        };
+        if let Err(error) = started.await {
+            tracing::debug!(error = %error, "a tab's screencast did not start");
+        }
+    }
+
+    /// Brings the newest remaining tab to the front, or opens a blank one
+    /// when none is left.
+    async fn replace_active(&self) {
+        let successor = self.state().successor();
+        match successor {
+            Some(target) => self.activate(&target).await,
+            None => {
+                if self.state().pages.is_empty() {
+                    self.connection.call("Target.createTarget", json!({ "url": "about:blank" }), None).await.ok();
+                }
+            }
+        }
+    }
+
+    /// Handles one event; returns false when the browser is gone.
+    fn on_event(self: &Arc<Self>, event: Event, seq: &mut u64, downloads: &mut std::collections::HashSet<String>) -> bool {
+        if event.method == PIPE_CLOSED {
+            let _ = self.status.send(Status::Closed);
+            return false;
+        }
+        let params = &event.params;
+        match (event.method.as_str(), event.session_id.as_deref()) {
+            // Chromium reports a download on the browser, on the page, or
+            // both, with the same guid.
+            ("Browser.downloadWillBegin" | "Page.downloadWillBegin", _) => {
+                if downloads.insert(params["guid"].as_str().unwrap_or_default().to_string()) {
+                    let url = params["url"].as_str().unwrap_or_default().chars().take(2048).collect();
+                    let filename = sanitize_filename(params["suggestedFilename"].as_str().unwrap_or_default());
+                    self.notice(Notice::DownloadRefused { url, filename });
+                }
+            }
+            ("Target.attachedToTarget", None) => {
+                let target = params["targetInfo"]["targetId"].as_str().unwrap_or_default().to_string();
+                let session = params["sessionId"].as_str().unwrap_or_default().to_string();
+                if params["targetInfo"]["type"] != "page" {
+                    self.connection.send("Runtime.runIfWaitingForDebugger", json!({}), Some(&session));
+                    self.connection.send("Target.detachFromTarget", json!({ "sessionId": session }), None);
+                    return true;
+                }
+                let too_many = {
+                    let mut state = self.state();
+                    let too_many = state.pages.len() >= MAX_TABS;
+                    if !too_many && state.page(&target).is_none() {
+                        let url = params["targetInfo"]["url"].as_str().unwrap_or_default().to_string();
+                        state.pages.push(Page { target: target.clone(), session: session.clone(), url, title: String::new(), ready: false, crashed: false });
+                    }
+                    too_many
+                };
+                if too_many {
+                    self.notice(Notice::TabRefused);
+                    self.connection.send("Target.closeTarget", json!({ "targetId": target }), None);
+                    return true;
+                }
+                self.publish();
+                tokio::spawn(Arc::clone(self).set_up(target, session));
+            }
+            ("Target.targetInfoChanged", None) => {
+                let info = &params["targetInfo"];
+                let target = info["targetId"].as_str().unwrap_or_default();
+                if let Some(page) = self.state().page_mut(target) {
+                    page.url = info["url"].as_str().unwrap_or_default().chars().take(2048).collect();
+                    page.title = info["title"].as_str().unwrap_or_default().chars().take(300).collect();
+                }
+                self.publish();
+            }
+            ("Target.targetDestroyed" | "Target.detachedFromTarget", None) => {
+                let target = match params["targetId"].as_str() {
+                    Some(target) => Some(target.to_string()),
+                    None => params["sessionId"].as_str().and_then(|s| self.state().by_session(s).map(|p| p.target.clone())),
+                };
+                let Some(target) = target else { return true };
+                let was_active = self.state().remove(&target);
+                self.publish();
+                if was_active || self.state().pages.is_empty() {
+                    let shared = Arc::clone(self);
+                    tokio::spawn(async move { shared.replace_active().await });
+                }
+            }
+            ("Page.screencastFrame", Some(session)) => {
+                // Acknowledge at once: the browser sends the next frame only
+                // after this, and viewers read the newest one.
+                self.connection.send("Page.screencastFrameAck", json!({ "sessionId": params["sessionId"] }), Some(session));
+                if self.state().active_session().as_deref() != Some(session) {
+                    return true;
+                }
+                let Some(jpeg) = params["data"].as_str().and_then(base64::decode) else { return true };
+                *seq += 1;
+                let _ = self.frames.send(Some(Frame { seq: *seq, jpeg: Arc::new(jpeg) }));
+            }
+            ("Inspector.targetCrashed", Some(session)) => {
+                if let Some(page) = self.state().by_session_mut(session) {
+                    page.crashed = true;
+                }
+                self.notice(Notice::RendererCrashed);
+                self.publish();
+            }
+            // Chromium does not report every title change, so a loaded
+            // page's title is asked for.
+            ("Page.loadEventFired" | "Page.domContentEventFired", Some(session)) => {
+                let Some(target) = self.state().by_session(session).map(|p| p.target.clone()) else { return true };
+                let shared = Arc::clone(self);
+                tokio::spawn(async move {
+                    let Ok(info) = shared.connection.call("Target.getTargetInfo", json!({ "targetId": target }), None).await else { return };
+                    if let Some(page) = shared.state().page_mut(&target) {
+                        page.title = info["targetInfo"]["title"].as_str().unwrap_or_default().chars().take(300).collect();
+                    }
+                    shared.publish();
+                });
+            }
+            ("Page.frameNavigated", Some(session)) if params["frame"]["parentId"].is_null() => {
+                if let Some(page) = self.state().by_session_mut(session) {
+                    page.url = params["frame"]["url"].as_str().unwrap_or_default().chars().take(2048).collect();
+                    page.crashed = false;
+                }
+                self.publish();
+            }
+            _ => {}
+        }
+        true
+    }
+}
+
+fn metrics((width, height): (u32, u32)) -> Value {
+    json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false })
+}
+
+fn screencast((width, height): (u32, u32)) -> Value {
+    json!({ "format": "jpeg", "quality": 75, "maxWidth": width, "maxHeight": height, "everyNthFrame": 1 })
+}
+
 impl Browser {
-    /// Attaches to the browser's first page and starts its screencast at
-    /// the given size.
-    pub async fn start(connection: Connection, width: u32, height: u32, locale: &str, notify: Notify) -> Result<Browser, CdpError> {
+    /// Attaches to every page the browser has or opens, shows the first
+    /// one, and opens the start page in it.
+    pub async fn start(connection: Connection, options: Options, notify: Notify) -> Result<Browser, CdpError> {
         let mut events = connection.events();
         // Downloads are refused, and their start is reported.
         connection.call("Browser.setDownloadBehavior", json!({ "behavior": "deny", "eventsEnabled": true }), None).await?;
-        let targets = connection.call("Target.getTargets", json!({}), None).await?;
-        let existing = targets["targetInfos"].as_array().and_then(|list| list.iter().find(|t| t["type"] == "page")).and_then(|t| t["targetId"].as_str()).map(str::to_string);
-        let target = match existing {
-            Some(target) => target,
-            None => connection.call("Target.createTarget", json!({ "url": "about:blank" }), None).await?["targetId"].as_str().unwrap_or_default().to_string(),
-        };
-        let attached = connection.call("Target.attachToTarget", json!({ "targetId": target, "flatten": true }), None).await?;
-        let page = attached["sessionId"].as_str().unwrap_or_default().to_string();
-        connection.call("Page.enable", json!({}), Some(&page)).await?;
         // Headless Chromium sends no Accept-Language of its own, and its user
         // agent names it headless, which sites treat as a robot.
         let version = connection.call("Browser.getVersion", json!({}), None).await?;
         let user_agent = version["userAgent"].as_str().unwrap_or_default().replace("HeadlessChrome", "Chrome");
-        connection.call("Network.enable", json!({}), Some(&page)).await?;
-        connection.call("Network.setUserAgentOverride", json!({ "userAgent": user_agent, "acceptLanguage": locale }), Some(&page)).await?;
-        // The window of headless Chromium includes room for its hidden
-        // toolbars, so the page's viewport is set to the profile's size.
-        connection
-            .call("Emulation.setDeviceMetricsOverride", json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }), Some(&page))
-            .await?;
-        connection.call("Inspector.enable", json!({}), Some(&page)).await.ok();
-        connection
-            .call("Page.startScreencast", json!({ "format": "jpeg", "quality": 75, "maxWidth": width, "maxHeight": height, "everyNthFrame": 1 }), Some(&page))
-            .await?;
-
-        // The start page may have loaded before Page.enable, so its address
-        // comes from the history rather than from an event.
-        let history = connection.call("Page.getNavigationHistory", json!({}), Some(&page)).await?;
-        let current = history["currentIndex"].as_u64().and_then(|i| history["entries"].get(i as usize)).and_then(|e| e["url"].as_str()).unwrap_or_default().to_string();
-        let (frame_sender, frames) = watch::channel(None);
-        let (status_sender, status) = watch::channel(Status::Running { url: current, title: String::new() });
-        let (notices, _) = tokio::sync::broadcast::channel(16);
-        let events_notices = notices.clone();
-        let events_connection = connection.clone();
-        let events_page = page.clone();
+        let (frames, _) = watch::channel(None);
+        let (status, _) = watch::channel(Status::Running { url: String::new(), title: String::new() });
+        let (tabs, _) = watch::channel(Tabs::default());
+        let (notices, _) = broadcast::channel(16);
+        let shared = Arc::new(Shared {
+            connection: connection.clone(),
+            user_agent,
+            locale: options.locale.clone(),
+            state: Mutex::new(State::new((options.width, options.height))),
+            switching: tokio::sync::Mutex::new(()),
+            frames,
+            status,
+            tabs,
+            notices,
+            notify,
+        });
+        let events_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
-            let mut seq = 0u64;
-            let mut seen_downloads = std::collections::HashSet::new();
+            let (mut seq, mut downloads) = (0u64, std::collections::HashSet::new());
             loop {
-                let event = match events.recv().await {
-                    Ok(event) => event,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
-                        tracing::debug!(skipped, "the browser driver skipped events");
-                        continue;
+                match events.recv().await {
+                    Ok(event) => {
+                        if !events_shared.on_event(event, &mut seq, &mut downloads) {
+                            break;
+                        }
                     }
-                    Err(_) => break,
-                };
-                if event.method == PIPE_CLOSED {
-                    let _ = status_sender.send(Status::Closed);
-                    break;
-                }
-                // Chromium reports a download on the browser, on the page, or
-                // both, with the same guid.
-                let download = matches!(event.method.as_str(), "Browser.downloadWillBegin" | "Page.downloadWillBegin");
-                if download && !seen_downloads.insert(event.params["guid"].as_str().unwrap_or_default().to_string()) {
-                    continue;
-                }
-                if download {
-                    let url = event.params["url"].as_str().unwrap_or_default().chars().take(2048).collect();
-                    let filename = sanitize_filename(event.params["suggestedFilename"].as_str().unwrap_or_default());
-                    let notice = Notice::DownloadRefused { url, filename };
-                    notify(notice.clone());
-                    let _ = events_notices.send(notice);
-                    continue;
-                }
-                if event.session_id.as_deref() != Some(events_page.as_str()) {
-                    continue;
-                }
-                match event.method.as_str() {
-                    "Page.screencastFrame" => {
-                        // Acknowledge at once: the browser sends the next frame
-                        // only after this, and viewers read the newest one.
-                        events_connection.send("Page.screencastFrameAck", json!({ "sessionId": event.params["sessionId"] }), Some(&events_page));
-                        let Some(jpeg) = event.params["data"].as_str().and_then(base64::decode) else { continue };
-                        seq += 1;
-                        let _ = frame_sender.send(Some(Frame { seq, jpeg: Arc::new(jpeg) }));
-                    }
-                    "Inspector.targetCrashed" => {
-                        notify(Notice::RendererCrashed);
-                        let _ = status_sender.send(Status::RendererCrashed);
-                    }
-                    "Page.frameNavigated" if event.params["frame"]["parentId"].is_null() => {
-                        let url = event.params["frame"]["url"].as_str().unwrap_or_default().to_string();
-                        let _ = status_sender.send(Status::Running { url, title: String::new() });
-                    }
-                    _ => {}
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => tracing::debug!(skipped, "the browser driver skipped events"),
+                    Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
         });
-        Ok(Browser { connection, page, frames, status, notices, tasks: Mutex::new(vec![task]) })
+        let browser = Browser { shared: Arc::clone(&shared), tasks: Mutex::new(vec![task]) };
+
+        let filter = json!([{ "type": "page" }]);
+        connection.call("Target.setDiscoverTargets", json!({ "discover": true, "filter": filter }), None).await?;
+        connection.call("Target.setAutoAttach", json!({ "autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true, "filter": filter }), None).await?;
+        if shared.state().pages.is_empty() {
+            let targets = connection.call("Target.getTargets", json!({}), None).await?;
+            let has_page = targets["targetInfos"].as_array().is_some_and(|list| list.iter().any(|t| t["type"] == "page"));
+            if !has_page {
+                connection.call("Target.createTarget", json!({ "url": "about:blank" }), None).await?;
+            }
+        }
+        let first = browser.wait_for_front(None).await.ok_or_else(|| CdpError::Timeout { method: "attaching to the first page".into(), seconds: PAGE_TIMEOUT.as_secs() })?;
+        if let Some(url) = options.start_url.filter(|u| u != "about:blank") {
+            shared.call("Page.navigate", json!({ "url": url }), &first).await.map_err(|message| CdpError::Protocol { method: "Page.navigate".into(), message })?;
+        }
+        Ok(browser)
     }
 
-    /// Subscribes to the frames. The receiver reads only the newest.
+    /// Waits until a tab other than `previous` is ready in front; returns
+    /// its session.
+    async fn wait_for_front(&self, previous: Option<&str>) -> Option<String> {
+        let mut tabs = self.shared.tabs.subscribe();
+        let deadline = tokio::time::Instant::now() + PAGE_TIMEOUT;
+        loop {
+            if let Some(session) = self.shared.state().active_session().filter(|s| Some(s.as_str()) != previous) {
+                return Some(session);
+            }
+            match tokio::time::timeout_at(deadline, tabs.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Subscribes to the frames of the tab in front. The receiver reads
+    /// only the newest.
     pub fn frames(&self) -> watch::Receiver<Option<Frame>> {
-        self.frames.clone()
+        self.shared.frames.subscribe()
     }
 
     /// Subscribes to the browser's notices from now on.
-    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
-        self.notices.subscribe()
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.shared.notices.subscribe()
     }
 
-    /// Subscribes to the browser's status.
+    /// Subscribes to the state of the tab in front.
     pub fn status(&self) -> watch::Receiver<Status> {
-        self.status.clone()
+        self.shared.status.subscribe()
     }
 
-    /// Passes one viewer input on to the page.
+    /// Subscribes to the list of tabs.
+    pub fn tabs(&self) -> watch::Receiver<Tabs> {
+        self.shared.tabs.subscribe()
+    }
+
+    /// Returns the DevTools connection, which the driver shares.
+    pub fn connection(&self) -> &Connection {
+        &self.shared.connection
+    }
+
+    /// Returns the text selected in the tab in front: in a text field if
+    /// one has focus, otherwise in the page. Frames of other sites are not
+    /// searched.
+    pub async fn selected_text(&self) -> Result<String, String> {
+        let session = self.front()?;
+        let expression = "(() => { const a = document.activeElement; \
+            if (a && (a.tagName === 'INPUT' || a.tagName === 'TEXTAREA') && typeof a.selectionStart === 'number') return a.value.slice(a.selectionStart, a.selectionEnd); \
+            const s = document.getSelection(); return s ? s.toString() : ''; })()";
+        let result = self.shared.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true }), &session).await?;
+        Ok(result["result"]["value"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Returns the DevTools session of the tab in front.
+    fn front(&self) -> Result<String, String> {
+        self.shared.state().active_session().ok_or_else(|| "the browser has no page in front yet; try again in a moment".to_string())
+    }
+
+    /// Passes one viewer input on to the tab in front.
     pub async fn input(&self, input: Input) -> Result<(), String> {
-        let page = Some(self.page.as_str());
-        let call = |method: &'static str, params: Value| async move { self.connection.call(method, params, page).await.map(|_| ()).map_err(|e| e.to_string()) };
+        let shared = &self.shared;
+        match input {
+            Input::NewTab { url } => return self.new_tab(url).await,
+            Input::SwitchTab { id } => {
+                if shared.state().page(&id).is_none_or(|p| !p.ready) {
+                    return Err(format!("no open tab has the id {id:?}; the tab list shows the open ones"));
+                }
+                shared.activate(&id).await;
+                return Ok(());
+            }
+            Input::CloseTab { id } => {
+                if shared.state().page(&id).is_none() {
+                    return Err(format!("no open tab has the id {id:?}; the tab list shows the open ones"));
+                }
+                return shared.connection.call("Target.closeTarget", json!({ "targetId": id }), None).await.map(|_| ()).map_err(|e| e.to_string());
+            }
+            Input::ReleaseAll => return self.release_all().await,
+            _ => {}
+        }
+        let session = self.front()?;
+        let call = |method: &'static str, params: Value| {
+            let session = session.clone();
+            async move { shared.call(method, params, &session).await.map(|_| ()) }
+        };
         match input {
             Input::Mouse { action, x, y, button, buttons, click_count, modifiers } => {
+                check_point(x, y)?;
                 let kind = match action {
                     MouseAction::Move => "mouseMoved",
                     MouseAction::Down => "mousePressed",
                     MouseAction::Up => "mouseReleased",
                 };
-                let button = match button {
-                    Button::None => "none",
-                    Button::Left => "left",
-                    Button::Middle => "middle",
-                    Button::Right => "right",
-                };
-                call("Input.dispatchMouseEvent", json!({ "type": kind, "x": x, "y": y, "button": button, "buttons": buttons, "clickCount": click_count, "modifiers": modifiers })).await
+                {
+                    let mut state = shared.state();
+                    state.held.mouse = (x, y);
+                    let name = button.name();
+                    match action {
+                        MouseAction::Down if name != "none" && !state.held.buttons.contains(&name) => state.held.buttons.push(name),
+                        MouseAction::Up => state.held.buttons.retain(|b| *b != name),
+                        _ => {}
+                    }
+                }
+                call("Input.dispatchMouseEvent", json!({ "type": kind, "x": x, "y": y, "button": button.name(), "buttons": buttons, "clickCount": click_count, "modifiers": modifiers })).await
             }
             Input::Wheel { x, y, delta_x, delta_y, modifiers } => {
+                check_point(x, y)?;
                 call("Input.dispatchMouseEvent", json!({ "type": "mouseWheel", "x": x, "y": y, "deltaX": delta_x, "deltaY": delta_y, "modifiers": modifiers })).await
             }
+            Input::Touch { action, points, modifiers } => {
+                if points.len() > MAX_TOUCH_POINTS {
+                    return Err(format!("a touch carries {} points; at most {MAX_TOUCH_POINTS} fingers are followed", points.len()));
+                }
+                for point in &points {
+                    check_point(point.x, point.y)?;
+                }
+                let touch_points: Vec<Value> = points.iter().map(|p| json!({ "x": p.x, "y": p.y, "id": p.id })).collect();
+                // The browser takes the fingers still down: start and move
+                // carry them all, and end and cancel release what is missing.
+                let kind = match (action, touch_points.is_empty()) {
+                    (TouchAction::Start | TouchAction::Move, true) => return Err("a touch start or move needs at least one point".into()),
+                    (TouchAction::End | TouchAction::Cancel, false) => "touchMove",
+                    (action, _) => action.event_type(),
+                };
+                shared.state().held.touching = !touch_points.is_empty();
+                call("Input.dispatchTouchEvent", json!({ "type": kind, "touchPoints": touch_points, "modifiers": modifiers })).await
+            }
             Input::Key { action, key, code, text, key_code, modifiers } => {
-                if text.len() > 16 {
+                if text.len() > 16 || key.len() > 64 || code.len() > 64 {
                     return Err("a key event carries at most a few characters; send longer text as a text message".into());
                 }
                 let kind = match action {
@@ -280,6 +532,18 @@ impl Browser {
                     KeyAction::Down => "keyDown",
                     KeyAction::Up => "keyUp",
                 };
+                {
+                    let held = &mut shared.state().held.keys;
+                    let name = if code.is_empty() { key.clone() } else { code.clone() };
+                    match action {
+                        KeyAction::Down => {
+                            held.insert(name, (key.clone(), code.clone(), key_code));
+                        }
+                        KeyAction::Up => {
+                            held.remove(&name);
+                        }
+                    }
+                }
                 let mut params = json!({ "type": kind, "key": key, "code": code, "windowsVirtualKeyCode": key_code, "modifiers": modifiers });
                 if !text.is_empty() {
                     params["text"] = json!(text);
@@ -288,8 +552,22 @@ impl Browser {
                 call("Input.dispatchKeyEvent", params).await
             }
             Input::Text { text } => {
-                if text.len() > MAX_TEXT {
-                    return Err(format!("the text is {} bytes; at most {MAX_TEXT} can be inserted at once", text.len()));
+                if text.len() > MAX_TYPED_TEXT {
+                    return Err(format!("typed text is {} bytes; at most {MAX_TYPED_TEXT} come at once, and longer text is a paste", text.len()));
+                }
+                call("Input.insertText", json!({ "text": text })).await
+            }
+            Input::Compose { text, selection_start, selection_end } => {
+                if text.len() > MAX_TYPED_TEXT {
+                    return Err(format!("a composition is {} bytes; at most {MAX_TYPED_TEXT} are allowed", text.len()));
+                }
+                let length = text.encode_utf16().count() as u32;
+                let (start, end) = (selection_start.min(length), selection_end.min(length).max(selection_start.min(length)));
+                call("Input.imeSetComposition", json!({ "text": text, "selectionStart": start, "selectionEnd": end })).await
+            }
+            Input::Paste { text } => {
+                if text.len() > MAX_PASTE {
+                    return Err(format!("the pasted text is {} bytes; at most {MAX_PASTE} can be inserted at once", text.len()));
                 }
                 call("Input.insertText", json!({ "text": text })).await
             }
@@ -298,7 +576,7 @@ impl Browser {
                 call("Page.navigate", json!({ "url": url })).await
             }
             Input::Back | Input::Forward => {
-                let history = self.connection.call("Page.getNavigationHistory", json!({}), page).await.map_err(|e| e.to_string())?;
+                let history = shared.call("Page.getNavigationHistory", json!({}), &session).await?;
                 let current = history["currentIndex"].as_i64().unwrap_or(0);
                 let target = if matches!(input, Input::Back) { current - 1 } else { current + 1 };
                 let Some(entry) = history["entries"].as_array().and_then(|e| e.get(usize::try_from(target).ok()?)) else { return Ok(()) };
@@ -310,12 +588,49 @@ impl Browser {
                 if !(low..=high).contains(&width) || !(low..=high).contains(&height) {
                     return Err(format!("a viewport of {width}x{height} is out of range: each side must be {low} to {high} pixels"));
                 }
-                call("Emulation.setDeviceMetricsOverride", json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false })).await?;
+                shared.state().viewport = (width, height);
+                call("Emulation.setDeviceMetricsOverride", metrics((width, height))).await?;
                 // The screencast keeps its first size limit, so it restarts.
                 call("Page.stopScreencast", json!({})).await?;
-                call("Page.startScreencast", json!({ "format": "jpeg", "quality": 75, "maxWidth": width, "maxHeight": height, "everyNthFrame": 1 })).await
+                call("Page.startScreencast", screencast((width, height))).await
             }
+            Input::Copy | Input::NewTab { .. } | Input::SwitchTab { .. } | Input::CloseTab { .. } | Input::ReleaseAll => Ok(()),
         }
+    }
+
+    /// Opens a tab on a blank page, shows it, then opens `url` in it.
+    async fn new_tab(&self, url: Option<String>) -> Result<(), String> {
+        let url = url.map(|u| check_url(&u)).transpose()?;
+        if self.shared.state().pages.len() >= MAX_TABS {
+            return Err(format!("this session has {MAX_TABS} tabs open, the most it may have; close one first"));
+        }
+        let previous = self.shared.state().active_session();
+        self.shared.connection.call("Target.createTarget", json!({ "url": "about:blank" }), None).await.map_err(|e| e.to_string())?;
+        let session = self.wait_for_front(previous.as_deref()).await.ok_or("the new tab did not open in time")?;
+        match url.filter(|u| u != "about:blank") {
+            Some(url) => self.shared.call("Page.navigate", json!({ "url": url }), &session).await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Releases every key, mouse button and finger the viewer holds down
+    /// in the tab in front, so none stays pressed after the viewer loses
+    /// focus or leaves.
+    pub async fn release_all(&self) -> Result<(), String> {
+        let Ok(session) = self.front() else { return Ok(()) };
+        let held = std::mem::take(&mut self.shared.state().held);
+        for (key, code, key_code) in held.keys.into_values() {
+            self.shared.call("Input.dispatchKeyEvent", json!({ "type": "keyUp", "key": key, "code": code, "windowsVirtualKeyCode": key_code, "modifiers": 0 }), &session).await?;
+        }
+        for button in held.buttons {
+            let (x, y) = held.mouse;
+            self.shared.call("Input.dispatchMouseEvent", json!({ "type": "mouseReleased", "x": x, "y": y, "button": button, "buttons": 0, "clickCount": 1, "modifiers": 0 }), &session).await?;
+        }
+        if held.touching {
+            self.shared.call("Input.dispatchTouchEvent", json!({ "type": "touchCancel", "touchPoints": [] }), &session).await?;
+        }
+        self.shared.state().held.mouse = held.mouse;
+        Ok(())
     }
 }
 
@@ -324,30 +639,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn check_url_allows_only_web_addresses() {
-        assert_eq!(check_url("about:blank").unwrap(), "about:blank");
-        assert_eq!(check_url("http://127.0.0.1:8080/a").unwrap(), "http://127.0.0.1:8080/a");
-        assert_eq!(check_url("example.com/path").unwrap(), "https://example.com/path");
-        for bad in ["javascript:alert(1)", "file:///etc/passwd", "data:text/html,hi", "chrome://settings", "view-source:http://x"] {
-            assert!(check_url(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn sanitize_filename_keeps_names_inside() {
         assert_eq!(sanitize_filename("report.pdf"), "report.pdf");
         assert_eq!(sanitize_filename("../../etc/passwd"), "_.._etc_passwd");
         assert_eq!(sanitize_filename("a\nb\u{1b}[31m.txt"), "a_b_[31m.txt");
         assert_eq!(sanitize_filename(".."), "download");
         assert_eq!(sanitize_filename(&"x".repeat(500)).len(), 120);
-    }
-
-    #[test]
-    fn input_messages_parse() {
-        let mouse: Input = serde_json::from_str(r#"{"type":"mouse","action":"down","x":10.5,"y":20,"button":"left","buttons":1,"click_count":1}"#).unwrap();
-        assert!(matches!(mouse, Input::Mouse { action: MouseAction::Down, button: Button::Left, .. }));
-        let key: Input = serde_json::from_str(r#"{"type":"key","action":"down","key":"@","code":"KeyQ","text":"@","modifiers":6}"#).unwrap();
-        assert!(matches!(key, Input::Key { modifiers: 6, .. }));
-        assert!(serde_json::from_str::<Input>(r#"{"type":"eval","code":"x"}"#).is_err());
     }
 }

@@ -5,5 +5,9 @@
 mod base64;
 pub mod cdp;
 pub mod driver;
+pub mod input;
+pub mod tabs;
 
-pub use driver::{check_url, sanitize_filename, Browser, Frame, Input, Notice, Notify, Status};
+pub use driver::{sanitize_filename, Browser, Frame, Notice, Notify, Options, Status};
+pub use input::{check_url, Input};
+pub use tabs::{TabInfo, Tabs};

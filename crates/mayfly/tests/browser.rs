@@ -124,3 +124,93 @@ fn browser_sessions_end_without_a_viewer() {
     assert!(ended["end"]["detail"].as_str().unwrap().contains("no viewer"), "{ended}");
     assert!(server.stop().success());
 }
+
+/// Reads text messages from a viewer's WebSocket until one matches, within 20 s.
+async fn next_text<S>(socket: &mut S, wanted: impl Fn(&Value) -> bool) -> Value
+where
+    S: futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(until, socket.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                if wanted(&message) {
+                    return message;
+                }
+                seen.push(message);
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the wanted message never came ({other:?}); saw {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn clipboard_follows_profile() {
+    let scratch = Scratch::new("browser-clipboard");
+    let profiles = scratch.path.join("profiles");
+    let base = include_str!("../../mayfly-core/profiles/browser.toml");
+    common::write(&profiles.join("closed.toml"), &base.replace("clipboard_in = true", "clipboard_in = false"));
+    common::write(&profiles.join("small.toml"), &base.replace("clipboard_limit = \"64KiB\"", "clipboard_limit = \"8B\"").replace("watermark = false", "watermark = true"));
+    let profiles_arg = profiles.to_str().unwrap().to_string();
+    let server = server::start(&scratch.state_dir(), &["--profiles-dir", &profiles_arg], &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut ids = Vec::new();
+    for profile in ["closed", "small"] {
+        let (status, body) = server.http("POST", "/v1/sessions", Some(server.token()), Some(&json!({ "profile": profile, "ttl": "2m" })));
+        assert_eq!(status, 201, "{body}");
+        let id = body["session"]["id"].as_str().unwrap().to_string();
+        let token = body["attach"]["token"].as_str().unwrap().to_string();
+        server.wait_for_state(server.token(), &id, &["running"]);
+        runtime.block_on(async {
+            use futures_util::SinkExt;
+            use tokio_tungstenite::tungstenite::Message;
+            let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+            let url = format!("ws://{}/v1/sessions/{id}/attach?token={token}", server.address);
+            let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+            let session = next_text(&mut socket, |m| m["type"] == "session").await;
+            let tabs = next_text(&mut socket, |m| m["type"] == "tabs").await;
+            assert_eq!(tabs["tabs"].as_array().unwrap().len(), 1, "{tabs}");
+            let send = |message: Value| Message::Text(message.to_string().into());
+            let error = |m: &Value| m["type"] == "error";
+            if profile == "closed" {
+                assert_eq!(session["transfer"]["clipboard_in"], false, "{session}");
+                assert_eq!(session["watermark"], Value::Null, "{session}");
+                socket.send(send(json!({ "type": "paste", "text": "secret" }))).await.unwrap();
+                let refused = next_text(&mut socket, error).await;
+                assert!(refused["message"].as_str().unwrap().contains("transfer.clipboard_in"), "{refused}");
+                socket.send(send(json!({ "type": "copy" }))).await.unwrap();
+                let refused = next_text(&mut socket, error).await;
+                assert!(refused["message"].as_str().unwrap().contains("transfer.clipboard_out"), "{refused}");
+            } else {
+                assert_eq!(session["transfer"]["clipboard_limit_bytes"], 8, "{session}");
+                assert!(session["watermark"].as_str().unwrap().ends_with(&id), "{session}");
+                socket.send(send(json!({ "type": "paste", "text": "too long!" }))).await.unwrap();
+                let refused = next_text(&mut socket, error).await;
+                assert!(refused["message"].as_str().unwrap().contains("transfer.clipboard_limit"), "{refused}");
+                socket.send(send(json!({ "type": "paste", "text": "ok" }))).await.unwrap();
+                // Input is handled in order, so a refusal of the next message
+                // shows the paste went through without one.
+                socket.send(send(json!({ "type": "switch_tab", "id": "none" }))).await.unwrap();
+                let refused = next_text(&mut socket, error).await;
+                assert!(refused["message"].as_str().unwrap().contains("no open tab has the id \"none\""), "{refused}");
+            }
+            socket.close(None).await.unwrap();
+        });
+        ids.push(id);
+    }
+    let (status, audit) = server.http("GET", "/v1/audit?since=1&limit=1000", Some(server.token()), None);
+    assert_eq!(status, 200);
+    let pastes: Vec<&Value> = audit["records"].as_array().unwrap().iter().filter(|r| r["kind"] == "browser.clipboard_in").collect();
+    assert_eq!(pastes.len(), 1, "only the allowed paste is recorded: {pastes:?}");
+    assert_eq!(pastes[0]["fields"]["bytes"], 2);
+    assert_eq!(pastes[0]["session_id"], ids[1]);
+    for id in &ids {
+        server.http("DELETE", &format!("/v1/sessions/{id}"), Some(server.token()), None);
+        server.wait_for_state(server.token(), id, &["destroyed"]);
+    }
+    assert!(server.stop().success());
+}

@@ -51,6 +51,7 @@ fn web_profile(origin_port: u16) -> String {
     // A time zone and language that differ from the host's show that they
     // come from the profile.
     let base = base.replace("locale = \"en-US\"", "locale = \"de-DE\"").replace("timezone = \"UTC\"", "timezone = \"Asia/Tokyo\"");
+    let base = base.replace("watermark = false", "watermark = true").replace("clipboard_out = false", "clipboard_out = true");
     format!("{base}\n[network]\negress = \"proxy\"\nallow = [\"127.0.0.1:{origin_port}\"]\n")
 }
 
@@ -78,7 +79,9 @@ fn origin() -> u16 {
                     line.clear();
                 }
                 let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let body = if path == "/" {
+                let body = if let Some(page) = input_page(&path) {
+                    page.to_string()
+                } else if path == "/" {
                     "<!doctype html><title>Origin home</title><body style=\"margin:0;font:32px sans-serif\"><a id=next href=\"/form\" style=\"display:block;height:300px;background:#cde\">Go to the form</a><a href=\"/download\" style=\"display:block;height:100px;background:#edc\">Download the report</a><p>Welcome to the origin.</p>".to_string()
                 } else if path == "/env" {
                     // Reports the time zone and language of the page, an
@@ -129,6 +132,30 @@ fn origin() -> u16 {
     port
 }
 
+/// Pages for the tests of tabs, touch, composition and modifiers.
+fn input_page(path: &str) -> Option<&'static str> {
+    Some(match path {
+        // Two ways to open a tab: a link with a target and window.open.
+        "/popup" => "<!doctype html><title>Popups</title><body style=\"margin:0;font:32px sans-serif\">\
+            <a href=\"/form\" target=\"_blank\" style=\"display:block;height:200px;background:#cde\">Open the form in a new tab</a>\
+            <div id=opener style=\"height:200px;background:#edc\">Open a popup</div>\
+            <script>document.getElementById('opener').onclick = () => window.open('/result?value=popup', 'popup', 'width=400,height=300');</script>",
+        // Records touches, compositions and the keys held down; Enter
+        // reports the field's value, the held keys and the record.
+        "/input" => "<!doctype html><title>Input</title><body style=\"margin:0;font:32px sans-serif\">\
+            <input id=field autofocus style=\"font-size:32px;width:900px;height:60px\">\
+            <div id=pad style=\"height:200px;background:#dec\">Touch here</div>\
+            <a href=\"/result?value=tapped\" style=\"display:block;height:140px;background:#ced\">Tap to follow</a>\
+            <script>const held = new Set(); const log = []; const field = document.getElementById('field'); const pad = document.getElementById('pad');\
+            addEventListener('keydown', (e) => { if (e.key === 'Enter') { location.replace('/result?value=' + encodeURIComponent([field.value, [...held].join('+'), log.join(',')].join('|'))); } else { held.add(e.key); } }, true);\
+            addEventListener('keyup', (e) => held.delete(e.key), true);\
+            pad.addEventListener('touchstart', (e) => log.push('touchstart' + e.touches.length));\
+            pad.addEventListener('touchend', () => log.push('touchend'));\
+            field.addEventListener('compositionstart', () => log.push('compose'));</script>",
+        _ => return None,
+    })
+}
+
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
@@ -163,8 +190,14 @@ fn console_in_chromium() {
     let bob = create_token(&server, "bob", "dev");
 
     let screenshots = repository.join("target/console-screenshots");
-    let output = Command::new("node")
-        .args(["--test", "--test-reporter=spec", "--test-concurrency=1", "tests/console.test.mjs"])
+    let mut node = Command::new("node");
+    node.args(["--test", "--test-reporter=spec", "--test-concurrency=1"]);
+    // CONSOLE_ONLY runs only the tests whose names match it.
+    if let Ok(pattern) = std::env::var("CONSOLE_ONLY") {
+        node.arg(format!("--test-name-pattern={pattern}"));
+    }
+    let output = node
+        .arg("tests/console.test.mjs")
         .current_dir(&web)
         .env("MAYFLY_URL", &server.url)
         .env("MAYFLY_ADMIN_TOKEN", server.token())
@@ -180,6 +213,9 @@ fn console_in_chromium() {
     let status = server.stop();
     assert!(output.status.success(), "the console tests failed:\n{text}");
     assert!(status.success(), "mayfly serve exited with {status}");
+    if std::env::var_os("CONSOLE_ONLY").is_some() {
+        return;
+    }
     for name in ["01-sign-in", "03-sessions", "04-terminal", "06-ended", "08-admin"] {
         assert!(screenshots.join(format!("{name}.png")).is_file(), "screenshot {name}.png was saved");
     }

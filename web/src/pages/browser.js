@@ -1,30 +1,22 @@
-// A browser session's viewer: the remote page as screencast frames, with
-// the viewer's mouse, wheel and keyboard sent back as input.
+// A browser session's viewer: the remote page as screencast frames, its
+// tabs and address bar, and the viewer's input sent back.
 
 import { api, ApiError, attachUrl } from '../api.js';
 import { h, fill } from '../dom.js';
 import { formatSeconds } from '../format.js';
+import { wireInput, copyToDevice } from './browser-input.js';
+import { tabStrip } from './browser-tabs.js';
 
 /** The byte before each JPEG frame on the WebSocket. */
 const FRAME = 0x10;
-/** The largest paste sent to the remote page, in bytes. */
-const MAX_PASTE = 64 * 1024;
 
-/** Tells whether a key event is AltGr producing a character: Windows reports AltGr as Control and Alt. */
-function isAltGraph(event) {
-  const printable = typeof event.key === 'string' && [...event.key].length === 1;
-  return Boolean(event.getModifierState && event.getModifierState('AltGraph')) || (printable && event.ctrlKey && event.altKey);
+/** The transfer policy until the session's first message replaces it. */
+const NOTHING_ALLOWED = { clipboard_in: false, clipboard_out: false, clipboard_limit_bytes: 0 };
+
+/** Lays the user's name and the session id over the page, so photos of it can be traced. */
+function watermarkLayer(text) {
+  return h('div', { className: 'watermark', id: 'watermark', 'aria-hidden': 'true' }, Array.from({ length: 24 }, () => h('span', {}, text)));
 }
-
-/** DevTools modifier bits: Alt 1, Control 2, Meta 4, Shift 8. */
-function modifiers(event) {
-  // The character AltGr produced is in event.key already, so its Control
-  // and Alt do not count; the remote page would take them as a shortcut.
-  const altGraph = isAltGraph(event);
-  return (event.altKey && !altGraph ? 1 : 0) | (event.ctrlKey && !altGraph ? 2 : 0) | (event.metaKey ? 4 : 0) | (event.shiftKey ? 8 : 0);
-}
-
-const BUTTONS = ['left', 'middle', 'right'];
 
 /**
  * Builds the viewer into `parts` (the page's bar, banner, notice and body
@@ -49,96 +41,24 @@ export function browserView(session, parts, { showEnded, warn }) {
     h('button', { type: 'button', id: 'nav-forward', 'aria-label': 'Forward', onclick: () => send({ type: 'forward' }) }, '→'),
     h('button', { type: 'button', id: 'nav-reload', 'aria-label': 'Reload', onclick: () => send({ type: 'reload' }) }, '⟳'),
     address, go);
+  const tabs = tabStrip((message) => send(message));
   navigation.addEventListener('submit', (event) => {
     event.preventDefault();
     if (address.value.trim()) send({ type: 'navigate', url: address.value.trim() });
     keyboard.focus();
   });
-  fill(body, navigation, screen);
+  fill(body, tabs.strip, navigation, screen);
 
   let socket = null;
   let ended = false;
   let frameUrl = null;
-  const pressedKeys = new Set();
+  let policy = NOTHING_ALLOWED;
 
   function send(message) {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
   }
 
-  function point(event) {
-    const rect = image.getBoundingClientRect();
-    const width = image.naturalWidth || rect.width;
-    const height = image.naturalHeight || rect.height;
-    return { x: ((event.clientX - rect.left) / rect.width) * width, y: ((event.clientY - rect.top) / rect.height) * height };
-  }
-
-  function mouse(action, event) {
-    const { x, y } = point(event);
-    send({ type: 'mouse', action, x, y, button: action === 'move' ? 'none' : BUTTONS[event.button] || 'none', buttons: event.buttons, click_count: action === 'move' ? 0 : Math.max(1, event.detail || 1), modifiers: modifiers(event) });
-  }
-
-  image.addEventListener('mousedown', (event) => {
-    event.preventDefault();
-    keyboard.focus();
-    mouse('down', event);
-  });
-  image.addEventListener('mouseup', (event) => mouse('up', event));
-  image.addEventListener('mousemove', (event) => {
-    if (event.buttons || performance.now() - (image.lastMove || 0) > 30) {
-      image.lastMove = performance.now();
-      mouse('move', event);
-    }
-  });
-  image.addEventListener('contextmenu', (event) => event.preventDefault());
-  image.addEventListener('wheel', (event) => {
-    event.preventDefault();
-    const { x, y } = point(event);
-    send({ type: 'wheel', x, y, delta_x: event.deltaX, delta_y: event.deltaY, modifiers: modifiers(event) });
-  }, { passive: false });
-
-  keyboard.addEventListener('keydown', (event) => {
-    if (event.isComposing || event.key === 'Dead' || event.key === 'Process') return;
-    if (event.key === 'Tab' && pressedKeys.has('Escape')) return; // leave the screen with the keyboard
-    const printable = event.key.length === 1 || [...event.key].length === 1;
-    const shortcut = event.ctrlKey || event.metaKey;
-    const altGraph = isAltGraph(event);
-    if (printable && shortcut && !altGraph && (event.key === 'v' || event.key === 'V')) return; // let the paste event read the clipboard
-    event.preventDefault();
-    pressedKeys.add(event.key);
-    let text = '';
-    if (printable && (!shortcut || altGraph)) text = event.key;
-    if (event.key === 'Enter') text = '\r';
-    send({ type: 'key', action: 'down', key: event.key, code: event.code, text, key_code: event.keyCode, modifiers: modifiers(event) });
-  });
-  keyboard.addEventListener('keyup', (event) => {
-    if (event.key === 'Dead' || event.key === 'Process') return;
-    pressedKeys.delete(event.key);
-    event.preventDefault();
-    send({ type: 'key', action: 'up', key: event.key, code: event.code, key_code: event.keyCode, modifiers: modifiers(event) });
-  });
-  keyboard.addEventListener('compositionend', (event) => {
-    if (event.data) send({ type: 'text', text: event.data });
-    keyboard.value = '';
-  });
-  keyboard.addEventListener('input', (event) => {
-    // Dead-key and other composed characters that arrive without a keydown.
-    if (!event.isComposing && event.data && event.inputType === 'insertText') send({ type: 'text', text: event.data });
-    if (!event.isComposing) keyboard.value = '';
-  });
-  keyboard.addEventListener('paste', (event) => {
-    event.preventDefault();
-    const text = event.clipboardData.getData('text/plain');
-    if (new TextEncoder().encode(text).length > MAX_PASTE) {
-      warn(`The clipboard holds more than ${MAX_PASTE / 1024} KiB of text; paste less at a time.`);
-      return;
-    }
-    if (text) send({ type: 'text', text });
-  });
-  // No key stays pressed in the remote page after the viewer loses focus.
-  keyboard.addEventListener('blur', () => {
-    for (const key of pressedKeys) send({ type: 'key', action: 'up', key, code: '', key_code: 0, modifiers: 0 });
-    pressedKeys.clear();
-  });
+  const input = wireInput({ image, keyboard, send, policy: () => policy, warn });
 
   // The page's viewport follows the space the viewer has for it.
   let sizing = null;
@@ -175,6 +95,10 @@ export function browserView(session, parts, { showEnded, warn }) {
       switch (message.type) {
         case 'session':
           parts.state.textContent = message.role === 'observer' ? `${message.state}, watching` : message.state;
+          policy = { ...NOTHING_ALLOWED, ...(message.transfer || {}) };
+          screen.querySelector('.watermark')?.remove();
+          if (message.watermark) screen.append(watermarkLayer(message.watermark));
+          input.reset();
           sentSize = '';
           if (message.role === 'writer') sendViewport();
           keyboard.focus();
@@ -183,6 +107,12 @@ export function browserView(session, parts, { showEnded, warn }) {
           if (message.status === 'running' && document.activeElement !== address) address.value = message.url || '';
           if (message.status === 'renderer_crashed') warn('The page crashed in the remote browser. Reload it to go on.');
           if (message.status === 'closed') warn('The remote browser closed.');
+          break;
+        case 'tabs':
+          tabs.show(message);
+          break;
+        case 'clipboard':
+          copyToDevice(message.text, warn);
           break;
         case 'warning':
           warn(`This session ends in ${formatSeconds(message.remaining_seconds)}. Everything in it will be destroyed.`);
@@ -230,6 +160,7 @@ export function browserView(session, parts, { showEnded, warn }) {
   connect();
   return () => {
     ended = true;
+    input.stop();
     resized.disconnect();
     clearTimeout(sizing);
     if (socket) socket.close(1000);

@@ -92,9 +92,12 @@ pub async fn attach(
     let session = app.session_or_404(&id).await?;
     app.authorize(&who, Action::AttachSession, &resource(&session), None).await?;
     let upgrade = upgrade.map_err(|e| Problem::bad_request(format!("this endpoint needs a WebSocket upgrade: {}", e.body_text())))?;
-    let browser = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(|l| l.browser.clone().map(|slot| (Arc::clone(&l.output), slot, Arc::clone(&l.browser_writer))));
-    if let Some((output, slot, writer_flag)) = browser {
-        return attach_browser(&app, who, &session, output, slot, writer_flag, query.mode.as_deref(), upgrade).await;
+    let browser = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(|l| {
+        let (slot, settings) = (l.browser.clone()?, l.browser_settings.clone()?);
+        Some(LiveBrowser { output: Arc::clone(&l.output), slot, writer_flag: Arc::clone(&l.browser_writer), settings })
+    });
+    if let Some(live) = browser {
+        return attach_browser(&app, who, &session, live, query.mode.as_deref(), upgrade).await;
     }
     let live = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| (Arc::clone(&l.output), l.terminal.clone(), l.shell.clone()));
     let (live_output, terminal, shell) = match live {
@@ -183,19 +186,18 @@ impl Drop for BrowserWriter {
     }
 }
 
-/// Attaches a viewer to a browser session: the first viewer drives it,
-/// and `mode=observe` watches without input.
-#[allow(clippy::too_many_arguments)]
-async fn attach_browser(
-    app: &Arc<App>,
-    who: Authenticated,
-    session: &crate::store::SessionRecord,
+/// Parts of a live browser session that its attach uses.
+struct LiveBrowser {
     output: Arc<Output>,
     slot: crate::sessions::browser::BrowserSlot,
     writer_flag: Arc<std::sync::atomic::AtomicBool>,
-    mode: Option<&str>,
-    upgrade: WebSocketUpgrade,
-) -> Result<Response, Problem> {
+    settings: Arc<mayfly_core::browser::BrowserSettings>,
+}
+
+/// Attaches a viewer to a browser session: the first viewer drives it,
+/// and `mode=observe` watches without input.
+async fn attach_browser(app: &Arc<App>, who: Authenticated, session: &crate::store::SessionRecord, live: LiveBrowser, mode: Option<&str>, upgrade: WebSocketUpgrade) -> Result<Response, Problem> {
+    let LiveBrowser { output, slot, writer_flag, settings } = live;
     let id = session.id.clone();
     let claim = match mode {
         Some("observe") => None,
@@ -215,13 +217,32 @@ async fn attach_browser(
     let role_name = if claim.is_some() { "writer" } else { "observer" };
     let attached = Entry::new("session.attached", &crate::sessions::actor(&who)).session(&id).field("token", who.token_prefix.clone()).field("role", role_name);
     app.audit.one(attached).await.map_err(|e| Problem::audit_failed(&e))?;
-    let summary = json!({ "type": "session", "id": id, "kind": session.kind, "state": session.state, "deadline_unix_ms": session.deadline_unix_ms, "role": role_name });
+    let watermark = settings.watermark.then(|| format!("{} · {id}", who.principal.name));
+    let transfer = &settings.transfer;
+    let summary = json!({
+        "type": "session", "id": id, "kind": session.kind, "state": session.state, "deadline_unix_ms": session.deadline_unix_ms, "role": role_name,
+        "watermark": watermark,
+        "transfer": {
+            "downloads": transfer.downloads, "uploads": transfer.uploads, "clipboard_in": transfer.clipboard_in, "clipboard_out": transfer.clipboard_out,
+            "clipboard_limit_bytes": transfer.clipboard_limit.as_bytes(), "printing": transfer.printing, "automation": transfer.automation,
+        },
+    });
     let warnings = Warnings::new(session.deadline_unix_ms, vec![300_000, 60_000]);
     let limit = app.config.limits.max_websocket_message_bytes;
     let app = Arc::clone(app);
     Ok(upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
-        let writer = claim.is_some();
-        let reason = super::attach_browser::stream(socket, output, slot, summary, writer, warnings).await;
+        let viewer = super::attach_browser::Viewer {
+            output,
+            slot,
+            summary,
+            writer: claim.is_some(),
+            warnings,
+            settings,
+            audit: app.audit.clone(),
+            actor: crate::sessions::actor(&who),
+            session_id: id.clone(),
+        };
+        let reason = super::attach_browser::stream(socket, viewer).await;
         drop(claim);
         let detached = Entry::new("session.detached", &crate::sessions::actor(&who)).session(&id).field("reason", reason);
         if let Err(error) = app.audit.one(detached).await {

@@ -6,17 +6,21 @@
 //! instead of queueing them, and a viewer that accepts nothing for
 //! [`STALL_TIMEOUT`] is closed with code [`STALLED`] and may reconnect to
 //! the current frame. Text messages to the viewer are JSON: `session`
-//! first, then `browser` (`status` of `running` with the page's `url`,
-//! `renderer_crashed` or `closed`), `warning`, `error` for refused input,
-//! and `end` last. The viewer's text messages are [`mayfly_browser::Input`].
+//! first (with the profile's `transfer` policy and the `watermark` text,
+//! if any), then `browser` (`status` of `running` with the page's `url`
+//! and `title`, `renderer_crashed` or `closed`), `tabs`, `clipboard` with
+//! copied text, `warning`, `error` for refused input, and `end` last. The
+//! viewer's text messages are [`mayfly_browser::Input`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use mayfly_browser::{Browser, Input, Status};
+use mayfly_browser::{Browser, Input, Status, Tabs};
+use mayfly_core::browser::BrowserSettings;
 use serde_json::json;
 
+use crate::audit::Auditor;
 use crate::sessions::browser::BrowserSlot;
 use crate::sessions::output::{Output, Read};
 
@@ -43,7 +47,7 @@ async fn send(socket: &mut WebSocket, message: Message) -> Result<(), &'static s
 
 fn status_message(status: &Status) -> String {
     match status {
-        Status::Running { url, .. } => json!({ "type": "browser", "status": "running", "url": url }),
+        Status::Running { url, title } => json!({ "type": "browser", "status": "running", "url": url, "title": title }),
         Status::RendererCrashed => json!({ "type": "browser", "status": "renderer_crashed" }),
         Status::Closed => json!({ "type": "browser", "status": "closed" }),
     }
@@ -68,41 +72,73 @@ async fn wait_for_browser(slot: &mut BrowserSlot, output: &Output) -> Option<Arc
     }
 }
 
+/// One viewer of a browser session.
+pub struct Viewer {
+    pub output: Arc<Output>,
+    pub slot: BrowserSlot,
+    /// The first message, which describes the session.
+    pub summary: serde_json::Value,
+    /// Whether the viewer's input counts.
+    pub writer: bool,
+    pub warnings: super::attach::Warnings,
+    pub settings: Arc<BrowserSettings>,
+    pub audit: Auditor,
+    pub actor: String,
+    pub session_id: String,
+}
+
+fn tabs_message(tabs: &Tabs) -> String {
+    json!({ "type": "tabs", "tabs": tabs.tabs, "active": tabs.active }).to_string()
+}
+
 /// Streams a browser session until it ends or the viewer leaves; returns
-/// why the attach ended. The viewer's input counts only when `writer` is set.
-pub async fn stream(mut socket: WebSocket, output: Arc<Output>, mut slot: BrowserSlot, summary: serde_json::Value, writer: bool, mut warnings: super::attach::Warnings) -> &'static str {
+/// why the attach ended.
+pub async fn stream(mut socket: WebSocket, viewer: Viewer) -> &'static str {
+    let Viewer { output, mut slot, summary, writer, mut warnings, .. } = viewer;
+    let mut transfers = super::browser_transfer::Transfers::new(Arc::clone(&viewer.settings), viewer.audit.clone(), viewer.actor.clone(), viewer.session_id.clone());
     if let Err(reason) = send(&mut socket, Message::Text(summary.to_string().into())).await {
         return reason;
     }
     let Some(browser) = wait_for_browser(&mut slot, &output).await else {
         return finish(&mut socket, &output).await;
     };
+    let reason = run(&mut socket, &browser, &output, writer, &mut warnings, &mut transfers).await;
+    if writer {
+        // No key, button or finger stays pressed after the viewer leaves.
+        let _ = browser.release_all().await;
+    }
+    reason
+}
+
+async fn run(socket: &mut WebSocket, browser: &Browser, output: &Output, writer: bool, warnings: &mut super::attach::Warnings, transfers: &mut super::browser_transfer::Transfers) -> &'static str {
     let mut frames = browser.frames();
     let mut status = browser.status();
+    let mut tabs = browser.tabs();
     let mut notices = browser.notices();
     frames.mark_changed();
     status.mark_changed();
+    tabs.mark_changed();
     loop {
         for seconds in warnings.take_due() {
             let warning = json!({ "type": "warning", "remaining_seconds": seconds });
-            if let Err(reason) = send(&mut socket, Message::Text(warning.to_string().into())).await {
+            if let Err(reason) = send(socket, Message::Text(warning.to_string().into())).await {
                 return reason;
             }
         }
         if matches!(output.read_after(u64::MAX - 1), Read::Ended(_)) {
-            return finish(&mut socket, &output).await;
+            return finish(socket, output).await;
         }
         tokio::select! {
             changed = frames.changed() => {
                 if changed.is_err() {
-                    return finish(&mut socket, &output).await;
+                    return finish(socket, output).await;
                 }
                 let frame = frames.borrow_and_update().clone();
                 if let Some(frame) = frame {
                     let mut message = Vec::with_capacity(frame.jpeg.len() + 1);
                     message.push(FRAME);
                     message.extend_from_slice(&frame.jpeg);
-                    if let Err(reason) = send(&mut socket, Message::Binary(message.into())).await {
+                    if let Err(reason) = send(socket, Message::Binary(message.into())).await {
                         return reason;
                     }
                 }
@@ -110,7 +146,15 @@ pub async fn stream(mut socket: WebSocket, output: Arc<Output>, mut slot: Browse
             changed = status.changed() => {
                 if changed.is_ok() {
                     let text = status_message(&status.borrow_and_update());
-                    if let Err(reason) = send(&mut socket, Message::Text(text.into())).await {
+                    if let Err(reason) = send(socket, Message::Text(text.into())).await {
+                        return reason;
+                    }
+                }
+            }
+            changed = tabs.changed() => {
+                if changed.is_ok() {
+                    let text = tabs_message(&tabs.borrow_and_update());
+                    if let Err(reason) = send(socket, Message::Text(text.into())).await {
                         return reason;
                     }
                 }
@@ -118,7 +162,7 @@ pub async fn stream(mut socket: WebSocket, output: Arc<Output>, mut slot: Browse
             notice = notices.recv() => {
                 if let Ok(mayfly_browser::Notice::DownloadRefused { filename, .. }) = notice {
                     let message = json!({ "type": "download_refused", "filename": filename });
-                    if let Err(reason) = send(&mut socket, Message::Text(message.to_string().into())).await {
+                    if let Err(reason) = send(socket, Message::Text(message.to_string().into())).await {
                         return reason;
                     }
                 }
@@ -128,13 +172,17 @@ pub async fn stream(mut socket: WebSocket, output: Arc<Output>, mut slot: Browse
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return "client closed",
                 Some(Ok(Message::Text(text))) if writer => {
-                    let refused = match serde_json::from_str::<Input>(&text) {
-                        Ok(input) => browser.input(input).await.err(),
-                        Err(error) => Some(format!("the message is not a known input: {error}")),
+                    let reply = match serde_json::from_str::<Input>(&text) {
+                        Ok(input) => transfers.input(browser, input).await,
+                        Err(error) => Err(format!("the message is not a known input: {error}")),
                     };
-                    if let Some(message) = refused {
-                        let error = json!({ "type": "error", "message": message });
-                        if let Err(reason) = send(&mut socket, Message::Text(error.to_string().into())).await {
+                    let reply = match reply {
+                        Ok(None) => None,
+                        Ok(Some(message)) => Some(message),
+                        Err(message) => Some(json!({ "type": "error", "message": message })),
+                    };
+                    if let Some(message) = reply {
+                        if let Err(reason) = send(socket, Message::Text(message.to_string().into())).await {
                             return reason;
                         }
                     }

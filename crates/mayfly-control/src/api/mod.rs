@@ -3,6 +3,7 @@
 mod attach;
 mod attach_browser;
 mod audit;
+mod browser_transfer;
 mod body;
 pub mod caller;
 mod console;

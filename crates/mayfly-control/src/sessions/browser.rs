@@ -58,7 +58,9 @@ pub fn chromium_argv(profile: &Profile, settings: &BrowserSettings) -> Vec<Strin
     } else {
         argv.push("--no-proxy-server".into());
     }
-    argv.push(settings.start_url.clone());
+    // Chromium starts on a blank page; the driver opens the start page once
+    // the tab has the session's language and user agent.
+    argv.push("about:blank".into());
     argv
 }
 
@@ -89,14 +91,14 @@ impl Drop for DriverGuard {
 /// screencast, and the slot where the running browser appears.
 pub fn before_start(runtime: tokio::runtime::Handle, session_id: String, settings: &BrowserSettings, audit: crate::audit::Auditor, actor: String) -> (BeforeStart, BrowserSlot) {
     let (sender, slot) = watch::channel(None);
-    let (width, height, locale) = (settings.width, settings.height, settings.locale.clone());
+    let options = mayfly_browser::Options { width: settings.width, height: settings.height, locale: settings.locale.clone(), start_url: Some(settings.start_url.clone()) };
     let hook = BeforeStart(Box::new(move |start| {
         let pipes = start.command_pipes.ok_or("the browser session has no DevTools pipe")?;
         let connection = Connection::start(pipes.to_command, pipes.from_command);
         let publish = sender.clone();
         let notify = notifier(audit, actor, session_id.clone());
         let task = runtime.spawn(async move {
-            match Browser::start(connection, width, height, &locale, notify).await {
+            match Browser::start(connection, options, notify).await {
                 Ok(browser) => {
                     let _ = publish.send(Some(Arc::new(browser)));
                 }
@@ -114,6 +116,7 @@ fn notifier(audit: crate::audit::Auditor, actor: String, session_id: String) -> 
         let entry = match notice {
             Notice::DownloadRefused { url, filename } => Entry::new("browser.download_refused", &actor).session(&session_id).field("url", url).field("filename", filename),
             Notice::RendererCrashed => Entry::new("browser.renderer_crashed", &actor).session(&session_id),
+            Notice::TabRefused => Entry::new("browser.tab_refused", &actor).session(&session_id).field("limit", mayfly_browser::tabs::MAX_TABS),
         };
         let (audit, session_id) = (audit.clone(), session_id.clone());
         tokio::spawn(async move {

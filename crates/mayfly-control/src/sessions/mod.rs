@@ -51,6 +51,8 @@ pub struct Live {
     pub browser: Option<browser::BrowserSlot>,
     /// Set while a viewer is attached to a browser session as its writer.
     pub browser_writer: Arc<std::sync::atomic::AtomicBool>,
+    /// A browser session's settings, including its data-transfer policy.
+    pub browser_settings: Option<Arc<mayfly_core::browser::BrowserSettings>>,
 }
 
 /// A terminal's size in a request.
@@ -503,6 +505,7 @@ impl App {
                 shell: profile.shell.clone(),
                 browser: None,
                 browser_writer: Arc::default(),
+                browser_settings: profile.browser.clone().map(Arc::new),
             },
         );
         let spec = job::JobSpec {
