@@ -53,6 +53,7 @@ export function browserView(session, parts, { showEnded, warn }) {
   let ended = false;
   let frameUrl = null;
   let policy = NOTHING_ALLOWED;
+  let watching = false;
 
   function send(message) {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
@@ -94,7 +95,8 @@ export function browserView(session, parts, { showEnded, warn }) {
       const message = JSON.parse(event.data);
       switch (message.type) {
         case 'session':
-          parts.state.textContent = message.role === 'observer' ? `${message.state}, watching` : message.state;
+          watching = message.role === 'observer';
+          parts.state.textContent = watching ? `${message.state}, watching` : message.state;
           policy = { ...NOTHING_ALLOWED, ...(message.transfer || {}) };
           screen.querySelector('.watermark')?.remove();
           if (message.watermark) screen.append(watermarkLayer(message.watermark));
@@ -104,6 +106,8 @@ export function browserView(session, parts, { showEnded, warn }) {
           keyboard.focus();
           break;
         case 'browser':
+          // The session state from the first message may predate the browser's start.
+          if (message.status === 'running') parts.state.textContent = watching ? 'running, watching' : 'running';
           if (message.status === 'running' && document.activeElement !== address) address.value = message.url || '';
           if (message.status === 'renderer_crashed') warn('The page crashed in the remote browser. Reload it to go on.');
           if (message.status === 'closed') warn('The remote browser closed.');
