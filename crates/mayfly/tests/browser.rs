@@ -122,6 +122,8 @@ fn browser_sessions_end_without_a_viewer() {
     assert_eq!(status, 200, "the session outlived its 3 s grace while a viewer was attached: {session}");
     let ended = server.wait_for_state(server.token(), &watched, &["destroyed"]);
     assert!(ended["end"]["detail"].as_str().unwrap().contains("no viewer"), "{ended}");
+    assert_eq!(ended["detail"]["teardown"]["clean"], true, "{ended}");
+    assert_eq!(session_processes(&[alone, watched]), Vec::<String>::new(), "no process of the sessions is left");
     assert!(server.stop().success());
 }
 
