@@ -216,3 +216,60 @@ fn clipboard_follows_profile() {
     }
     assert!(server.stop().success());
 }
+
+/// Returns the PIDs of a session's processes whose command line contains `marker`.
+fn session_pids(id: &str, marker: &str) -> Vec<i32> {
+    session_processes(&[id.to_string()])
+        .iter()
+        .filter(|line| line.contains(marker))
+        .filter_map(|line| line.split(':').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn crashes_reach_viewer_and_audit() {
+    let scratch = Scratch::new("browser-crash");
+    let server = server::start(&scratch.state_dir(), &[], &[]);
+    let (status, body) = server.http("POST", "/v1/sessions", Some(server.token()), Some(&json!({ "profile": "browser", "ttl": "2m" })));
+    assert_eq!(status, 201, "{body}");
+    let id = body["session"]["id"].as_str().unwrap().to_string();
+    let token = body["attach"]["token"].as_str().unwrap().to_string();
+    server.wait_for_state(server.token(), &id, &["running"]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+        let url = format!("ws://{}/v1/sessions/{id}/attach?token={token}", server.address);
+        let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        next_text(&mut socket, |m| m["type"] == "browser" && m["status"] == "running").await;
+
+        // The test started this session, so it may end the session's
+        // renderer processes: the viewer hears of it.
+        let renderers = session_pids(&id, "--type=renderer");
+        assert!(!renderers.is_empty(), "the session has a renderer: {:?}", session_processes(&[id.clone()]));
+        for pid in renderers {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        next_text(&mut socket, |m| m["type"] == "browser" && m["status"] == "renderer_crashed").await;
+
+        // A reload brings the page back.
+        socket.send(Message::Text(json!({ "type": "reload" }).to_string().into())).await.unwrap();
+        next_text(&mut socket, |m| m["type"] == "browser" && m["status"] == "running").await;
+
+        // When the browser itself goes, the session ends and the viewer gets
+        // the end message.
+        for pid in session_pids(&id, "--remote-debugging-pipe") {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let end = next_text(&mut socket, |m| m["type"] == "end").await;
+        assert_eq!(end["end"]["reason"], "signaled", "{end}");
+    });
+    let (status, audit) = server.http("GET", "/v1/audit?since=1&limit=1000", Some(server.token()), None);
+    assert_eq!(status, 200);
+    let crashes = audit["records"].as_array().unwrap().iter().filter(|r| r["kind"] == "browser.renderer_crashed" && r["session_id"] == id.as_str()).count();
+    assert!(crashes >= 1, "the renderer crash is in the audit log");
+    let ended = server.wait_for_state(server.token(), &id, &["destroyed", "failed"]);
+    assert_eq!(ended["detail"]["teardown"]["clean"], true, "{ended}");
+    assert!(server.stop().success());
+}
