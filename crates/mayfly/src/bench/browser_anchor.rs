@@ -30,6 +30,9 @@ pub(super) struct AnchorCommand {
     width: u32,
     height: u32,
     locale: String,
+    /// The page the driver opens once the first tab is set up, as it does
+    /// in a session: Chromium itself starts on about:blank.
+    start_url: String,
 }
 
 const USER_DATA_DIR: &str = "--user-data-dir=";
@@ -46,7 +49,7 @@ impl AnchorCommand {
         if !argv.iter().any(|arg| arg == "--no-proxy-server") {
             return Err("the anchor's Chromium command line has a proxy; its profile must have no [network] section".into());
         }
-        Ok(AnchorCommand { argv, env, width: settings.width, height: settings.height, locale: settings.locale.clone() })
+        Ok(AnchorCommand { argv, env, width: settings.width, height: settings.height, locale: settings.locale.clone(), start_url: settings.start_url.clone() })
     }
 
     /// Returns the arguments after the program, with the user data
@@ -110,7 +113,7 @@ impl AnchorBrowser {
         drop((to_browser_read, from_browser_write));
 
         let connection = Connection::start(to_browser_write, from_browser_read);
-        let browser = match Browser::start(connection.clone(), mayfly_browser::Options { width: command.width, height: command.height, locale: command.locale.clone(), start_url: None }, Arc::new(|_| {})).await {
+        let browser = match Browser::start(connection.clone(), mayfly_browser::Options { width: command.width, height: command.height, locale: command.locale.clone(), start_url: Some(command.start_url.clone()) }, Arc::new(|_| {})).await {
             Ok(browser) => browser,
             Err(error) => {
                 stop_processes(child, &user_data_dir);
@@ -262,6 +265,7 @@ mod tests {
             width: 1280,
             height: 720,
             locale: "en-US".into(),
+            start_url: "http://127.0.0.1:1/".into(),
         };
         assert_eq!(command.arguments(Path::new("/tmp/a")), ["--headless", "--user-data-dir=/tmp/a", "http://127.0.0.1:1/"]);
     }
