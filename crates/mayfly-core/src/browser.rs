@@ -31,7 +31,7 @@ pub struct BrowserSettings {
     /// Whether the viewer shows the user's name and the session id over
     /// the page, so screenshots and photos of it can be traced.
     pub watermark: bool,
-    /// What may cross between the user's device and the browser.
+    /// The data-transfer policy between the user's device and the browser.
     pub transfer: crate::transfer::TransferSettings,
 }
 

@@ -25,7 +25,7 @@ pub(crate) struct RawTransfer {
     automation: bool,
 }
 
-/// What happens to a file a page downloads.
+/// The handling of a file that a page downloads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Downloads {
@@ -53,7 +53,7 @@ pub struct TransferSettings {
     pub clipboard_in: bool,
     /// Whether the user may copy text from the page to their device.
     pub clipboard_out: bool,
-    /// The most text one paste or copy carries.
+    /// The maximum text size of one paste or copy.
     pub clipboard_limit: ByteSize,
     /// Whether the user may print a page to a PDF on their device.
     pub printing: bool,
@@ -116,7 +116,11 @@ mod tests {
     fn everything_is_denied_by_default() {
         let transfer = TransferSettings::default();
         assert_eq!(transfer.downloads, Downloads::Deny);
-        assert!(!transfer.uploads && !transfer.clipboard_in && !transfer.clipboard_out && !transfer.printing && !transfer.automation);
+        assert!(!transfer.uploads);
+        assert!(!transfer.clipboard_in);
+        assert!(!transfer.clipboard_out);
+        assert!(!transfer.printing);
+        assert!(!transfer.automation);
         let profile = browser_profile("").unwrap();
         assert_eq!(profile.browser.unwrap().transfer, TransferSettings::default());
         // The built-in profile allows paste only.
@@ -130,7 +134,10 @@ mod tests {
         let transfer = profile.browser.unwrap().transfer;
         assert_eq!(transfer.downloads, Downloads::Fetch);
         assert_eq!(transfer.download_limit, ByteSize::mib(5));
-        assert!(transfer.uploads && transfer.clipboard_out && transfer.automation && !transfer.printing);
+        assert!(transfer.uploads);
+        assert!(transfer.clipboard_out);
+        assert!(transfer.automation);
+        assert!(!transfer.printing);
         assert_eq!(transfer.clipboard_limit, ByteSize::kib(1));
     }
 
