@@ -226,50 +226,88 @@ fn session_pids(id: &str, marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// What a viewer saw after the test killed its session's renderers.
+enum RendererKill {
+    /// The viewer heard of the crash, and a reload brought the page back.
+    Recovered,
+    /// Chromium's browser process died after its renderers, before the page
+    /// came back, and the viewer got the end message instead.
+    BrowserDied(Value),
+}
+
+/// Kills the renderers of a running browser session and follows its viewer.
+/// If the page recovers, kills the browser process as well, so the session
+/// always ends.
+async fn kill_renderers(server: &server::Server, id: &str, token: &str) -> RendererKill {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+    let url = format!("ws://{}/v1/sessions/{id}/attach?token={token}", server.address);
+    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    next_text(&mut socket, |m| m["type"] == "browser" && m["status"] == "running").await;
+
+    // The test started this session, so it may end the session's renderer
+    // processes.
+    let renderers = session_pids(id, "--type=renderer");
+    assert!(!renderers.is_empty(), "the session has a renderer: {:?}", session_processes(&[id.to_string()]));
+    for pid in renderers {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let message = next_text(&mut socket, |m| (m["type"] == "browser" && m["status"] == "renderer_crashed") || m["type"] == "end").await;
+    if message["type"] == "end" {
+        return RendererKill::BrowserDied(message);
+    }
+
+    // A reload brings the page back.
+    socket.send(Message::Text(json!({ "type": "reload" }).to_string().into())).await.unwrap();
+    let message = next_text(&mut socket, |m| (m["type"] == "browser" && m["status"] == "running") || m["type"] == "end").await;
+    if message["type"] == "end" {
+        return RendererKill::BrowserDied(message);
+    }
+
+    // When the browser itself goes, the session ends and the viewer gets the
+    // end message.
+    for pid in session_pids(id, "--remote-debugging-pipe") {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let end = next_text(&mut socket, |m| m["type"] == "end").await;
+    assert_eq!(end["end"]["reason"], "signaled", "{end}");
+    RendererKill::Recovered
+}
+
 #[test]
 fn crashes_reach_viewer_and_audit() {
     let scratch = Scratch::new("browser-crash");
     let server = server::start(&scratch.state_dir(), &[], &[]);
-    let (status, body) = server.http("POST", "/v1/sessions", Some(server.token()), Some(&json!({ "profile": "browser", "ttl": "2m" })));
-    assert_eq!(status, 201, "{body}");
-    let id = body["session"]["id"].as_str().unwrap().to_string();
-    let token = body["attach"]["token"].as_str().unwrap().to_string();
-    server.wait_for_state(server.token(), &id, &["running"]);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        use futures_util::SinkExt;
-        use tokio_tungstenite::tungstenite::Message;
-        let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
-        let url = format!("ws://{}/v1/sessions/{id}/attach?token={token}", server.address);
-        let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-        next_text(&mut socket, |m| m["type"] == "browser" && m["status"] == "running").await;
-
-        // The test started this session, so it may end the session's
-        // renderer processes: the viewer hears of it.
-        let renderers = session_pids(&id, "--type=renderer");
-        assert!(!renderers.is_empty(), "the session has a renderer: {:?}", session_processes(&[id.clone()]));
-        for pid in renderers {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    // Chromium 148 sometimes ends its browser process with SIGSEGV when a
+    // renderer is killed under load. That outcome must also reach the viewer
+    // and the audit log, and the renderer path is then tried in a new session.
+    let mut recovered = None;
+    for _ in 0..4 {
+        let (status, body) = server.http("POST", "/v1/sessions", Some(server.token()), Some(&json!({ "profile": "browser", "ttl": "2m" })));
+        assert_eq!(status, 201, "{body}");
+        let id = body["session"]["id"].as_str().unwrap().to_string();
+        let token = body["attach"]["token"].as_str().unwrap().to_string();
+        server.wait_for_state(server.token(), &id, &["running"]);
+        let outcome = runtime.block_on(kill_renderers(&server, &id, &token));
+        let ended = server.wait_for_state(server.token(), &id, &["destroyed", "failed"]);
+        assert_eq!(ended["detail"]["teardown"]["clean"], true, "{ended}");
+        match outcome {
+            RendererKill::Recovered => {
+                recovered = Some(id);
+                break;
+            }
+            RendererKill::BrowserDied(end) => {
+                assert_eq!(end["end"]["reason"], "signaled", "the viewer is told how the browser ended: {end}");
+                assert_eq!(ended["end"]["reason"], "signaled", "the session record has the same end: {ended}");
+            }
         }
-        next_text(&mut socket, |m| m["type"] == "browser" && m["status"] == "renderer_crashed").await;
-
-        // A reload brings the page back.
-        socket.send(Message::Text(json!({ "type": "reload" }).to_string().into())).await.unwrap();
-        next_text(&mut socket, |m| m["type"] == "browser" && m["status"] == "running").await;
-
-        // When the browser itself goes, the session ends and the viewer gets
-        // the end message.
-        for pid in session_pids(&id, "--remote-debugging-pipe") {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
-        let end = next_text(&mut socket, |m| m["type"] == "end").await;
-        assert_eq!(end["end"]["reason"], "signaled", "{end}");
-    });
+    }
+    let id = recovered.expect("in one of four sessions the page survived its renderer crash");
     let (status, audit) = server.http("GET", "/v1/audit?since=1&limit=1000", Some(server.token()), None);
     assert_eq!(status, 200);
     let crashes = audit["records"].as_array().unwrap().iter().filter(|r| r["kind"] == "browser.renderer_crashed" && r["session_id"] == id.as_str()).count();
     assert!(crashes >= 1, "the renderer crash is in the audit log");
-    let ended = server.wait_for_state(server.token(), &id, &["destroyed", "failed"]);
-    assert_eq!(ended["detail"]["teardown"]["clean"], true, "{ended}");
     assert!(server.stop().success());
 }
