@@ -242,9 +242,10 @@ impl Shared {
             ("Target.attachedToTarget", None) => {
                 let target = params["targetInfo"]["targetId"].as_str().unwrap_or_default().to_string();
                 let session = params["sessionId"].as_str().unwrap_or_default().to_string();
+                // The driver attaches to pages only. Other attachments on the
+                // pipe belong to automation clients, such as their browser
+                // sessions, and are theirs to keep.
                 if params["targetInfo"]["type"] != "page" {
-                    self.connection.send("Runtime.runIfWaitingForDebugger", json!({}), Some(&session));
-                    self.connection.send("Target.detachFromTarget", json!({ "sessionId": session }), None);
                     return true;
                 }
                 let too_many = {
