@@ -80,6 +80,9 @@ struct Shared {
     connection: Connection,
     user_agent: String,
     locale: String,
+    /// The parameters of `Browser.setDownloadBehavior` that every browser
+    /// context of the session gets.
+    download_behavior: Value,
     state: Mutex<State>,
     /// Held while the tab in front changes, so two changes do not interleave.
     switching: tokio::sync::Mutex<()>,
@@ -239,9 +242,10 @@ impl Shared {
             ("Target.attachedToTarget", None) => {
                 let target = params["targetInfo"]["targetId"].as_str().unwrap_or_default().to_string();
                 let session = params["sessionId"].as_str().unwrap_or_default().to_string();
+                // The driver attaches to pages only. Other attachments on the
+                // pipe belong to automation clients, such as their browser
+                // sessions, and are theirs to keep.
                 if params["targetInfo"]["type"] != "page" {
-                    self.connection.send("Runtime.runIfWaitingForDebugger", json!({}), Some(&session));
-                    self.connection.send("Target.detachFromTarget", json!({ "sessionId": session }), None);
                     return true;
                 }
                 let too_many = {
@@ -341,7 +345,8 @@ impl Browser {
     pub async fn start(connection: Connection, options: Options, notify: Notify) -> Result<Browser, CdpError> {
         let mut events = connection.events();
         // Downloads are refused, and their start is reported.
-        connection.call("Browser.setDownloadBehavior", json!({ "behavior": "deny", "eventsEnabled": true }), None).await?;
+        let download_behavior = json!({ "behavior": "deny", "eventsEnabled": true });
+        connection.call("Browser.setDownloadBehavior", download_behavior.clone(), None).await?;
         // Headless Chromium sends no Accept-Language of its own, and its user
         // agent names it headless, which sites treat as a robot.
         let version = connection.call("Browser.getVersion", json!({}), None).await?;
@@ -354,6 +359,7 @@ impl Browser {
             connection: connection.clone(),
             user_agent,
             locale: options.locale.clone(),
+            download_behavior,
             state: Mutex::new(State::new((options.width, options.height))),
             switching: tokio::sync::Mutex::new(()),
             frames,
@@ -433,9 +439,16 @@ impl Browser {
         self.shared.tabs.subscribe()
     }
 
-    /// Returns the DevTools connection, which the driver shares.
+    /// Returns the DevTools connection, which automation clients share
+    /// with the driver through routes.
     pub fn connection(&self) -> &Connection {
         &self.shared.connection
+    }
+
+    /// Returns the parameters of `Browser.setDownloadBehavior` that the
+    /// default browser context got, for the contexts that clients create.
+    pub fn download_behavior(&self) -> &Value {
+        &self.shared.download_behavior
     }
 
     /// Returns the text selected in the tab in front: in a text field if

@@ -2,12 +2,14 @@
 //! the pipe that `--remote-debugging-pipe` opens at the command's descriptors
 //! 3 and 4. No debugging port exists anywhere.
 
+pub mod automation;
 mod base64;
 pub mod cdp;
 pub mod driver;
 pub mod input;
 pub mod tabs;
 
+pub use automation::Automation;
 pub use driver::{sanitize_filename, Browser, Frame, Notice, Notify, Options, Status};
 pub use input::{check_url, Input};
 pub use tabs::{TabInfo, Tabs};

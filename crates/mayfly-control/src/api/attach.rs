@@ -54,7 +54,7 @@ enum Role {
 
 /// Authenticates an attach: an attach token for this session (in the query
 /// or as a bearer token), or an API token whose principal may attach.
-async fn attach_caller(app: &App, headers: &HeaderMap, peer: Peer, id: &str, query_token: Option<&str>) -> Result<Authenticated, Problem> {
+pub(super) async fn attach_caller(app: &App, headers: &HeaderMap, peer: Peer, id: &str, query_token: Option<&str>) -> Result<Authenticated, Problem> {
     let client = client_ip(headers, peer.0.ip(), &app.config.trusted_proxies);
     let presented = query_token.or_else(|| bearer(headers));
     match presented {

@@ -55,7 +55,7 @@ fn status_message(status: &Status) -> String {
 }
 
 /// Waits for the browser to be ready, or for the session to end.
-async fn wait_for_browser(slot: &mut BrowserSlot, output: &Output) -> Option<Arc<Browser>> {
+pub(super) async fn wait_for_browser(slot: &mut BrowserSlot, output: &Output) -> Option<Arc<Browser>> {
     let started = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         if let Some(browser) = slot.borrow_and_update().clone() {

@@ -80,7 +80,7 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 
 /// Whether the request's `Origin`, when it has one, is this server: the
 /// scheme-less host must equal the `Host` header.
-fn same_origin(headers: &HeaderMap) -> bool {
+pub(super) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let origin_host = origin.split("://").nth(1).unwrap_or_default().trim_end_matches('/');

@@ -7,6 +7,7 @@ mod browser_transfer;
 mod body;
 pub mod caller;
 mod console;
+mod devtools;
 mod meta;
 mod sessions;
 mod tokens;
@@ -43,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}/events"),
     ("post", "/v1/sessions/{id}/attach-token"),
     ("get", "/v1/sessions/{id}/attach"),
+    ("get", "/v1/sessions/{id}/devtools"),
     ("get", "/v1/sessions/{id}/recording"),
     ("post", "/v1/tokens"),
     ("get", "/v1/tokens"),
@@ -71,6 +73,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions/{id}/events", get(sessions::events))
         .route("/v1/sessions/{id}/attach-token", post(sessions::attach_token))
         .route("/v1/sessions/{id}/attach", get(attach::attach))
+        .route("/v1/sessions/{id}/devtools", get(devtools::devtools))
         .route("/v1/sessions/{id}/recording", get(sessions::recording))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", delete(tokens::revoke))

@@ -51,8 +51,11 @@ pub struct Live {
     pub browser: Option<browser::BrowserSlot>,
     /// Set while a viewer is attached to a browser session as its writer.
     pub browser_writer: Arc<std::sync::atomic::AtomicBool>,
-    /// A browser session's settings, including its data-transfer policy.
+    /// A browser session's settings, including its data-transfer policy,
+    /// as they were at creation.
     pub browser_settings: Option<Arc<mayfly_core::browser::BrowserSettings>>,
+    /// The number of automation clients connected to a browser session.
+    pub automation_clients: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A terminal's size in a request.
@@ -506,6 +509,7 @@ impl App {
                 browser: None,
                 browser_writer: Arc::default(),
                 browser_settings: profile.browser.clone().map(Arc::new),
+                automation_clients: Arc::default(),
             },
         );
         let spec = job::JobSpec {
@@ -525,12 +529,12 @@ impl App {
             config.before_start = browser::chain(config.before_start.take(), Some(hook));
             config.command_pipes = true;
             config.env.extend(browser::chromium_environment(&profile, settings));
-            let writer = self.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id).map(|live| {
+            let controllers = self.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id).map(|live| {
                 live.browser = Some(slot);
-                Arc::clone(&live.browser_writer)
+                runner::Controllers { viewer: Arc::clone(&live.browser_writer), automation: Arc::clone(&live.automation_clients) }
             });
-            if let Some(writer) = writer {
-                runner::watch_viewer(self, &id, writer, settings.viewer_grace.as_duration());
+            if let Some(controllers) = controllers {
+                runner::watch_viewer(self, &id, controllers, settings.viewer_grace.as_duration());
             }
         }
         if let (Some(input), Some(idle)) = (input, profile.shell.as_ref().and_then(|s| s.idle_timeout)) {

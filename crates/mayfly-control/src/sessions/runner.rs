@@ -116,9 +116,23 @@ pub(super) fn watch_idle(app: &Arc<App>, id: &str, input: Arc<super::terminal::T
     });
 }
 
-/// Ends a browser session that has had no viewer in control for `grace`,
-/// counted from its creation and from each time its viewer left.
-pub(super) fn watch_viewer(app: &Arc<App>, id: &str, writer: Arc<std::sync::atomic::AtomicBool>, grace: Duration) {
+/// The controllers of a browser session: the viewer that writes, and the
+/// automation clients.
+pub(super) struct Controllers {
+    pub viewer: Arc<std::sync::atomic::AtomicBool>,
+    pub automation: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Controllers {
+    fn present(&self) -> bool {
+        self.viewer.load(std::sync::atomic::Ordering::SeqCst) || self.automation.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
+/// Ends a browser session that has had neither a viewer in control nor an
+/// automation client for `grace`, counted from its creation and from each
+/// time the last of them left.
+pub(super) fn watch_viewer(app: &Arc<App>, id: &str, controllers: Controllers, grace: Duration) {
     let app = Arc::downgrade(app);
     let id = id.to_string();
     tokio::spawn(async move {
@@ -129,7 +143,7 @@ pub(super) fn watch_viewer(app: &Arc<App>, id: &str, writer: Arc<std::sync::atom
             if !app.live.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
                 return;
             }
-            if writer.load(std::sync::atomic::Ordering::SeqCst) {
+            if controllers.present() {
                 alone_since = std::time::Instant::now();
                 continue;
             }
