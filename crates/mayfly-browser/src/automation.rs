@@ -97,6 +97,18 @@ pub fn url_allowed(url: &str) -> bool {
     url.is_empty() || url.eq_ignore_ascii_case("about:blank") || matches!(scheme.as_deref(), Some("http" | "https" | "data"))
 }
 
+/// The data-transfer switches of the session's profile that the bridge
+/// enforces on a client. A client reads and types into pages like a user,
+/// so the clipboard switches do not apply to it; downloads follow the
+/// download behavior that every browser context of the session gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Whether `Page.printToPDF` reaches the browser.
+    pub printing: bool,
+    /// Whether `DOM.setFileInputFiles` reaches the browser.
+    pub uploads: bool,
+}
+
 /// A client that sent more than its bounds allow; the server disconnects it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -131,6 +143,7 @@ pub struct Automation {
     /// The client's browser-level session.
     root: String,
     download_behavior: Value,
+    permissions: Permissions,
     requests: HashMap<u64, Request>,
     /// Responses held back, by the id of the bridge's own
     /// `Browser.setDownloadBehavior` that releases them.
@@ -152,11 +165,11 @@ impl Drop for Automation {
 
 impl Automation {
     /// Attaches a browser-level session for a new client.
-    pub async fn open(browser: &Browser) -> Result<Automation, CdpError> {
-        Automation::open_on(browser.connection(), browser.download_behavior()).await
+    pub async fn open(browser: &Browser, permissions: Permissions) -> Result<Automation, CdpError> {
+        Automation::open_on(browser.connection(), browser.download_behavior(), permissions).await
     }
 
-    async fn open_on(connection: &Connection, download_behavior: &Value) -> Result<Automation, CdpError> {
+    async fn open_on(connection: &Connection, download_behavior: &Value, permissions: Permissions) -> Result<Automation, CdpError> {
         const METHOD: &str = "Target.attachToBrowserTarget";
         let mut route = connection.route(MAX_QUEUED_MESSAGES, MAX_QUEUED_BYTES);
         let id = route.send(json!({ "method": METHOD, "params": {} }))?;
@@ -180,6 +193,7 @@ impl Automation {
             route,
             root,
             download_behavior: download_behavior.clone(),
+            permissions,
             requests: HashMap::new(),
             held_responses: HashMap::new(),
             in_flight_bytes: 0,
@@ -277,14 +291,19 @@ impl Automation {
         Ok(None)
     }
 
-    /// Applies the rules about parameters on top of [`judge`]: only
-    /// [`url_allowed`] addresses are opened,
-    /// and a session named in the parameters must be the client's own.
+    /// Applies the rules about parameters and the session's
+    /// [`Permissions`] on top of [`judge`]: only [`url_allowed`] addresses
+    /// are opened, printing and file inputs need their switches, and a
+    /// session named in the parameters must be the client's own.
     /// Returns the error message for an unknown session.
     fn verdict(&self, method: &str, params: &Value) -> Result<Verdict, String> {
         const OTHER_SCHEME: &str = "only http, https and data addresses and about:blank can be opened";
+        const NO_PRINTING: &str = "the session's profile does not allow printing; an operator can set transfer.printing = true in that profile";
+        const NO_UPLOADS: &str = "the session's profile does not allow uploads; an operator can set transfer.uploads = true in that profile";
         match method {
             "Page.navigate" | "Target.createTarget" if !url_allowed(params["url"].as_str().unwrap_or_default()) => Ok(Verdict::Reject(OTHER_SCHEME)),
+            "Page.printToPDF" if !self.permissions.printing => Ok(Verdict::Reject(NO_PRINTING)),
+            "DOM.setFileInputFiles" if !self.permissions.uploads => Ok(Verdict::Reject(NO_UPLOADS)),
             "Target.detachFromTarget" => match params["sessionId"].as_str() {
                 Some(named) if !self.route.owns(named) => Err(format!("Session with given id not found: {named} is not a session of this client.")),
                 _ => Ok(judge(method)),

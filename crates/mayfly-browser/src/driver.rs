@@ -75,6 +75,11 @@ pub const MAX_PASTE: usize = 1024 * 1024;
 /// How long the driver waits for the first page, or a new tab, to be ready.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How often, and how far apart, the driver tries to start the screencast
+/// of the tab in front.
+const SCREENCAST_ATTEMPTS: u32 = 20;
+const SCREENCAST_RETRY: Duration = Duration::from_millis(100);
+
 /// State shared by the driver's tasks.
 struct Shared {
     connection: Connection,
@@ -199,12 +204,22 @@ impl Shared {
             self.call("Page.stopScreencast", json!({}), &previous).await.ok();
         }
         self.connection.call("Target.activateTarget", json!({ "targetId": target }), None).await.ok();
-        let started = async {
-            self.call("Emulation.setDeviceMetricsOverride", metrics(viewport), &session).await?;
-            self.call("Page.startScreencast", screencast(viewport), &session).await
-        };
-        if let Err(error) = started.await {
-            tracing::debug!(error = %error, "a tab's screencast did not start");
+        // While a navigation swaps the page's renderer, Chromium answers
+        // "Not attached to an active page", so the start is tried again.
+        for attempt in 1..=SCREENCAST_ATTEMPTS {
+            let started = async {
+                self.call("Emulation.setDeviceMetricsOverride", metrics(viewport), &session).await?;
+                self.call("Page.startScreencast", screencast(viewport), &session).await
+            };
+            let Err(error) = started.await else { return };
+            if self.state().active_page().is_none_or(|p| p.session != session) {
+                return;
+            }
+            if attempt == SCREENCAST_ATTEMPTS {
+                tracing::warn!(target_id = %target, error = %error, attempts = attempt, "a tab's screencast did not start");
+                return;
+            }
+            tokio::time::sleep(SCREENCAST_RETRY).await;
         }
     }
 

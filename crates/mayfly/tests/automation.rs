@@ -191,6 +191,25 @@ async fn viewer_shows(viewer: &mut Socket, url: &str) {
     }
 }
 
+/// Reads the viewer's messages until its tab list has `tab` in front.
+async fn viewer_activates(viewer: &mut Socket, tab: &str) {
+    let mut seen = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), viewer.next()).await.unwrap_or_else(|_| panic!("tab {tab} never came to the front; the viewer received {seen:?}"));
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                if message["type"] == "tabs" && message["active"] == tab {
+                    return;
+                }
+                seen.push(message);
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the viewer's connection ended: {other:?}"),
+        }
+    }
+}
+
 fn audit_records(server: &server::Server, session: &str) -> Vec<Value> {
     let (status, body) = server.http("GET", "/v1/audit?since=1&limit=1000", Some(server.token()), None);
     assert_eq!(status, 200, "{body}");
@@ -241,6 +260,9 @@ fn viewer_keeps_frames_while_a_client_automates() {
         // flooding the browser and is disconnected.
         let created = call(&mut client, 6, "Target.createTarget", json!({ "url": "about:blank" }), None).await;
         let spare = created["result"]["targetId"].as_str().unwrap().to_string();
+        // The client's new page comes to the front once the driver has set
+        // it up, and the viewer's navigation goes to the page in front.
+        viewer_activates(&mut viewer, &spare).await;
         let attached = call(&mut client, 7, "Target.attachToTarget", json!({ "targetId": spare, "flatten": true }), None).await;
         let spare_session = attached["result"]["sessionId"].as_str().unwrap().to_string();
         for id in 100..1200 {

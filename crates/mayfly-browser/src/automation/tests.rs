@@ -71,7 +71,11 @@ fn fake_browser() -> (Connection, Received) {
 }
 
 async fn open(connection: &Connection) -> Automation {
-    Automation::open_on(connection, &json!({ "behavior": "deny", "eventsEnabled": true })).await.unwrap()
+    open_with(connection, Permissions::default()).await
+}
+
+async fn open_with(connection: &Connection, permissions: Permissions) -> Automation {
+    Automation::open_on(connection, &json!({ "behavior": "deny", "eventsEnabled": true }), permissions).await.unwrap()
 }
 
 async fn next(automation: &mut Automation) -> Value {
@@ -134,6 +138,27 @@ fn url_allowed_admits_web_addresses_only() {
     for bad in ["chrome://quit", "chrome://crash", "about:crash", "file:///etc/passwd", "javascript:alert(1)", "view-source:http://x", "devtools://devtools/x"] {
         assert!(!url_allowed(bad), "{bad}");
     }
+}
+
+#[tokio::test]
+async fn printing_and_file_inputs_follow_permissions() {
+    const PRINT: &str = r#"{"id":1,"method":"Page.printToPDF"}"#;
+    const FILES: &str = r#"{"id":2,"method":"DOM.setFileInputFiles","params":{"files":["/work/a"]}}"#;
+    let (connection, received) = fake_browser();
+    let mut closed = open_with(&connection, Permissions::default()).await;
+    let printing = parse(closed.from_client(PRINT).unwrap());
+    assert!(printing["error"]["message"].as_str().unwrap().contains("transfer.printing = true"), "{printing}");
+    let files = parse(closed.from_client(FILES).unwrap());
+    assert!(files["error"]["message"].as_str().unwrap().contains("transfer.uploads = true"), "{files}");
+    assert_eq!(closed.rejected(), 2);
+
+    let mut open = open_with(&connection, Permissions { printing: true, uploads: true }).await;
+    assert_eq!(open.from_client(PRINT).unwrap(), None, "printing is forwarded");
+    next(&mut open).await;
+    assert_eq!(open.from_client(FILES).unwrap(), None, "file inputs are forwarded");
+    next(&mut open).await;
+    assert_eq!(sent(&received, "Page.printToPDF").len(), 1);
+    assert_eq!(sent(&received, "DOM.setFileInputFiles").len(), 1);
 }
 
 #[tokio::test]

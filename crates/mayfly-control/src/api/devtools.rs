@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use mayfly_audit::Entry;
-use mayfly_browser::automation::MAX_CLIENT_MESSAGE;
+use mayfly_browser::automation::{Permissions, MAX_CLIENT_MESSAGE};
 use mayfly_browser::Automation;
 use serde::Deserialize;
 use tracing::Instrument;
@@ -86,8 +86,8 @@ pub async fn devtools(
     if session.state.is_final() {
         return Err(gone(&session));
     }
-    let live = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| (l.browser_settings.as_ref().is_some_and(|b| b.transfer.automation), l.browser.clone(), Arc::clone(&l.output), Arc::clone(&l.automation_clients)));
-    let Some((allowed, Some(mut slot), output, clients)) = live else {
+    let live = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).map(|l| (l.browser_settings.clone(), l.browser.clone(), Arc::clone(&l.output), Arc::clone(&l.automation_clients)));
+    let Some((settings, Some(mut slot), output, clients)) = live else {
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "not-attachable",
@@ -95,7 +95,8 @@ pub async fn devtools(
             format!("session {id} is {} but this server process does not run it; its browser cannot be reached from here", session.state),
         ));
     };
-    if !allowed {
+    let transfer = settings.map(|s| s.transfer.clone()).unwrap_or_default();
+    if !transfer.automation {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "automation-not-allowed",
@@ -113,7 +114,8 @@ pub async fn devtools(
         }
         return Err(browser_unavailable(&id, "its browser did not start in time"));
     };
-    let automation = Automation::open(&browser).await.map_err(|error| {
+    let permissions = Permissions { printing: transfer.printing, uploads: transfer.uploads };
+    let automation = Automation::open(&browser, permissions).await.map_err(|error| {
         tracing::error!(session_id = %id, error = %error, "an automation client could not attach to the browser");
         browser_unavailable(&id, &error.to_string())
     })?;
