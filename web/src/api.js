@@ -57,3 +57,25 @@ export function attachUrl(id, mode) {
   const query = mode ? `?mode=${encodeURIComponent(mode)}` : '';
   return `${scheme}//${location.host}/v1/sessions/${encodeURIComponent(id)}/attach${query}`;
 }
+
+/** An API call whose successful response is a file; returns it as a Blob. */
+export async function apiFile(method, path) {
+  const headers = { Accept: '*/*' };
+  if (method !== 'GET' && csrf) headers['X-CSRF-Token'] = csrf;
+  let response;
+  try {
+    response = await fetch(path, { method, headers, credentials: 'same-origin', cache: 'no-store' });
+  } catch {
+    throw new ApiError(0, { detail: 'The Mayfly server cannot be reached. Check that it is running, then try again.' });
+  }
+  if (!response.ok) {
+    let problem = null;
+    try {
+      problem = await response.json();
+    } catch {
+      problem = null;
+    }
+    throw new ApiError(response.status, problem && typeof problem === 'object' ? problem : { detail: `The server returned ${response.status} ${response.statusText}.` });
+  }
+  return response.blob();
+}

@@ -605,6 +605,62 @@ test('the main pages pass an accessibility scan', async () => {
   assert.deepEqual(found, { signin: [], sessions: [], terminal: [], ended: [], admin: [] });
 });
 
+test('browser session files: kept download, upload and print', async () => {
+  const origin = required('MAYFLY_ORIGIN');
+  const { context, page } = await signedIn('alice');
+  await page.locator('li[data-profile="files"]').getByRole('button', { name: 'Launch files' }).click();
+  await page.waitForURL(/#\/sessions\/s-[0-9a-f]+$/);
+  const id = page.url().split('/').pop();
+  await page.waitForFunction(() => document.getElementById('screen-image')?.naturalWidth > 0, null, { timeout: 30000 });
+  const address = page.locator('#address');
+  // A navigation sent before the start page opens would be replaced by it.
+  await page.waitForFunction((expected) => document.getElementById('address').value === expected, `${origin}/`, { timeout: 15000 });
+
+  // The profile keeps downloads and lets them be fetched: the viewer lists
+  // the download under its sanitized name, with a link that saves it.
+  await address.fill(`${origin}/download`);
+  await address.press('Enter');
+  const link = page.locator('#downloads-list a.download-link');
+  await link.waitFor({ timeout: 15000 });
+  assert.match(await page.locator('#downloads-list li').first().innerText(), /_\.\._report\.txt\s+17 B\s+complete/);
+  const [saved] = await Promise.all([page.waitForEvent('download'), link.click()]);
+  assert.equal(saved.suggestedFilename(), '_.._report.txt');
+  assert.equal(readFileSync(await saved.path(), 'utf8'), 'quarterly numbers');
+  await shot(page, '14-browser-download-kept');
+
+  // The page's file input opens a chooser in the console, and the file
+  // picked there reaches the page.
+  await address.fill(`${origin}/upload`);
+  await address.press('Enter');
+  await page.waitForFunction((expected) => document.getElementById('address').value === expected, `${origin}/upload`, { timeout: 15000 });
+  const input = page.locator('#upload-input');
+  for (let attempt = 0; attempt < 10 && !(await input.isVisible()); attempt += 1) {
+    await page.locator('#screen-image').click({ position: { x: 50, y: 50 } });
+    await page.waitForTimeout(500);
+  }
+  await shot(page, '15-browser-file-chooser');
+  await input.setInputFiles({ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('hello from the device') });
+  await page.locator('#upload-status').filter({ hasText: 'Given to the page: notes.txt (21 B)' }).waitFor({ timeout: 15000 });
+  await page.waitForFunction(() => document.getElementById('address').value.includes('/result?value='), null, { timeout: 15000 });
+  assert.equal(new URL(await address.inputValue()).searchParams.get('value'), 'notes.txt:21');
+
+  // Print saves the page as a PDF on this device.
+  const [pdf] = await Promise.all([page.waitForEvent('download'), page.locator('#print-page').click()]);
+  assert.equal(pdf.suggestedFilename(), `${id}.pdf`);
+  assert.equal(readFileSync(await pdf.path()).subarray(0, 5).toString(), '%PDF-');
+
+  const audit = await fetch(`${url}/v1/audit?since=1&limit=1000`, { headers: { Authorization: `Bearer ${tokens.admin}` } }).then((r) => r.json());
+  const kinds = audit.records.filter((r) => r.session_id === id).map((r) => r.kind);
+  for (const kind of ['browser.download_kept', 'browser.download_fetched', 'browser.upload', 'browser.print']) {
+    assert.ok(kinds.includes(kind), `the audit log has ${kind} for ${id}: ${kinds.join(', ')}`);
+  }
+
+  await page.locator('#end-session').click();
+  await page.locator('#end-session').click();
+  await page.locator('#ended').waitFor({ timeout: 15000 });
+  await context.close();
+});
+
 test('no page broke the Content-Security-Policy or threw', () => {
   assert.deepEqual(violations, []);
 });

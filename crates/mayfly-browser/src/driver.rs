@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::base64;
 use crate::cdp::{CdpError, Connection, Event, PIPE_CLOSED};
+use crate::files::{enable_file_chooser, Download, FileChooser, FileSettings, Files};
 use crate::input::{check_point, check_url, Input, KeyAction, MouseAction, TouchAction, MAX_TOUCH_POINTS, MAX_TYPED_TEXT, VIEWPORT};
 use crate::tabs::{Page, State, Tabs, MAX_TABS};
 
@@ -44,6 +45,12 @@ pub enum Notice {
     RendererCrashed,
     /// A page opened more tabs than a session may have; the new one was closed.
     TabRefused,
+    /// A download the browser keeps began or changed its state.
+    Download(Download),
+    /// A page opened a file chooser, which the viewer may fill with files.
+    FileChooser(FileChooser),
+    /// A page opened a file chooser, which the browser cancelled.
+    UploadRefused { reason: String },
 }
 
 /// Receives the browser's notices; called from the driver's task.
@@ -59,12 +66,21 @@ pub struct Options {
     pub locale: String,
     /// The page the first tab opens once it is set up.
     pub start_url: Option<String>,
+    /// The downloads and file choosers the profile allows.
+    pub files: FileSettings,
+}
+
+/// Tells whether a character changes the direction of the text around it,
+/// which could make `exe.txt` read as `txt.exe`.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Returns a download's suggested name as it may be shown and recorded:
-/// control characters and path separators replaced, at most 120 characters.
+/// control characters, bidirectional text controls and path separators
+/// replaced, at most 120 characters.
 pub fn sanitize_filename(name: &str) -> String {
-    let cleaned: String = name.chars().map(|c| if c.is_control() || c == '/' || c == '\\' { '_' } else { c }).take(120).collect();
+    let cleaned: String = name.chars().map(|c| if c.is_control() || is_bidi_control(c) || c == '/' || c == '\\' { '_' } else { c }).take(120).collect();
     let trimmed = cleaned.trim_matches(|c: char| c == '.' || c.is_whitespace());
     if trimmed.is_empty() { "download".into() } else { trimmed.to_string() }
 }
@@ -88,6 +104,7 @@ struct Shared {
     /// The parameters of `Browser.setDownloadBehavior` that every browser
     /// context of the session gets.
     download_behavior: Value,
+    files: Arc<Files>,
     state: Mutex<State>,
     /// Held while the tab in front changes, so two changes do not interleave.
     switching: tokio::sync::Mutex<()>,
@@ -157,8 +174,10 @@ impl Shared {
         let agent_override = json!({ "userAgent": self.user_agent, "acceptLanguage": self.locale });
         // Crash reports need the Inspector domain, but a page without it
         // still works, so its result is not checked.
-        let (page, network, agent, size, _inspector, run) = tokio::join!(
+        let chooser = async { enable_file_chooser(&self.connection, &session, self.files.settings().uploads).await.map_err(|e| e.to_string()) };
+        let (page, chooser, network, agent, size, _inspector, run) = tokio::join!(
             self.call("Page.enable", json!({}), &session),
+            chooser,
             self.call("Network.enable", json!({}), &session),
             self.call("Network.setUserAgentOverride", agent_override, &session),
             // The window of headless Chromium includes room for its hidden
@@ -168,7 +187,7 @@ impl Shared {
             self.call("Runtime.runIfWaitingForDebugger", json!({}), &session),
         );
 
-        if let Err(error) = page.and(network).and(agent).and(size).and(run) {
+        if let Err(error) = page.and(chooser).and(network).and(agent).and(size).and(run) {
             // A page that closed while it was set up is not an error.
             if self.state().page(&target).is_some() {
                 tracing::warn!(target_id = %target, error = %error, "a browser tab could not be set up; closing it");
@@ -238,22 +257,17 @@ impl Shared {
     }
 
     /// Handles one event; returns false when the browser is gone.
-    fn on_event(self: &Arc<Self>, event: Event, seq: &mut u64, downloads: &mut std::collections::HashSet<String>) -> bool {
+    fn on_event(self: &Arc<Self>, event: Event, seq: &mut u64) -> bool {
         if event.method == PIPE_CLOSED {
             let _ = self.status.send(Status::Closed);
             return false;
         }
+        if let Some(notice) = self.files.on_event(&event, &self.connection) {
+            self.notice(notice);
+            return true;
+        }
         let params = &event.params;
         match (event.method.as_str(), event.session_id.as_deref()) {
-            // Chromium reports a download on the browser, on the page, or
-            // both, with the same guid.
-            ("Browser.downloadWillBegin" | "Page.downloadWillBegin", _) => {
-                if downloads.insert(params["guid"].as_str().unwrap_or_default().to_string()) {
-                    let url = params["url"].as_str().unwrap_or_default().chars().take(2048).collect();
-                    let filename = sanitize_filename(params["suggestedFilename"].as_str().unwrap_or_default());
-                    self.notice(Notice::DownloadRefused { url, filename });
-                }
-            }
             ("Target.attachedToTarget", None) => {
                 let target = params["targetInfo"]["targetId"].as_str().unwrap_or_default().to_string();
                 let session = params["sessionId"].as_str().unwrap_or_default().to_string();
@@ -359,8 +373,8 @@ impl Browser {
     /// one, and opens the start page in it.
     pub async fn start(connection: Connection, options: Options, notify: Notify) -> Result<Browser, CdpError> {
         let mut events = connection.events();
-        // Downloads are refused, and their start is reported.
-        let download_behavior = json!({ "behavior": "deny", "eventsEnabled": true });
+        let files = Files::new(options.files.clone());
+        let download_behavior = files.download_behavior();
         connection.call("Browser.setDownloadBehavior", download_behavior.clone(), None).await?;
         // Headless Chromium sends no Accept-Language of its own, and its user
         // agent names it headless, which sites treat as a robot.
@@ -375,6 +389,7 @@ impl Browser {
             user_agent,
             locale: options.locale.clone(),
             download_behavior,
+            files,
             state: Mutex::new(State::new((options.width, options.height))),
             switching: tokio::sync::Mutex::new(()),
             frames,
@@ -385,11 +400,11 @@ impl Browser {
         });
         let events_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
-            let (mut seq, mut downloads) = (0u64, std::collections::HashSet::new());
+            let mut seq = 0u64;
             loop {
                 match events.recv().await {
                     Ok(event) => {
-                        if !events_shared.on_event(event, &mut seq, &mut downloads) {
+                        if !events_shared.on_event(event, &mut seq) {
                             break;
                         }
                     }
@@ -478,8 +493,13 @@ impl Browser {
         Ok(result["result"]["value"].as_str().unwrap_or_default().to_string())
     }
 
+    /// Returns the download, file chooser and print state of the browser.
+    pub(crate) fn files(&self) -> &Files {
+        &self.shared.files
+    }
+
     /// Returns the DevTools session of the tab in front.
-    fn front(&self) -> Result<String, String> {
+    pub(crate) fn front(&self) -> Result<String, String> {
         self.shared.state().active_session().ok_or_else(|| "the browser has no page in front yet; try again in a moment".to_string())
     }
 
@@ -672,6 +692,7 @@ mod tests {
         assert_eq!(sanitize_filename("../../etc/passwd"), "_.._etc_passwd");
         assert_eq!(sanitize_filename("a\nb\u{1b}[31m.txt"), "a_b_[31m.txt");
         assert_eq!(sanitize_filename(".."), "download");
+        assert_eq!(sanitize_filename("invoice\u{202e}fdp.exe"), "invoice_fdp.exe");
         assert_eq!(sanitize_filename(&"x".repeat(500)).len(), 120);
     }
 }

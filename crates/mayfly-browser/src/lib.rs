@@ -6,10 +6,12 @@ pub mod automation;
 mod base64;
 pub mod cdp;
 pub mod driver;
+pub mod files;
 pub mod input;
 pub mod tabs;
 
 pub use automation::Automation;
 pub use driver::{sanitize_filename, Browser, Frame, Notice, Notify, Options, Status};
+pub use files::{enable_file_chooser, is_download_id, Download, DownloadMode, DownloadState, FileChooser, FileSettings};
 pub use input::{check_url, Input};
 pub use tabs::{TabInfo, Tabs};

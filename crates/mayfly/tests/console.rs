@@ -55,6 +55,15 @@ fn web_profile(origin_port: u16) -> String {
     format!("{base}\n[network]\negress = \"proxy\"\nallow = [\"127.0.0.1:{origin_port}\"]\n")
 }
 
+/// Returns the `web` profile with downloads kept and fetched, uploads and
+/// printing allowed.
+fn files_profile(origin_port: u16) -> String {
+    let web = web_profile(origin_port);
+    let files = web.replace("downloads = \"deny\"", "downloads = \"fetch\"").replace("uploads = false", "uploads = true").replace("printing = false", "printing = true");
+    assert_ne!(files, web, "the browser profile's [transfer] lines changed; update files_profile");
+    files
+}
+
 /// Pages on the host's loopback for the browser session to open: a home
 /// page with a large link to a form, the form, and a page that shows what
 /// the form sent. The allow rule of the `web` profile names this port.
@@ -108,6 +117,12 @@ fn origin() -> u16 {
                     "self.addEventListener('fetch', () => {});".to_string()
                 } else if path == "/frame" {
                     "<!doctype html><title>Frame</title>".to_string()
+                } else if path == "/upload" {
+                    // A file input over the whole page, which shows the
+                    // chosen file's name and size in the address.
+                    "<!doctype html><title>Upload</title><body style=\"margin:0\"><input id=f type=file style=\"position:fixed;left:0;top:0;width:100vw;height:100vh\">\
+                     <script>const f = document.getElementById('f'); f.addEventListener('change', () =>\
+                     location.replace('/result?value=' + encodeURIComponent(f.files[0].name + ':' + f.files[0].size)));</script>".to_string()
                 } else if path == "/form" {
                     "<!doctype html><title>Form</title><body style=\"margin:0;font:32px sans-serif\"><form action=\"/result\"><input id=field name=value autofocus style=\"font-size:32px;width:900px\"></form>".to_string()
                 } else {
@@ -184,6 +199,7 @@ fn console_in_chromium() {
     common::write(&profiles.join("quick.toml"), QUICK_PROFILE);
     let origin_port = origin();
     common::write(&profiles.join("web.toml"), &web_profile(origin_port));
+    common::write(&profiles.join("files.toml"), &files_profile(origin_port));
     let profiles_arg = profiles.to_str().unwrap().to_string();
     let server = server::start(&scratch.state_dir(), &["--profiles-dir", &profiles_arg], &[]);
     let alice = create_token(&server, "alice", "dev");

@@ -6,6 +6,7 @@ import { h, fill } from '../dom.js';
 import { formatSeconds } from '../format.js';
 import { wireInput, copyToDevice } from './browser-input.js';
 import { tabStrip } from './browser-tabs.js';
+import { fileTransfers } from './browser-files.js';
 
 /** The byte before each JPEG frame on the WebSocket. */
 const FRAME = 0x10;
@@ -47,7 +48,9 @@ export function browserView(session, parts, { showEnded, warn }) {
     if (address.value.trim()) send({ type: 'navigate', url: address.value.trim() });
     keyboard.focus();
   });
-  fill(body, tabs.strip, navigation, screen);
+  const files = fileTransfers(session, { connection: () => socket, warn });
+  navigation.append(files.toolbar);
+  fill(body, tabs.strip, navigation, files.panel, screen);
 
   let socket = null;
   let ended = false;
@@ -98,6 +101,7 @@ export function browserView(session, parts, { showEnded, warn }) {
           watching = message.role === 'observer';
           parts.state.textContent = watching ? `${message.state}, watching` : message.state;
           policy = { ...NOTHING_ALLOWED, ...(message.transfer || {}) };
+          files.setPolicy(message.transfer, message.role);
           screen.querySelector('.watermark')?.remove();
           if (message.watermark) screen.append(watermarkLayer(message.watermark));
           input.reset();
@@ -132,6 +136,7 @@ export function browserView(session, parts, { showEnded, warn }) {
           showEnded(message.state, message.end, message.exit_code);
           break;
         default:
+          files.handle(message);
           break;
       }
     });

@@ -94,7 +94,7 @@ pub async fn attach(
     let upgrade = upgrade.map_err(|e| Problem::bad_request(format!("this endpoint needs a WebSocket upgrade: {}", e.body_text())))?;
     let browser = app.live.lock().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(|l| {
         let (slot, settings) = (l.browser.clone()?, l.browser_settings.clone()?);
-        Some(LiveBrowser { output: Arc::clone(&l.output), slot, writer_flag: Arc::clone(&l.browser_writer), settings })
+        Some(LiveBrowser { output: Arc::clone(&l.output), slot, writer_flag: Arc::clone(&l.browser_writer), settings, control: l.control.clone() })
     });
     if let Some(live) = browser {
         return attach_browser(&app, who, &session, live, query.mode.as_deref(), upgrade).await;
@@ -192,12 +192,13 @@ struct LiveBrowser {
     slot: crate::sessions::browser::BrowserSlot,
     writer_flag: Arc<std::sync::atomic::AtomicBool>,
     settings: Arc<mayfly_core::browser::BrowserSettings>,
+    control: mayfly_sandbox::session::SessionControl,
 }
 
 /// Attaches a viewer to a browser session: the first viewer drives it,
 /// and `mode=observe` watches without input.
 async fn attach_browser(app: &Arc<App>, who: Authenticated, session: &crate::store::SessionRecord, live: LiveBrowser, mode: Option<&str>, upgrade: WebSocketUpgrade) -> Result<Response, Problem> {
-    let LiveBrowser { output, slot, writer_flag, settings } = live;
+    let LiveBrowser { output, slot, writer_flag, settings, control } = live;
     let id = session.id.clone();
     let claim = match mode {
         Some("observe") => None,
@@ -223,12 +224,23 @@ async fn attach_browser(app: &Arc<App>, who: Authenticated, session: &crate::sto
         "type": "session", "id": id, "kind": session.kind, "state": session.state, "deadline_unix_ms": session.deadline_unix_ms, "role": role_name,
         "watermark": watermark,
         "transfer": {
-            "downloads": transfer.downloads, "uploads": transfer.uploads, "clipboard_in": transfer.clipboard_in, "clipboard_out": transfer.clipboard_out,
+            "downloads": transfer.downloads, "download_limit_bytes": transfer.download_limit.as_bytes(),
+            "uploads": transfer.uploads, "upload_limit_bytes": transfer.upload_limit.as_bytes(),
+            "clipboard_in": transfer.clipboard_in, "clipboard_out": transfer.clipboard_out,
             "clipboard_limit_bytes": transfer.clipboard_limit.as_bytes(), "printing": transfer.printing, "automation": transfer.automation,
         },
     });
     let warnings = Warnings::new(session.deadline_unix_ms, vec![300_000, 60_000]);
     let limit = app.config.limits.max_websocket_message_bytes;
+    let uploads = (claim.is_some() && transfer.uploads).then(|| super::attach_browser_files::UploadContext {
+        app: Arc::clone(app),
+        control,
+        session_id: id.clone(),
+        actor: crate::sessions::actor(&who),
+        limit: transfer.upload_limit.as_bytes(),
+        max_message: limit,
+    });
+
     let app = Arc::clone(app);
     Ok(upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
         let viewer = super::attach_browser::Viewer {
@@ -241,6 +253,7 @@ async fn attach_browser(app: &Arc<App>, who: Authenticated, session: &crate::sto
             audit: app.audit.clone(),
             actor: crate::sessions::actor(&who),
             session_id: id.clone(),
+            uploads: super::attach_browser_files::Uploads::new(uploads),
         };
         let reason = super::attach_browser::stream(socket, viewer).await;
         drop(claim);

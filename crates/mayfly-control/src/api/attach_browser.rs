@@ -9,17 +9,25 @@
 //! first (with the profile's `transfer` policy and the `watermark` text,
 //! if any), then `browser` (`status` of `running` with the page's `url`
 //! and `title`, `renderer_crashed` or `closed`), `tabs`, `clipboard` with
-//! copied text, `warning`, `error` for refused input, and `end` last. The
-//! viewer's text messages are [`mayfly_browser::Input`].
+//! copied text, `warning`, `error` for refused input, and `end` last.
+//! Between them come the file messages. `downloads` lists every download
+//! once the browser runs, when the profile keeps downloads, and `download`
+//! carries one that began or changed its state. `download_refused` reports
+//! a refused one. The viewer in control also gets `file_chooser`,
+//! `upload_refused`, `upload_ready`, `upload_done` and `upload_failed`.
+//! The viewer's text messages are [`mayfly_browser::Input`], or `upload`
+//! and `upload_cancel`, and its binary messages carry upload bytes.
+//! [`super::attach_browser_files`] describes the upload steps.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use mayfly_browser::{Browser, Input, Status, Tabs};
+use mayfly_browser::{Browser, DownloadMode, Input, Status, Tabs};
 use mayfly_core::browser::BrowserSettings;
 use serde_json::json;
 
+use super::attach_browser_files::{downloads_message, notice_message, Uploads};
 use crate::audit::Auditor;
 use crate::sessions::browser::BrowserSlot;
 use crate::sessions::output::{Output, Read};
@@ -85,6 +93,8 @@ pub struct Viewer {
     pub audit: Auditor,
     pub actor: String,
     pub session_id: String,
+    /// The viewer's uploads, which only the viewer in control may send.
+    pub uploads: Uploads,
 }
 
 fn tabs_message(tabs: &Tabs) -> String {
@@ -94,7 +104,7 @@ fn tabs_message(tabs: &Tabs) -> String {
 /// Streams a browser session until it ends or the viewer leaves; returns
 /// why the attach ended.
 pub async fn stream(mut socket: WebSocket, viewer: Viewer) -> &'static str {
-    let Viewer { output, mut slot, summary, writer, mut warnings, .. } = viewer;
+    let Viewer { output, mut slot, summary, writer, mut warnings, mut uploads, .. } = viewer;
     let mut transfers = super::browser_transfer::Transfers::new(Arc::clone(&viewer.settings), viewer.audit.clone(), viewer.actor.clone(), viewer.session_id.clone());
     if let Err(reason) = send(&mut socket, Message::Text(summary.to_string().into())).await {
         return reason;
@@ -102,7 +112,7 @@ pub async fn stream(mut socket: WebSocket, viewer: Viewer) -> &'static str {
     let Some(browser) = wait_for_browser(&mut slot, &output).await else {
         return finish(&mut socket, &output).await;
     };
-    let reason = run(&mut socket, &browser, &output, writer, &mut warnings, &mut transfers).await;
+    let reason = run(&mut socket, &browser, &output, writer, &mut warnings, &mut transfers, &mut uploads).await;
     if writer {
         // No key, button or finger stays pressed after the viewer leaves.
         let _ = browser.release_all().await;
@@ -110,7 +120,15 @@ pub async fn stream(mut socket: WebSocket, viewer: Viewer) -> &'static str {
     reason
 }
 
-async fn run(socket: &mut WebSocket, browser: &Browser, output: &Output, writer: bool, warnings: &mut super::attach::Warnings, transfers: &mut super::browser_transfer::Transfers) -> &'static str {
+async fn run(
+    socket: &mut WebSocket,
+    browser: &Browser,
+    output: &Output,
+    writer: bool,
+    warnings: &mut super::attach::Warnings,
+    transfers: &mut super::browser_transfer::Transfers,
+    uploads: &mut Uploads,
+) -> &'static str {
     let mut frames = browser.frames();
     let mut status = browser.status();
     let mut tabs = browser.tabs();
@@ -118,6 +136,11 @@ async fn run(socket: &mut WebSocket, browser: &Browser, output: &Output, writer:
     frames.mark_changed();
     status.mark_changed();
     tabs.mark_changed();
+    if browser.file_settings().downloads != DownloadMode::Deny {
+        if let Err(reason) = send(socket, Message::Text(downloads_message(browser).to_string().into())).await {
+            return reason;
+        }
+    }
     loop {
         for seconds in warnings.take_due() {
             let warning = json!({ "type": "warning", "remaining_seconds": seconds });
@@ -160,8 +183,7 @@ async fn run(socket: &mut WebSocket, browser: &Browser, output: &Output, writer:
                 }
             }
             notice = notices.recv() => {
-                if let Ok(mayfly_browser::Notice::DownloadRefused { filename, .. }) = notice {
-                    let message = json!({ "type": "download_refused", "filename": filename });
+                if let Some(message) = notice.ok().and_then(|notice| notice_message(&notice, writer, uploads.context())) {
                     if let Err(reason) = send(socket, Message::Text(message.to_string().into())).await {
                         return reason;
                     }
@@ -172,6 +194,14 @@ async fn run(socket: &mut WebSocket, browser: &Browser, output: &Output, writer:
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return "client closed",
                 Some(Ok(Message::Text(text))) if writer => {
+                    if let Some(replies) = uploads.text(&text, browser).await {
+                        for reply in replies {
+                            if let Err(reason) = send(socket, Message::Text(reply.to_string().into())).await {
+                                return reason;
+                            }
+                        }
+                        continue;
+                    }
                     let reply = match serde_json::from_str::<Input>(&text) {
                         Ok(input) => transfers.input(browser, input).await,
                         Err(error) => Err(format!("the message is not a known input: {error}")),
@@ -183,6 +213,13 @@ async fn run(socket: &mut WebSocket, browser: &Browser, output: &Output, writer:
                     };
                     if let Some(message) = reply {
                         if let Err(reason) = send(socket, Message::Text(message.to_string().into())).await {
+                            return reason;
+                        }
+                    }
+                }
+                Some(Ok(Message::Binary(bytes))) if writer => {
+                    for reply in uploads.binary(&bytes, browser).await {
+                        if let Err(reason) = send(socket, Message::Text(reply.to_string().into())).await {
                             return reason;
                         }
                     }

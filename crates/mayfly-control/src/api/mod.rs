@@ -2,7 +2,9 @@
 
 mod attach;
 mod attach_browser;
+mod attach_browser_files;
 mod audit;
+mod browser_files;
 mod browser_transfer;
 mod body;
 pub mod caller;
@@ -46,6 +48,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}/attach"),
     ("get", "/v1/sessions/{id}/devtools"),
     ("get", "/v1/sessions/{id}/recording"),
+    ("get", "/v1/sessions/{id}/downloads"),
+    ("get", "/v1/sessions/{id}/downloads/{download_id}"),
+    ("post", "/v1/sessions/{id}/print"),
     ("post", "/v1/tokens"),
     ("get", "/v1/tokens"),
     ("delete", "/v1/tokens/{id}"),
@@ -75,6 +80,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions/{id}/attach", get(attach::attach))
         .route("/v1/sessions/{id}/devtools", get(devtools::devtools))
         .route("/v1/sessions/{id}/recording", get(sessions::recording))
+        .route("/v1/sessions/{id}/downloads", get(browser_files::list_downloads))
+        .route("/v1/sessions/{id}/downloads/{download_id}", get(browser_files::fetch_download))
+        .route("/v1/sessions/{id}/print", post(browser_files::print))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/audit", get(audit::records))

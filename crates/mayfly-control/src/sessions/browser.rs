@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use mayfly_browser::cdp::Connection;
 use mayfly_audit::Entry;
-use mayfly_browser::{Browser, Notice};
+use mayfly_browser::{Browser, DownloadMode, DownloadState, FileSettings, Notice};
 use mayfly_core::browser::BrowserSettings;
+use mayfly_core::transfer::{Downloads, TransferSettings};
 use mayfly_core::egress::{EgressMode, PROXY_PORT};
 use mayfly_core::Profile;
 use mayfly_sandbox::session::{BeforeStart, StartGuard};
@@ -18,6 +19,24 @@ pub const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 
 /// The browser profile's directory inside the sandbox, on the `/work` tmpfs.
 const PROFILE_DIR: &str = "/work/chromium";
+
+/// The directory below `/work` where Chromium saves downloads, each under
+/// its guid.
+pub const DOWNLOADS: &str = "downloads";
+
+/// The directory below `/work` for uploads, with each file in a directory
+/// of its own.
+pub const UPLOADS: &str = "uploads";
+
+/// Returns what the driver needs of a profile's transfer policy.
+pub fn file_settings(transfer: &TransferSettings) -> FileSettings {
+    let downloads = match transfer.downloads {
+        Downloads::Deny => DownloadMode::Deny,
+        Downloads::Keep => DownloadMode::Keep,
+        Downloads::Fetch => DownloadMode::Fetch,
+    };
+    FileSettings { downloads, download_dir: format!("/work/{DOWNLOADS}"), download_limit: transfer.download_limit.as_bytes(), uploads: transfer.uploads }
+}
 
 /// Returns Chromium's command line for a browser profile.
 ///
@@ -91,7 +110,13 @@ impl Drop for DriverGuard {
 /// screencast, and the slot where the running browser appears.
 pub fn before_start(runtime: tokio::runtime::Handle, session_id: String, settings: &BrowserSettings, audit: crate::audit::Auditor, actor: String) -> (BeforeStart, BrowserSlot) {
     let (sender, slot) = watch::channel(None);
-    let options = mayfly_browser::Options { width: settings.width, height: settings.height, locale: settings.locale.clone(), start_url: Some(settings.start_url.clone()) };
+    let options = mayfly_browser::Options {
+        width: settings.width,
+        height: settings.height,
+        locale: settings.locale.clone(),
+        start_url: Some(settings.start_url.clone()),
+        files: file_settings(&settings.transfer),
+    };
     let hook = BeforeStart(Box::new(move |start| {
         let pipes = start.command_pipes.ok_or("the browser session has no DevTools pipe")?;
         let connection = Connection::start(pipes.to_command, pipes.from_command);
@@ -113,11 +138,7 @@ pub fn before_start(runtime: tokio::runtime::Handle, session_id: String, setting
 /// Writes the browser's notices to the audit log.
 fn notifier(audit: crate::audit::Auditor, actor: String, session_id: String) -> mayfly_browser::Notify {
     Arc::new(move |notice| {
-        let entry = match notice {
-            Notice::DownloadRefused { url, filename } => Entry::new("browser.download_refused", &actor).session(&session_id).field("url", url).field("filename", filename),
-            Notice::RendererCrashed => Entry::new("browser.renderer_crashed", &actor).session(&session_id),
-            Notice::TabRefused => Entry::new("browser.tab_refused", &actor).session(&session_id).field("limit", mayfly_browser::tabs::MAX_TABS),
-        };
+        let Some(entry) = audit_entry(notice, &actor, &session_id) else { return };
         let (audit, session_id) = (audit.clone(), session_id.clone());
         tokio::spawn(async move {
             if let Err(error) = audit.one(entry).await {
@@ -125,6 +146,31 @@ fn notifier(audit: crate::audit::Auditor, actor: String, session_id: String) -> 
             }
         });
     })
+}
+
+/// Returns the audit record of a notice, for the notices that have one.
+fn audit_entry(notice: Notice, actor: &str, session_id: &str) -> Option<Entry> {
+    let entry = match notice {
+        Notice::DownloadRefused { url, filename } => Entry::new("browser.download_refused", actor).field("url", url).field("filename", filename),
+        Notice::Download(download) => {
+            let kind = match download.state {
+                DownloadState::Completed => "browser.download_kept",
+                DownloadState::TooLarge | DownloadState::TooMany => "browser.download_cancelled",
+                DownloadState::InProgress | DownloadState::Cancelled => return None,
+            };
+            let entry = Entry::new(kind, actor).field("download_id", download.id).field("filename", download.filename).field("url", download.url).field("bytes", download.bytes);
+            match download.state {
+                DownloadState::TooLarge => entry.field("reason", "larger than transfer.download_limit"),
+                DownloadState::TooMany => entry.field("reason", format!("the session already keeps {} downloads", mayfly_browser::files::MAX_DOWNLOADS)),
+                _ => entry,
+            }
+        }
+        Notice::UploadRefused { reason } => Entry::new("browser.upload_refused", actor).field("reason", reason),
+        Notice::FileChooser(_) => return None,
+        Notice::RendererCrashed => Entry::new("browser.renderer_crashed", actor),
+        Notice::TabRefused => Entry::new("browser.tab_refused", actor).field("limit", mayfly_browser::tabs::MAX_TABS),
+    };
+    Some(entry.session(session_id))
 }
 
 /// Runs two hooks in order; the session keeps both guards.

@@ -1,7 +1,7 @@
 //! A handle through which another thread destroys a running session and
 //! learns when its sandbox has started.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 type LaunchedHook = Box<dyn Fn(i32) + Send + Sync>;
@@ -10,6 +10,7 @@ type LaunchedHook = Box<dyn Fn(i32) + Send + Sync>;
 struct State {
     destroy_reason: Option<String>,
     init_pidfd: Option<OwnedFd>,
+    init_pid: Option<i32>,
 }
 
 #[derive(Default)]
@@ -61,6 +62,16 @@ impl SessionControl {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner()).destroy_reason.clone()
     }
 
+    /// Opens the running sandbox's `/work` from the host, for files that
+    /// cross into or out of the session. Fails once init has exited.
+    pub fn work_dir(&self) -> Result<super::WorkDir, super::WorkDirError> {
+        let state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        match (state.init_pid, &state.init_pidfd) {
+            (Some(pid), Some(pidfd)) => super::WorkDir::open(pid, pidfd.as_fd()),
+            _ => Err(super::WorkDirError::NotRunning),
+        }
+    }
+
     /// Called by the session once init runs. Kills it at once when a destroy
     /// came first.
     pub(super) fn launched(&self, init_pid: i32, pidfd: OwnedFd) {
@@ -69,6 +80,7 @@ impl SessionControl {
             kill(&pidfd);
         }
         state.init_pidfd = Some(pidfd);
+        state.init_pid = Some(init_pid);
         drop(state);
         if let Some(hook) = &self.0.on_launched {
             hook(init_pid);
@@ -78,6 +90,8 @@ impl SessionControl {
     /// Called by the session after init has exited, so that a late destroy
     /// cannot signal a recycled process.
     pub(super) fn finished(&self) {
-        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).init_pidfd = None;
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.init_pidfd = None;
+        state.init_pid = None;
     }
 }

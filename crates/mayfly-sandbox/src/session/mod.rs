@@ -5,6 +5,7 @@ mod control;
 mod outcome;
 mod relay;
 mod signals;
+mod work_dir;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,6 +30,7 @@ use signals::forward_signals;
 pub use control::SessionControl;
 pub use outcome::{DeadlineEnforcer, SessionOutcome, Timings};
 pub use signals::block_forwarded_signals;
+pub use work_dir::{WorkDir, WorkDirError};
 
 /// Time init waits between SIGTERM and SIGKILL at the deadline.
 pub const KILL_GRACE: Duration = Duration::from_millis(500);

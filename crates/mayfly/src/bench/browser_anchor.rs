@@ -113,7 +113,7 @@ impl AnchorBrowser {
         drop((to_browser_read, from_browser_write));
 
         let connection = Connection::start(to_browser_write, from_browser_read);
-        let browser = match Browser::start(connection.clone(), mayfly_browser::Options { width: command.width, height: command.height, locale: command.locale.clone(), start_url: Some(command.start_url.clone()) }, Arc::new(|_| {})).await {
+        let browser = match Browser::start(connection.clone(), mayfly_browser::Options { width: command.width, height: command.height, locale: command.locale.clone(), start_url: Some(command.start_url.clone()), files: Default::default() }, Arc::new(|_| {})).await {
             Ok(browser) => browser,
             Err(error) => {
                 stop_processes(child, &user_data_dir);
