@@ -7,7 +7,7 @@
 //! kept, so a slow viewer gets fewer, newer frames rather than a queue.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
@@ -16,6 +16,7 @@ use crate::base64;
 use crate::cdp::{CdpError, Connection, Event, PIPE_CLOSED};
 use crate::files::{enable_file_chooser, Download, FileChooser, FileSettings, Files};
 use crate::input::{check_point, check_url, Input, KeyAction, MouseAction, TouchAction, MAX_TOUCH_POINTS, MAX_TYPED_TEXT, VIEWPORT};
+use crate::screencast::{self, metrics, Watchdog};
 use crate::tabs::{Page, State, Tabs, MAX_TABS};
 
 /// One screencast frame.
@@ -91,11 +92,6 @@ pub const MAX_PASTE: usize = 1024 * 1024;
 /// How long the driver waits for the first page, or a new tab, to be ready.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How often, and how far apart, the driver tries to start the screencast
-/// of the tab in front.
-const SCREENCAST_ATTEMPTS: u32 = 20;
-const SCREENCAST_RETRY: Duration = Duration::from_millis(100);
-
 /// State shared by the driver's tasks.
 struct Shared {
     connection: Connection,
@@ -108,6 +104,7 @@ struct Shared {
     state: Mutex<State>,
     /// Held while the tab in front changes, so two changes do not interleave.
     switching: tokio::sync::Mutex<()>,
+    watchdog: Mutex<Watchdog>,
     frames: watch::Sender<Option<Frame>>,
     status: watch::Sender<Status>,
     tabs: watch::Sender<Tabs>,
@@ -132,6 +129,32 @@ impl Drop for Browser {
 impl Shared {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watchdog(&self) -> std::sync::MutexGuard<'_, Watchdog> {
+        self.watchdog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Restarts the screencast of the tab in front when it stayed silent
+    /// too long (see [`Watchdog`]), until the browser's pipe closes.
+    async fn watch_screencast(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(screencast::CHECK_EVERY).await;
+            let Some((session, restart)) = self.watchdog().due(Instant::now()) else { continue };
+            let _switching = self.switching.lock().await;
+            if self.state().active_session().as_deref() != Some(session.as_str()) {
+                continue;
+            }
+            let viewport = self.state().viewport;
+            self.call("Page.stopScreencast", json!({}), &session).await.ok();
+            let started = self.call("Page.startScreencast", screencast::params(viewport), &session).await;
+            match started {
+                Err(error) if error.contains(&CdpError::Closed.to_string()) => return,
+                Err(error) => tracing::debug!(error = %error, restart, "a silent screencast did not restart"),
+                Ok(_) if restart == screencast::MAX_RESTARTS => tracing::warn!(restart, "the tab in front sent no frame after its screencast restarted; waiting for its next navigation"),
+                Ok(_) => tracing::debug!(restart, "restarted a silent screencast"),
+            }
+        }
     }
 
     fn notice(&self, notice: Notice) {
@@ -223,22 +246,25 @@ impl Shared {
             self.call("Page.stopScreencast", json!({}), &previous).await.ok();
         }
         self.connection.call("Target.activateTarget", json!({ "targetId": target }), None).await.ok();
-        // While a navigation swaps the page's renderer, Chromium answers
-        // "Not attached to an active page", so the start is tried again.
-        for attempt in 1..=SCREENCAST_ATTEMPTS {
+        // While a navigation swaps the page's renderer, Chromium rejects the
+        // start with "Not attached to an active page", so it is tried again.
+        for attempt in 1..=screencast::START_ATTEMPTS {
             let started = async {
                 self.call("Emulation.setDeviceMetricsOverride", metrics(viewport), &session).await?;
-                self.call("Page.startScreencast", screencast(viewport), &session).await
+                self.call("Page.startScreencast", screencast::params(viewport), &session).await
             };
-            let Err(error) = started.await else { return };
+            let Err(error) = started.await else {
+                self.watchdog().started(&session, Instant::now());
+                return;
+            };
             if self.state().active_page().is_none_or(|p| p.session != session) {
                 return;
             }
-            if attempt == SCREENCAST_ATTEMPTS {
+            if attempt == screencast::START_ATTEMPTS {
                 tracing::warn!(target_id = %target, error = %error, attempts = attempt, "a tab's screencast did not start");
                 return;
             }
-            tokio::time::sleep(SCREENCAST_RETRY).await;
+            tokio::time::sleep(screencast::START_RETRY).await;
         }
     }
 
@@ -323,6 +349,7 @@ impl Shared {
                 if self.state().active_session().as_deref() != Some(session) {
                     return true;
                 }
+                self.watchdog().frame(session);
                 let Some(jpeg) = params["data"].as_str().and_then(base64::decode) else { return true };
                 *seq += 1;
                 let _ = self.frames.send(Some(Frame { seq: *seq, jpeg: Arc::new(jpeg) }));
@@ -352,20 +379,13 @@ impl Shared {
                     page.url = params["frame"]["url"].as_str().unwrap_or_default().chars().take(2048).collect();
                     page.crashed = false;
                 }
+                self.watchdog().navigated(session, Instant::now());
                 self.publish();
             }
             _ => {}
         }
         true
     }
-}
-
-fn metrics((width, height): (u32, u32)) -> Value {
-    json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false })
-}
-
-fn screencast((width, height): (u32, u32)) -> Value {
-    json!({ "format": "jpeg", "quality": 75, "maxWidth": width, "maxHeight": height, "everyNthFrame": 1 })
 }
 
 impl Browser {
@@ -392,6 +412,7 @@ impl Browser {
             files,
             state: Mutex::new(State::new((options.width, options.height))),
             switching: tokio::sync::Mutex::new(()),
+            watchdog: Mutex::new(Watchdog::default()),
             frames,
             status,
             tabs,
@@ -413,7 +434,8 @@ impl Browser {
                 }
             }
         });
-        let browser = Browser { shared: Arc::clone(&shared), tasks: Mutex::new(vec![task]) };
+        let watching = tokio::spawn(Arc::clone(&shared).watch_screencast());
+        let browser = Browser { shared: Arc::clone(&shared), tasks: Mutex::new(vec![task, watching]) };
 
         let filter = json!([{ "type": "page" }]);
         connection.call("Target.setDiscoverTargets", json!({ "discover": true, "filter": filter }), None).await?;
@@ -640,7 +662,9 @@ impl Browser {
                 call("Emulation.setDeviceMetricsOverride", metrics((width, height))).await?;
                 // The screencast keeps its first size limit, so it restarts.
                 call("Page.stopScreencast", json!({})).await?;
-                call("Page.startScreencast", screencast((width, height))).await
+                let started = call("Page.startScreencast", screencast::params((width, height))).await?;
+                shared.watchdog().started(&session, Instant::now());
+                Ok(started)
             }
             Input::Copy | Input::NewTab { .. } | Input::SwitchTab { .. } | Input::CloseTab { .. } | Input::ReleaseAll => Ok(()),
         }

@@ -8,6 +8,7 @@ pub mod cdp;
 pub mod driver;
 pub mod files;
 pub mod input;
+mod screencast;
 pub mod tabs;
 
 pub use automation::Automation;
