@@ -16,7 +16,7 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use nix::unistd::{setresgid, setresuid, setsid, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{InitSpec, LandlockStatus, SANDBOX_GID, SANDBOX_UID, WORK_DIR};
+use crate::spec::{Claim, InitSpec, LandlockStatus, SANDBOX_GID, SANDBOX_UID, WORK_DIR};
 use crate::{caps, landlock_policy, seccomp};
 
 /// A message from the command child to init on the error pipe.
@@ -53,7 +53,7 @@ fn resolve(command: &str, env: &[(String, String)]) -> Option<PathBuf> {
 
 /// Runs the numbered steps and execs the command. Returns only on failure,
 /// with the message to send.
-fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File, terminal: Option<&Path>) -> ChildMessage {
+fn confine_and_exec(spec: &InitSpec, claim: &Claim, pipe: &mut std::fs::File, terminal: Option<&Path>) -> ChildMessage {
     let fail = |step: &str, error: String| ChildMessage::SetupFailed { step: step.into(), error };
 
     // 1. Restore default signal handling: init blocks and ignores signals that
@@ -127,8 +127,8 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File, terminal: Option<
     if let Err(errno) = nix::unistd::chdir(WORK_DIR) {
         return fail("enter /work", errno.to_string());
     }
-    let command = spec.argv[0].clone();
-    let Some(path) = resolve(&command, &spec.env) else { return ChildMessage::NotFound { command } };
+    let command = claim.argv[0].clone();
+    let Some(path) = resolve(&command, &claim.env) else { return ChildMessage::NotFound { command } };
 
     // 8. no_new_privs: exec can never grant privilege again, not even through
     //    a set-user-ID file. Landlock and seccomp both rely on it.
@@ -148,8 +148,8 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File, terminal: Option<
         Ok(filter) => filter,
         Err(error) => return fail("build the seccomp filter", error.to_string()),
     };
-    let argv: Vec<CString> = spec.argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
-    let envp: Vec<CString> = spec.env.iter().map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default()).collect();
+    let argv: Vec<CString> = claim.argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
+    let envp: Vec<CString> = claim.env.iter().map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default()).collect();
     let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return ChildMessage::NotFound { command };
     };
@@ -191,7 +191,7 @@ fn attach_terminal(slave: &Path) -> Result<(), String> {
 }
 
 /// Entry point of the command child. Never returns.
-pub fn run(spec: &InitSpec, pipe: OwnedFd, terminal: Option<&Path>) -> ! {
+pub fn run(spec: &InitSpec, claim: &Claim, pipe: OwnedFd, terminal: Option<&Path>) -> ! {
     // Every descriptor above stderr, the error pipe included, closes at exec.
     // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
@@ -214,7 +214,7 @@ pub fn run(spec: &InitSpec, pipe: OwnedFd, terminal: Option<&Path>) -> ! {
         }
     };
     let mut pipe = std::fs::File::from(pipe);
-    let message = confine_and_exec(spec, &mut pipe, terminal);
+    let message = confine_and_exec(spec, claim, &mut pipe, terminal);
     send(&mut pipe, &message);
     // SAFETY: _exit ends the process without running atexit handlers that
     // belong to init.

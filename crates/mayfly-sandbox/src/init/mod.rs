@@ -1,6 +1,7 @@
 //! The sandbox's init: PID 1 of the session's PID namespace.
 //!
-//! It builds the root filesystem, copies the inputs, starts the command, then
+//! It builds the root filesystem and copies the inputs, then waits for the
+//! claim that gives it a command and a deadline. It starts the command, then
 //! reaps zombies, forwards signals and ends the session: when the command
 //! exits (every other process is killed with it) or at the deadline, which it
 //! enforces on its own so that the deadline holds even when the supervisor
@@ -12,7 +13,7 @@ mod pty;
 pub mod rootfs;
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -26,7 +27,7 @@ use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::spec::{fd, monotonic_now_ns, InitReport, InitSpec, LandlockStatus, ARTIFACTS_DIR, SANDBOX_GID, SANDBOX_UID};
+use crate::spec::{fd, monotonic_now_ns, Claim, InitReport, InitSpec, LandlockStatus, ARTIFACTS_DIR, SANDBOX_GID, SANDBOX_UID};
 use crate::transfer;
 use command::ChildMessage;
 
@@ -55,11 +56,54 @@ fn report(out: &mut File, message: &InitReport) {
     }
 }
 
-/// Reads the spec: one line of JSON, after which the supervisor closes the pipe.
-fn read_spec(pipe: &mut File) -> Result<InitSpec, SetupError> {
-    let mut text = Vec::new();
-    pipe.read_to_end(&mut text).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
-    serde_json::from_slice(&text).map_err(|e| SetupError::new("parse the session spec", e.to_string()))
+/// Reads the spec: the first line of JSON on the spec pipe.
+fn read_spec(pipe: &mut BufReader<File>) -> Result<InitSpec, SetupError> {
+    let mut line = String::new();
+    pipe.read_line(&mut line).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
+    serde_json::from_str(&line).map_err(|e| SetupError::new("parse the session spec", e.to_string()))
+}
+
+/// The reason init ends without a claim.
+enum Unclaimed {
+    /// No claim came before the time the spec allows.
+    Expired,
+    /// The supervisor closed the spec pipe, or gave up while writing it.
+    Closed,
+    Invalid(SetupError),
+}
+
+/// Waits until the claim arrives on the spec pipe or `until` (on
+/// CLOCK_MONOTONIC) passes, and reads it.
+fn wait_for_claim(pipe: &mut BufReader<File>, until: u64) -> Result<Claim, Unclaimed> {
+    // The supervisor of a session started cold writes both lines at once,
+    // so the claim may already sit in the reader's buffer.
+    while pipe.buffer().is_empty() {
+        let now = monotonic_now_ns();
+        if now >= until {
+            return Err(Unclaimed::Expired);
+        }
+        let millis = ((until - now) / 1_000_000).clamp(1, i32::MAX as u64) as i32;
+        let mut poll = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(pipe.get_ref()), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll reads and writes one pollfd on this stack.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        if ready > 0 {
+            break;
+        }
+        if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Err(Unclaimed::Closed);
+        }
+    }
+    let mut line = String::new();
+    match pipe.read_line(&mut line) {
+        Ok(0) | Err(_) => return Err(Unclaimed::Closed),
+        Ok(_) if !line.ends_with('\n') => return Err(Unclaimed::Closed),
+        Ok(_) => {}
+    }
+    let claim: Claim = serde_json::from_str(&line).map_err(|e| Unclaimed::Invalid(SetupError::new("parse the claim", e.to_string())))?;
+    if claim.argv.first().is_none_or(|program| program.is_empty()) {
+        return Err(Unclaimed::Invalid(SetupError::new("parse the claim", "the command is empty")));
+    }
+    Ok(claim)
 }
 
 /// Checks that init is in the session's cgroup in every hierarchy the
@@ -202,12 +246,21 @@ const TERMINAL_DRAIN: Duration = Duration::from_secs(2);
 /// Starts the command and supervises it until the session ends. For a
 /// terminal session, `drained` receives the signal that the terminal's
 /// output has all been copied.
-fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: u64, drained: &mut Option<std::sync::mpsc::Receiver<()>>) -> EndReason {
+/// `setup_time` is how long init's setup before the claim took.
+fn supervise(
+    spec: &InitSpec,
+    claim: &Claim,
+    reports: &mut File,
+    setup_time: Duration,
+    started_ns: u64,
+    drained: &mut Option<std::sync::mpsc::Receiver<()>>,
+) -> EndReason {
+    let claimed = Instant::now();
     let (error_read, error_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(pair) => pair,
         Err(e) => return EndReason::SetupFailed { step: "create the error pipe".into(), error: e.to_string() },
     };
-    let terminal = match spec.terminal.map(pty::open).transpose() {
+    let terminal = match claim.terminal.map(pty::open).transpose() {
         Ok(terminal) => terminal,
         Err(error) => return EndReason::SetupFailed { step: "open the pseudo-terminal".into(), error },
     };
@@ -215,7 +268,7 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
     let command = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(error_read);
-            command::run(spec, error_write, terminal.as_ref().map(|(_, slave)| slave.as_path()))
+            command::run(spec, claim, error_write, terminal.as_ref().map(|(_, slave)| slave.as_path()))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => return EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() },
@@ -271,8 +324,9 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
             Err(e) => return EndReason::SetupFailed { step: "read the command's setup result".into(), error: e.to_string() },
         }
     }
-    let setup_us = started.elapsed().as_micros() as u64;
-    report(reports, &InitReport::Started { landlock, setup_us, init_started_ns: started_ns });
+    let setup_us = (setup_time + claimed.elapsed()).as_micros() as u64;
+    let command_started_ns = monotonic_now_ns();
+    report(reports, &InitReport::Started { landlock, setup_us, init_started_ns: started_ns, command_started_ns });
 
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGCHLD);
@@ -283,7 +337,7 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
     let mut deadline_reached = false;
     loop {
         let now = monotonic_now_ns();
-        let wake_at = if deadline_reached { spec.deadline_monotonic_ns + grace_ns } else { spec.deadline_monotonic_ns };
+        let wake_at = if deadline_reached { claim.deadline_monotonic_ns + grace_ns } else { claim.deadline_monotonic_ns };
         if now >= wake_at {
             if deadline_reached {
                 // The grace period is over: nothing may outlive it.
@@ -349,7 +403,7 @@ pub fn main() -> ! {
 
     // SAFETY: the launcher placed the spec pipe at this descriptor and nothing
     // else in init owns it.
-    let mut spec_pipe = unsafe { File::from_raw_fd(fd::SPEC) };
+    let mut spec_pipe = BufReader::new(unsafe { File::from_raw_fd(fd::SPEC) });
     let spec = match read_spec(&mut spec_pipe) {
         Ok(spec) => spec,
         Err(error) => {
@@ -360,7 +414,19 @@ pub fn main() -> ! {
     };
     let mut drained = None;
     let end = match setup(&spec) {
-        Ok(()) => supervise(&spec, &mut reports, started, started_ns, &mut drained),
+        Ok(()) => {
+            let setup_time = started.elapsed();
+            report(&mut reports, &InitReport::Ready { setup_us: setup_time.as_micros() as u64 });
+            match wait_for_claim(&mut spec_pipe, spec.unclaimed_until_monotonic_ns) {
+                Ok(claim) => {
+                    drop(spec_pipe);
+                    supervise(&spec, &claim, &mut reports, setup_time, started_ns, &mut drained)
+                }
+                Err(Unclaimed::Expired) => EndReason::Destroyed { detail: "no claim arrived before the sandbox's unclaimed time ran out".into() },
+                Err(Unclaimed::Closed) => EndReason::Destroyed { detail: "the supervisor closed the sandbox before claiming it".into() },
+                Err(Unclaimed::Invalid(error)) => EndReason::SetupFailed { step: error.step, error: error.error },
+            }
+        }
         Err(error) => EndReason::SetupFailed { step: error.step, error: error.error },
     };
     kill_and_reap_all();
