@@ -83,6 +83,10 @@ pub struct InitSpec {
     /// session cgroup before anything of the session runs (see
     /// [`crate::cgroup::SessionCgroup::membership`]).
     pub cgroup_membership: Vec<String>,
+    /// Whether the command runs on a pseudo-terminal, which init opens
+    /// before the claim. The claim sets its window size.
+    #[serde(default)]
+    pub terminal: bool,
     /// Init's descriptors of the two command pipes, when the session has
     /// them: the command reads the first at descriptor 3 and writes the
     /// second at descriptor 4. The launcher sets this.

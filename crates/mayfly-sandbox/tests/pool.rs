@@ -67,6 +67,7 @@ impl Fixture {
             mounts: Vec::new(),
             landlock: LandlockMode::IfAvailable,
             command_pipes: false,
+            terminal: false,
             max_unclaimed,
             pool_member: true,
         }
@@ -134,7 +135,10 @@ fn member_env_comes_from_claim() {
 
 fn claim_gives_the_terminal() {
     let fixture = Fixture::new("tty");
-    let member = fixture.ready_member(&member_id("tty"));
+    let mut prepare_config = fixture.member_config(&member_id("tty"), Duration::from_secs(120));
+    prepare_config.terminal = true;
+    let mut member = prepare(prepare_config, &fixture.layout).unwrap();
+    member.wait_ready(Duration::from_secs(10)).unwrap();
     let stdout = Captured::default();
     let mut config = claim_config("s-tty", &["/bin/sh", "-c", "tty; stty size"], &[("PATH", "/usr/bin:/bin")], Duration::from_secs(30));
     config.terminal = Some(WindowSize { rows: 33, cols: 111 });

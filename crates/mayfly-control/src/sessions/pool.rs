@@ -163,6 +163,7 @@ fn member_config(profile: &Profile, id: &str, state_dir: &std::path::Path, max_a
         mounts: profile.mounts.iter().map(|m| BindMount { source: m.source.clone(), target: m.target.clone() }).collect(),
         landlock: super::job::landlock_mode(profile),
         command_pipes: profile.kind == Kind::Browser,
+        terminal: profile.kind == Kind::Shell,
         max_unclaimed: max_age + UNCLAIMED_SLACK,
         pool_member: true,
     }

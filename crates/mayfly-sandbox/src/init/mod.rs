@@ -29,6 +29,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::spec::{fd, monotonic_now_ns, Claim, InitReport, InitSpec, LandlockStatus, ARTIFACTS_DIR, SANDBOX_GID, SANDBOX_UID};
 use crate::transfer;
+use crate::terminal::WindowSize;
 use command::ChildMessage;
 
 /// A failed setup step: which step, and the error it got.
@@ -243,37 +244,41 @@ fn wait_signal(set: &SigSet, timeout: Duration) -> Option<i32> {
 /// terminal's last output to reach the supervisor.
 const TERMINAL_DRAIN: Duration = Duration::from_secs(2);
 
-/// Starts the command and supervises it until the session ends. For a
-/// terminal session, `drained` receives the signal that the terminal's
-/// output has all been copied.
-/// `setup_time` is how long init's setup before the claim took.
-fn supervise(
-    spec: &InitSpec,
-    claim: &Claim,
-    reports: &mut File,
-    setup_time: Duration,
-    started_ns: u64,
-    drained: &mut Option<std::sync::mpsc::Receiver<()>>,
-) -> EndReason {
-    let claimed = Instant::now();
-    let (error_read, error_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(pair) => pair,
-        Err(e) => return EndReason::SetupFailed { step: "create the error pipe".into(), error: e.to_string() },
+/// The command child, forked before the claim, confined and waiting for
+/// its command.
+struct Waiting {
+    command: Pid,
+    error_read: OwnedFd,
+    /// Init's end of the pipe that passes the claim on to the child.
+    claim_write: OwnedFd,
+    /// The terminal's master, for the window size the claim sets.
+    terminal_master: Option<File>,
+}
+
+/// Forks the command child, which confines itself and waits for the claim.
+/// For a terminal session, opens the pseudo-terminal first and starts the
+/// copies between it and the stdio pipes. `drained` then receives the
+/// signal that the terminal's output has all been copied.
+fn start_command(spec: &InitSpec, drained: &mut Option<std::sync::mpsc::Receiver<()>>) -> Result<Waiting, EndReason> {
+    let pipe = |what: &str| {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EndReason::SetupFailed { step: format!("create the {what} pipe"), error: e.to_string() })
     };
-    let terminal = match claim.terminal.map(pty::open).transpose() {
+    let (error_read, error_write) = pipe("error")?;
+    let (claim_read, claim_write) = pipe("claim")?;
+    let terminal = match spec.terminal.then(|| pty::open(WindowSize { rows: 24, cols: 80 })).transpose() {
         Ok(terminal) => terminal,
-        Err(error) => return EndReason::SetupFailed { step: "open the pseudo-terminal".into(), error },
+        Err(error) => return Err(EndReason::SetupFailed { step: "open the pseudo-terminal".into(), error }),
     };
     // SAFETY: init is single-threaded, so the child may run ordinary code.
     let command = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            drop(error_read);
-            command::run(spec, claim, error_write, terminal.as_ref().map(|(_, slave)| slave.as_path()))
+            drop((error_read, claim_write));
+            command::run(spec, claim_read, error_write, terminal.as_ref().map(|(_, slave)| slave.as_path()))
         }
         Ok(ForkResult::Parent { child }) => child,
-        Err(e) => return EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() },
+        Err(e) => return Err(EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() }),
     };
-    drop(error_write);
+    drop((error_write, claim_read));
     // Only the command keeps the command pipes open, so each side reads
     // end-of-file when the other closes.
     if let Some((read, write)) = spec.command_pipes {
@@ -286,6 +291,7 @@ fn supervise(
 
     // A terminal session's stdio pipes stay with init, which copies between
     // them and the pseudo-terminal's master.
+    let mut terminal_master = None;
     if let Some((master, _)) = terminal {
         // SAFETY: fcntl duplicates descriptors 0 and 1, which init owns, into
         // new close-on-exec descriptors that the Files below own alone.
@@ -293,10 +299,11 @@ fn supervise(
             (libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3), libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3))
         };
         if input < 0 || output < 0 {
-            return EndReason::SetupFailed { step: "keep the terminal's pipes".into(), error: io::Error::last_os_error().to_string() };
+            return Err(EndReason::SetupFailed { step: "keep the terminal's pipes".into(), error: io::Error::last_os_error().to_string() });
         }
         // SAFETY: both descriptors were just created and are owned by nothing else.
         let (input, output) = unsafe { (File::from_raw_fd(input), File::from_raw_fd(output)) };
+        terminal_master = master.try_clone().ok().map(File::from);
         *drained = Some(pty::relay(master, input, output));
     }
 
@@ -309,6 +316,22 @@ fn supervise(
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) };
         }
     }
+    Ok(Waiting { command, error_read, claim_write, terminal_master })
+}
+
+/// Passes the claim on to the waiting command child and supervises the
+/// command until the session ends. `setup_time` is how long init's setup
+/// before the claim took.
+fn supervise(spec: &InitSpec, claim: &Claim, waiting: Waiting, reports: &mut File, setup_time: Duration, started_ns: u64) -> EndReason {
+    let claimed = Instant::now();
+    let command = waiting.command;
+    if let (Some(master), Some(size)) = (&waiting.terminal_master, claim.terminal) {
+        pty::set_size(master, size);
+    }
+    // A child that failed before the claim has closed its end; the error
+    // pipe below gives the reason.
+    let _ = File::from(waiting.claim_write).write_all(&serde_json::to_vec(claim).expect("the claim serializes"));
+    let error_read = waiting.error_read;
 
     // The error pipe carries the Landlock result, then either closes (exec
     // succeeded) or carries the reason the command could not start.
@@ -415,16 +438,21 @@ pub fn main() -> ! {
     let mut drained = None;
     let end = match setup(&spec) {
         Ok(()) => {
-            let setup_time = started.elapsed();
-            report(&mut reports, &InitReport::Ready { setup_us: setup_time.as_micros() as u64 });
-            match wait_for_claim(&mut spec_pipe, spec.unclaimed_until_monotonic_ns) {
-                Ok(claim) => {
-                    drop(spec_pipe);
-                    supervise(&spec, &claim, &mut reports, setup_time, started_ns, &mut drained)
+            match start_command(&spec, &mut drained) {
+                Err(end) => end,
+                Ok(waiting) => {
+                    let setup_time = started.elapsed();
+                    report(&mut reports, &InitReport::Ready { setup_us: setup_time.as_micros() as u64 });
+                    match wait_for_claim(&mut spec_pipe, spec.unclaimed_until_monotonic_ns) {
+                        Ok(claim) => {
+                            drop(spec_pipe);
+                            supervise(&spec, &claim, waiting, &mut reports, setup_time, started_ns)
+                        }
+                        Err(Unclaimed::Expired) => EndReason::Destroyed { detail: "no claim arrived before the sandbox's unclaimed time ran out".into() },
+                        Err(Unclaimed::Closed) => EndReason::Destroyed { detail: "the supervisor closed the sandbox before claiming it".into() },
+                        Err(Unclaimed::Invalid(error)) => EndReason::SetupFailed { step: error.step, error: error.error },
+                    }
                 }
-                Err(Unclaimed::Expired) => EndReason::Destroyed { detail: "no claim arrived before the sandbox's unclaimed time ran out".into() },
-                Err(Unclaimed::Closed) => EndReason::Destroyed { detail: "the supervisor closed the sandbox before claiming it".into() },
-                Err(Unclaimed::Invalid(error)) => EndReason::SetupFailed { step: error.step, error: error.error },
             }
         }
         Err(error) => EndReason::SetupFailed { step: error.step, error: error.error },

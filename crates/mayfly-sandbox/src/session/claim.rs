@@ -36,6 +36,11 @@ impl Prepared {
             self.destroy();
             return Err(SessionError::Invalid("the command is empty".into()));
         }
+        if config.terminal.is_some() != self.terminal {
+            let wanted = if self.terminal { "needs a terminal size" } else { "has no terminal" };
+            self.destroy();
+            return Err(SessionError::Invalid(format!("the sandbox {wanted}: claim it with the kind of session it was prepared for")));
+        }
         let (started, started_ns, started_wall, mut timings) = if self.pool_member {
             (Instant::now(), monotonic_now_ns(), SystemTime::now(), Default::default())
         } else {

@@ -161,6 +161,7 @@ impl SessionConfig {
             mounts: self.mounts,
             landlock: self.landlock,
             command_pipes: self.command_pipes,
+            terminal: self.terminal.is_some(),
             max_unclaimed: self.ttl,
             pool_member: false,
         };

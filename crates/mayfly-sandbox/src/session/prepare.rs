@@ -40,6 +40,8 @@ pub struct PrepareConfig {
     pub landlock: LandlockMode,
     /// Gives the command two pipes; see [`super::SessionConfig::command_pipes`].
     pub command_pipes: bool,
+    /// Runs the command on a pseudo-terminal, whose size the claim sets.
+    pub terminal: bool,
     /// How long init waits for the claim before it ends the sandbox.
     pub max_unclaimed: Duration,
     /// Marks a sandbox prepared ahead of demand for a warm pool. Its ledger
@@ -60,7 +62,8 @@ pub struct ClaimConfig {
     /// The session's lifetime, counted from the claim for a pool member
     /// and from the start of [`prepare`] for a cold start.
     pub ttl: Duration,
-    /// Run the command on a pseudo-terminal of this size.
+    /// The size of the pseudo-terminal, which the sandbox must have been
+    /// prepared with ([`PrepareConfig::terminal`]).
     pub terminal: Option<crate::terminal::WindowSize>,
     /// See [`super::SessionConfig::forward_signals`].
     pub forward_signals: bool,
@@ -76,6 +79,7 @@ pub struct Prepared {
     pub(super) state_dir: PathBuf,
     pub(super) artifacts: Option<(PathBuf, u64)>,
     pub(super) pool_member: bool,
+    pub(super) terminal: bool,
     pub(super) record: ledger::Record,
     pub(super) cgroup: SessionCgroup,
     pub(super) init_pid: i32,
@@ -153,6 +157,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
         mounts: config.mounts.clone(),
         landlock: config.landlock,
         cgroup_membership: cgroup.membership(),
+        terminal: config.terminal,
         command_pipes: None,
     };
     let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
@@ -179,6 +184,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
         state_dir: config.state_dir,
         artifacts: config.artifacts,
         pool_member: config.pool_member,
+        terminal: config.terminal,
         record,
         cgroup,
         init_pid,
