@@ -248,7 +248,9 @@ const TERMINAL_DRAIN: Duration = Duration::from_secs(2);
 /// its command.
 struct Waiting {
     command: Pid,
-    error_read: OwnedFd,
+    /// The child's error pipe, after its `Confined` message.
+    error_read: BufReader<File>,
+    landlock: LandlockStatus,
     /// Init's end of the pipe that passes the claim on to the child.
     claim_write: OwnedFd,
     /// The terminal's master, for the window size the claim sets.
@@ -316,7 +318,36 @@ fn start_command(spec: &InitSpec, drained: &mut Option<std::sync::mpsc::Receiver
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) };
         }
     }
-    Ok(Waiting { command, error_read, claim_write, terminal_master })
+
+    // The child reports that it is confined, or why it failed, before it
+    // waits for the claim, so a sandbox reports ready only with a child
+    // that can run the claim's command.
+    let mut error_read = BufReader::new(File::from(error_read));
+    let mut first = String::new();
+    let _ = error_read.read_line(&mut first);
+    let landlock = match child_message(&first)? {
+        Some(status) => status,
+        None => {
+            let error = "the command child exited without reporting its confinement".to_string();
+            return Err(EndReason::SetupFailed { step: "confine the command".into(), error });
+        }
+    };
+    Ok(Waiting { command, error_read, landlock, claim_write, terminal_master })
+}
+
+/// Interprets one line from the command child: the Landlock status of a
+/// confined child, `None` for an empty line, or the reason it failed.
+fn child_message(line: &str) -> Result<Option<LandlockStatus>, EndReason> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str::<ChildMessage>(line) {
+        Ok(ChildMessage::Confined { landlock }) => Ok(Some(landlock)),
+        Ok(ChildMessage::NotFound { command }) => Err(EndReason::CommandNotFound { command }),
+        Ok(ChildMessage::NotExecutable { command, error }) => Err(EndReason::CommandNotExecutable { command, error }),
+        Ok(ChildMessage::SetupFailed { step, error }) => Err(EndReason::SetupFailed { step, error }),
+        Err(e) => Err(EndReason::SetupFailed { step: "read the command's setup result".into(), error: e.to_string() }),
+    }
 }
 
 /// Passes the claim on to the waiting command child and supervises the
@@ -331,20 +362,18 @@ fn supervise(spec: &InitSpec, claim: &Claim, waiting: Waiting, reports: &mut Fil
     // A child that failed before the claim has closed its end; the error
     // pipe below gives the reason.
     let _ = File::from(waiting.claim_write).write_all(&serde_json::to_vec(claim).expect("the claim serializes"));
-    let error_read = waiting.error_read;
+    let mut error_read = waiting.error_read;
 
-    // The error pipe carries the Landlock result, then either closes (exec
-    // succeeded) or carries the reason the command could not start.
-    let mut landlock = LandlockStatus::NotEnforced;
+    // The rest of the error pipe either closes (exec succeeded) or carries
+    // the reason the command could not start.
+    let mut landlock = waiting.landlock;
     let mut text = String::new();
-    let _ = File::from(error_read).read_to_string(&mut text);
+    let _ = error_read.read_to_string(&mut text);
     for line in text.lines() {
-        match serde_json::from_str::<ChildMessage>(line) {
-            Ok(ChildMessage::Confined { landlock: status }) => landlock = status,
-            Ok(ChildMessage::NotFound { command }) => return EndReason::CommandNotFound { command },
-            Ok(ChildMessage::NotExecutable { command, error }) => return EndReason::CommandNotExecutable { command, error },
-            Ok(ChildMessage::SetupFailed { step, error }) => return EndReason::SetupFailed { step, error },
-            Err(e) => return EndReason::SetupFailed { step: "read the command's setup result".into(), error: e.to_string() },
+        match child_message(line) {
+            Ok(Some(status)) => landlock = status,
+            Ok(None) => {}
+            Err(end) => return end,
         }
     }
     let setup_us = (setup_time + claimed.elapsed()).as_micros() as u64;
