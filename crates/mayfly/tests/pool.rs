@@ -263,3 +263,46 @@ fn members_end_with_stop_and_crash() {
     assert!(status.success(), "{status:?}");
     assert_eq!(member_records(&state), Vec::<Value>::new(), "the last stop left ledger records of members");
 }
+
+/// Returns the command lines of the processes whose cgroup names `id`.
+fn command_lines(id: &str) -> Vec<String> {
+    sandbox_processes(id)
+        .iter()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .collect()
+}
+
+#[test]
+fn browser_member_runs_chromium_when_claimed() {
+    let scratch = Scratch::new("pool-browser");
+    let browser = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../mayfly-core/profiles/browser.toml")).unwrap();
+    let profiles = scratch.path.join("profiles");
+    write(&profiles.join("pooled-browser.toml"), &format!("{browser}\n[pool]\nmin = 1\nmax = 1\n"));
+    let server = start(&scratch, &profiles);
+    let token = server.token().to_string();
+    wait_for_ready(&server, &token, "pooled-browser", 1);
+
+    let body = serde_json::json!({ "profile": "pooled-browser", "ttl": "5m" });
+    let (status, created) = server.http("POST", "/v1/sessions", Some(&token), Some(&body));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["session"]["start"], "warm", "{created}");
+    let id = created["session"]["id"].as_str().unwrap().to_string();
+    server.wait_for_state(&token, &id, &["running"]);
+    let member = member_records(&scratch.state_dir()).into_iter().find(|r| r["claimed_by"] == id.as_str()).expect("the claimed member's ledger record names the session");
+    let member_id = member["session_id"].as_str().unwrap().to_string();
+
+    let started = Instant::now();
+    while !command_lines(&member_id).iter().any(|line| line.contains("--remote-debugging-pipe")) {
+        assert!(started.elapsed() < Duration::from_secs(30), "Chromium did not start in the claimed member: {:?}", command_lines(&member_id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (status, body) = server.http("DELETE", &format!("/v1/sessions/{id}"), Some(&token), None);
+    assert!(status == 200 || status == 202, "{body}");
+    let session = server.wait_for_state(&token, &id, &["destroyed", "failed"]);
+    assert_eq!(session["state"], "destroyed", "{session}");
+    assert_eq!(session["detail"]["teardown"]["clean"], true, "{session}");
+    assert_eq!(session["detail"]["sandbox_id"], member_id.as_str(), "{session}");
+    assert_eq!(command_lines(&member_id), Vec::<String>::new(), "processes of the claimed member remain");
+}

@@ -46,6 +46,7 @@ fn unix_ms() -> i64 {
 /// Builds what the session record keeps of an outcome besides its end reason.
 fn outcome_detail(outcome: &SessionOutcome, output_bytes: u64) -> serde_json::Value {
     serde_json::json!({
+        "sandbox_id": outcome.sandbox_id,
         "usage": outcome.usage,
         "output_bytes": output_bytes,
         "teardown": outcome.teardown,
