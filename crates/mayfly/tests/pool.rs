@@ -1,6 +1,6 @@
-//! Warm pools through a real `mayfly serve`: sessions that claim a member
+//! Warm pools through a real `mayfly serve`. Sessions that claim a member
 //! find nothing of earlier sessions, get their profile's policy at the
-//! claim, count their deadline from the claim, and no member outlives a
+//! claim and count their deadline from the claim. No member outlives a
 //! stop or a crash of the server.
 
 mod common;

@@ -52,7 +52,7 @@ pub(super) fn format_text(report: &Report) -> String {
 
 pub(super) fn format_markdown(report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Command: `{}`, {} UTC, kernel {}.\n", report.command_line, report.date, report.kernel);
+    let _ = writeln!(out, "Command: `{}`, {}, kernel {}.\n", report.command_line, report.date, report.kernel);
     let _ = writeln!(out, "| session | start | runs | median (ms) | p99 (ms) | min (ms) | |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for (side, ratio) in rows(report) {
