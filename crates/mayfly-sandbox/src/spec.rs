@@ -87,11 +87,23 @@ pub struct InitSpec {
     /// before the claim. The claim sets its window size.
     #[serde(default)]
     pub terminal: bool,
+    /// A command that starts before the claim, such as a browser profile's
+    /// Chromium, with an environment fixed by the profile alone. The claim
+    /// then brings only the deadline and the terminal size.
+    #[serde(default)]
+    pub prestart: Option<Command>,
     /// Init's descriptors of the two command pipes, when the session has
     /// them: the command reads the first at descriptor 3 and writes the
     /// second at descriptor 4. The launcher sets this.
     #[serde(default)]
     pub command_pipes: Option<(i32, i32)>,
+}
+
+/// A program and its whole environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 /// What binds a prepared sandbox to one session: the second line of the

@@ -68,6 +68,7 @@ impl Fixture {
             landlock: LandlockMode::IfAvailable,
             command_pipes: false,
             terminal: false,
+            prestart: None,
             max_unclaimed,
             pool_member: true,
         }
@@ -218,6 +219,76 @@ fn unclaimed_member_ends_itself() {
     assert!(evidence.clean, "{evidence:?}");
 }
 
+fn prestarted_command() -> mayfly_sandbox::spec::Command {
+    mayfly_sandbox::spec::Command {
+        argv: ["/bin/sh", "-c", "echo started $FROM; exec sleep 100"].iter().map(|a| a.to_string()).collect(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("FROM".into(), "profile".into())],
+    }
+}
+
+fn prestarted_command_runs_before_claim() {
+    let fixture = Fixture::new("prestart");
+    let id = member_id("prestart");
+    let mut config = fixture.member_config(&id, Duration::from_secs(120));
+    config.prestart = Some(prestarted_command());
+    let mut member = prepare(config, &fixture.layout).unwrap();
+    member.wait_ready(Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(fixture.layout.session_paths(&id)[0].join("cgroup.procs")).unwrap_or_default().lines().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "sleep")
+    }) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the command did not start before the claim");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(member.check_health().is_ok(), "a member with a running command is healthy");
+
+    let command = prestarted_command();
+    let argv: Vec<&str> = command.argv.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let claimed_at = Instant::now();
+    let stdout = Captured::default();
+    let config = claim_config("s-prestart", &argv, &env, Duration::from_secs(2));
+    let outcome = member.claim(config, Box::new(std::io::empty()), Box::new(stdout.clone()), Box::new(std::io::sink())).unwrap();
+    assert_eq!(stdout.text(), "started profile\n", "the output written before the claim reaches the session");
+    assert_eq!(outcome.end, EndReason::Deadline, "{outcome:?}");
+    assert!(claimed_at.elapsed() >= Duration::from_secs(2), "the deadline counted from before the claim");
+    assert!(outcome.teardown.clean, "{:?}", outcome.teardown);
+}
+
+fn prestarted_member_rejects_other_command() {
+    let fixture = Fixture::new("prestart-other");
+    let id = member_id("prestart-other");
+    let mut config = fixture.member_config(&id, Duration::from_secs(120));
+    config.prestart = Some(prestarted_command());
+    let mut member = prepare(config, &fixture.layout).unwrap();
+    member.wait_ready(Duration::from_secs(10)).unwrap();
+    let config = claim_config("s-other", &["/bin/echo", "other"], &[("PATH", "/usr/bin:/bin")], Duration::from_secs(10));
+    let error = member.claim(config, Box::new(std::io::empty()), Box::new(std::io::sink()), Box::new(std::io::sink())).unwrap_err();
+    assert!(error.to_string().contains("another command"), "{error}");
+    assert!(!fixture.ledger_record(&id).exists(), "the rejected member was not destroyed");
+    for path in fixture.layout.session_paths(&id) {
+        assert!(!path.exists(), "{} remains", path.display());
+    }
+}
+
+fn prestarted_command_exit_ends_member() {
+    let fixture = Fixture::new("prestart-exit");
+    let mut config = fixture.member_config(&member_id("prestart-exit"), Duration::from_secs(120));
+    config.prestart = Some(mayfly_sandbox::spec::Command { argv: vec!["/bin/true".into()], env: Vec::new() });
+    let mut member = prepare(config, &fixture.layout).unwrap();
+    member.wait_ready(Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    let error = loop {
+        match member.check_health() {
+            Err(error) => break error,
+            Ok(()) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(()) => panic!("a member whose command exited before the claim stays healthy"),
+        }
+    };
+    assert!(error.contains("started before the claim exited"), "{error}");
+    assert!(member.destroy().clean);
+}
+
 fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == mayfly_sandbox::INIT_ARGUMENT) {
         mayfly_sandbox::init::main();
@@ -231,6 +302,9 @@ fn main() {
         ("deadline_counts_from_the_claim", deadline_counts_from_the_claim),
         ("destroyed_member_leaves_nothing", destroyed_member_leaves_nothing),
         ("unclaimed_member_ends_itself", unclaimed_member_ends_itself),
+        ("prestarted_command_runs_before_claim", prestarted_command_runs_before_claim),
+        ("prestarted_member_rejects_other_command", prestarted_member_rejects_other_command),
+        ("prestarted_command_exit_ends_member", prestarted_command_exit_ends_member),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {

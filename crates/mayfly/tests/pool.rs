@@ -274,7 +274,7 @@ fn command_lines(id: &str) -> Vec<String> {
 }
 
 #[test]
-fn browser_member_runs_chromium_when_claimed() {
+fn browser_member_starts_chromium_before_claim() {
     let scratch = Scratch::new("pool-browser");
     let browser = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../mayfly-core/profiles/browser.toml")).unwrap();
     let profiles = scratch.path.join("profiles");
@@ -282,6 +282,14 @@ fn browser_member_runs_chromium_when_claimed() {
     let server = start(&scratch, &profiles);
     let token = server.token().to_string();
     wait_for_ready(&server, &token, "pooled-browser", 1);
+    let ready = member_records(&scratch.state_dir());
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    let member_id = ready[0]["session_id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    while !command_lines(&member_id).iter().any(|line| line.contains("--remote-debugging-pipe")) {
+        assert!(started.elapsed() < Duration::from_secs(30), "Chromium did not start in the member before its claim: {:?}", command_lines(&member_id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let body = serde_json::json!({ "profile": "pooled-browser", "ttl": "5m" });
     let (status, created) = server.http("POST", "/v1/sessions", Some(&token), Some(&body));
@@ -290,13 +298,9 @@ fn browser_member_runs_chromium_when_claimed() {
     let id = created["session"]["id"].as_str().unwrap().to_string();
     server.wait_for_state(&token, &id, &["running"]);
     let member = member_records(&scratch.state_dir()).into_iter().find(|r| r["claimed_by"] == id.as_str()).expect("the claimed member's ledger record names the session");
-    let member_id = member["session_id"].as_str().unwrap().to_string();
-
-    let started = Instant::now();
-    while !command_lines(&member_id).iter().any(|line| line.contains("--remote-debugging-pipe")) {
-        assert!(started.elapsed() < Duration::from_secs(30), "Chromium did not start in the claimed member: {:?}", command_lines(&member_id));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_eq!(member["session_id"], member_id.as_str(), "the session claimed the ready member");
+    let (_, events) = server.http("GET", &format!("/v1/sessions/{id}/events"), Some(&token), None);
+    assert!(events["events"].as_array().unwrap().iter().any(|e| e["kind"] == "running"), "{events}");
 
     let (status, body) = server.http("DELETE", &format!("/v1/sessions/{id}"), Some(&token), None);
     assert!(status == 200 || status == 202, "{body}");

@@ -410,7 +410,7 @@ impl App {
         let id = job::new_session_id();
         // A ready member of the profile's pool carries its reservation,
         // which passes to the session; without one the session starts cold.
-        let (member, unhealthy) = self.pools.take(&profile, &limits);
+        let (member, unhealthy) = self.pools.take(&profile, &limits, !request.env.is_empty());
         for member in unhealthy {
             pool::destroy_member(self, member, "the member failed its health check");
         }

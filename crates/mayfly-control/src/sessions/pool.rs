@@ -164,9 +164,29 @@ fn member_config(profile: &Profile, id: &str, state_dir: &std::path::Path, max_a
         landlock: super::job::landlock_mode(profile),
         command_pipes: profile.kind == Kind::Browser,
         terminal: profile.kind == Kind::Shell,
+        prestart: browser_command(profile),
         max_unclaimed: max_age + UNCLAIMED_SLACK,
         pool_member: true,
     }
+}
+
+/// Returns a browser profile's Chromium command, which a member starts
+/// before its claim: the same command and environment as a session of the
+/// profile whose request sets no `env` gets.
+fn browser_command(profile: &Profile) -> Option<mayfly_sandbox::spec::Command> {
+    let settings = profile.browser.as_ref()?;
+    let argv = super::browser::chromium_argv(profile, settings);
+    let spec = super::job::JobSpec {
+        session_id: String::new(),
+        state_dir: Default::default(),
+        argv: argv.clone(),
+        env: Default::default(),
+        ttl: Duration::ZERO,
+        limits: profile.limits.clone(),
+    };
+    let mut env = super::job::session_config(profile, spec, None).env;
+    env.extend(super::browser::chromium_environment(profile, settings));
+    Some(mayfly_sandbox::spec::Command { argv, env })
 }
 
 impl Pools {
@@ -174,16 +194,19 @@ impl Pools {
     /// counts the creation as demand. Returns `None`, a miss, when the
     /// profile has no pool, its pool is empty, the members were built from
     /// another version of the profile, or the request lowered the limits
-    /// below the profile's. Members that fail their health check on the way
-    /// are returned for destruction.
-    pub fn take(&self, profile: &Profile, limits: &Limits) -> (Option<Member>, Vec<Member>) {
+    /// below the profile's. A browser session whose request sets `env`
+    /// misses too, because a member's Chromium started with the profile's
+    /// environment. Members that fail their health check on the way are
+    /// returned for destruction.
+    pub fn take(&self, profile: &Profile, limits: &Limits, request_env: bool) -> (Option<Member>, Vec<Member>) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let Some(pool) = pools.get_mut(&profile.name) else { return (None, Vec::new()) };
         let now = Instant::now();
         pool.demand.push_back(now);
         let mut unhealthy = Vec::new();
         let mut taken = None;
-        if pool.fingerprint == fingerprint(profile) && pool.limits == *limits {
+        let prestarted = profile.kind == Kind::Browser;
+        if pool.fingerprint == fingerprint(profile) && pool.limits == *limits && !(prestarted && request_env) {
             while let Some(mut member) = pool.ready.pop_front() {
                 match member.prepared.check_health() {
                     Ok(()) => {

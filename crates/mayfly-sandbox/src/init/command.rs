@@ -155,14 +155,20 @@ fn confine_and_exec(spec: &InitSpec, claim_pipe: std::fs::File, pipe: &mut std::
     }
 
     // 10. Wait for the claim, which init writes whole and then closes, and
-    //     find the command as the sandbox user would in the claim's PATH.
-    let mut text = Vec::new();
-    if let Err(error) = { claim_pipe }.read_to_end(&mut text) {
-        return fail("read the claim", error.to_string());
-    }
-    let claim: Claim = match serde_json::from_slice(&text) {
-        Ok(claim) => claim,
-        Err(error) => return fail("read the claim", error.to_string()),
+    //     find the command as the sandbox user would in the claim's PATH. A
+    //     command started before the claim runs at once.
+    let claim = match &spec.prestart {
+        Some(command) => Claim { argv: command.argv.clone(), env: command.env.clone(), deadline_monotonic_ns: 0, terminal: None },
+        None => {
+            let mut text = Vec::new();
+            if let Err(error) = { claim_pipe }.read_to_end(&mut text) {
+                return fail("read the claim", error.to_string());
+            }
+            match serde_json::from_slice::<Claim>(&text) {
+                Ok(claim) => claim,
+                Err(error) => return fail("read the claim", error.to_string()),
+            }
+        }
     };
     let Some(command) = claim.argv.first().cloned() else { return fail("read the claim", "the command is empty".into()) };
     let Some(path) = resolve(&command, &claim.env) else { return ChildMessage::NotFound { command } };

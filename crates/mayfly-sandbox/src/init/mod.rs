@@ -70,12 +70,15 @@ enum Unclaimed {
     Expired,
     /// The supervisor closed the spec pipe, or gave up while writing it.
     Closed,
+    /// The command started before the claim exited.
+    CommandExited,
     Invalid(SetupError),
 }
 
 /// Waits until the claim arrives on the spec pipe or `until` (on
-/// CLOCK_MONOTONIC) passes, and reads it.
-fn wait_for_claim(pipe: &mut BufReader<File>, until: u64) -> Result<Claim, Unclaimed> {
+/// CLOCK_MONOTONIC) passes, and reads it. With `prestarted`, the pidfd of a
+/// command that started before the claim, also stops when it exits.
+fn wait_for_claim(pipe: &mut BufReader<File>, until: u64, prestarted: Option<&OwnedFd>) -> Result<Claim, Unclaimed> {
     // The supervisor of a session started cold writes both lines at once,
     // so the claim may already sit in the reader's buffer.
     while pipe.buffer().is_empty() {
@@ -84,9 +87,17 @@ fn wait_for_claim(pipe: &mut BufReader<File>, until: u64) -> Result<Claim, Uncla
             return Err(Unclaimed::Expired);
         }
         let millis = ((until - now) / 1_000_000).clamp(1, i32::MAX as u64) as i32;
-        let mut poll = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(pipe.get_ref()), events: libc::POLLIN, revents: 0 };
-        // SAFETY: poll reads and writes one pollfd on this stack.
-        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        let command_fd = prestarted.map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
+        let mut polls = [
+            libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(pipe.get_ref()), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: command_fd, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: poll reads and writes two pollfds on this stack; a
+        // negative descriptor is ignored.
+        let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, millis) };
+        if ready > 0 && polls[1].revents != 0 {
+            return Err(Unclaimed::CommandExited);
+        }
         if ready > 0 {
             break;
         }
@@ -101,7 +112,7 @@ fn wait_for_claim(pipe: &mut BufReader<File>, until: u64) -> Result<Claim, Uncla
         Ok(_) => {}
     }
     let claim: Claim = serde_json::from_str(&line).map_err(|e| Unclaimed::Invalid(SetupError::new("parse the claim", e.to_string())))?;
-    if claim.argv.first().is_none_or(|program| program.is_empty()) {
+    if prestarted.is_none() && claim.argv.first().is_none_or(|program| program.is_empty()) {
         return Err(Unclaimed::Invalid(SetupError::new("parse the claim", "the command is empty")));
     }
     Ok(claim)
@@ -255,6 +266,8 @@ struct Waiting {
     claim_write: OwnedFd,
     /// The terminal's master, for the window size the claim sets.
     terminal_master: Option<File>,
+    /// A pidfd of the child when its command started before the claim.
+    prestarted: Option<OwnedFd>,
 }
 
 /// Forks the command child, which confines itself and waits for the claim.
@@ -332,7 +345,16 @@ fn start_command(spec: &InitSpec, drained: &mut Option<std::sync::mpsc::Receiver
             return Err(EndReason::SetupFailed { step: "confine the command".into(), error });
         }
     };
-    Ok(Waiting { command, error_read, landlock, claim_write, terminal_master })
+    let prestarted = match spec.prestart {
+        None => None,
+        // SAFETY: pidfd_open on the child forked above; the new descriptor
+        // is owned by the OwnedFd alone.
+        Some(_) => match unsafe { libc::syscall(libc::SYS_pidfd_open, command.as_raw(), 0) } {
+            fd if fd >= 0 => Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+            _ => return Err(EndReason::SetupFailed { step: "watch the command".into(), error: io::Error::last_os_error().to_string() }),
+        },
+    };
+    Ok(Waiting { command, error_read, landlock, claim_write, terminal_master, prestarted })
 }
 
 /// Interprets one line from the command child: the Landlock status of a
@@ -359,8 +381,8 @@ fn supervise(spec: &InitSpec, claim: &Claim, waiting: Waiting, reports: &mut Fil
     if let (Some(master), Some(size)) = (&waiting.terminal_master, claim.terminal) {
         pty::set_size(master, size);
     }
-    // A child that failed before the claim has closed its end; the error
-    // pipe below gives the reason.
+    // A child that failed before the claim, or that runs a command started
+    // before it, has closed its end. The error pipe below gives any reason.
     let _ = File::from(waiting.claim_write).write_all(&serde_json::to_vec(claim).expect("the claim serializes"));
     let mut error_read = waiting.error_read;
 
@@ -472,13 +494,14 @@ pub fn main() -> ! {
                 Ok(waiting) => {
                     let setup_time = started.elapsed();
                     report(&mut reports, &InitReport::Ready { setup_us: setup_time.as_micros() as u64 });
-                    match wait_for_claim(&mut spec_pipe, spec.unclaimed_until_monotonic_ns) {
+                    match wait_for_claim(&mut spec_pipe, spec.unclaimed_until_monotonic_ns, waiting.prestarted.as_ref()) {
                         Ok(claim) => {
                             drop(spec_pipe);
                             supervise(&spec, &claim, waiting, &mut reports, setup_time, started_ns)
                         }
                         Err(Unclaimed::Expired) => EndReason::Destroyed { detail: "no claim arrived before the sandbox's unclaimed time ran out".into() },
                         Err(Unclaimed::Closed) => EndReason::Destroyed { detail: "the supervisor closed the sandbox before claiming it".into() },
+                        Err(Unclaimed::CommandExited) => EndReason::SetupFailed { step: "keep the command running until the claim".into(), error: "the command started before the claim exited".into() },
                         Err(Unclaimed::Invalid(error)) => EndReason::SetupFailed { step: error.step, error: error.error },
                     }
                 }

@@ -36,6 +36,11 @@ impl Prepared {
             self.destroy();
             return Err(SessionError::Invalid("the command is empty".into()));
         }
+        let prestarted_other = self.prestart.as_ref().is_some_and(|command| command.argv != config.argv || command.env != config.env);
+        if prestarted_other {
+            self.destroy();
+            return Err(SessionError::Invalid("the sandbox runs another command than the claim's, started before the claim".into()));
+        }
         if config.terminal.is_some() != self.terminal {
             let wanted = if self.terminal { "needs a terminal size" } else { "has no terminal" };
             self.destroy();

@@ -162,6 +162,7 @@ impl SessionConfig {
             landlock: self.landlock,
             command_pipes: self.command_pipes,
             terminal: self.terminal.is_some(),
+            prestart: None,
             max_unclaimed: self.ttl,
             pool_member: false,
         };

@@ -42,6 +42,10 @@ pub struct PrepareConfig {
     pub command_pipes: bool,
     /// Runs the command on a pseudo-terminal, whose size the claim sets.
     pub terminal: bool,
+    /// Starts this command before the claim, such as a browser profile's
+    /// Chromium. It must hold nothing of a session, and a claim must bring
+    /// the same command and environment.
+    pub prestart: Option<crate::spec::Command>,
     /// How long init waits for the claim before it ends the sandbox.
     pub max_unclaimed: Duration,
     /// Marks a sandbox prepared ahead of demand for a warm pool. Its ledger
@@ -80,6 +84,7 @@ pub struct Prepared {
     pub(super) artifacts: Option<(PathBuf, u64)>,
     pub(super) pool_member: bool,
     pub(super) terminal: bool,
+    pub(super) prestart: Option<crate::spec::Command>,
     pub(super) record: ledger::Record,
     pub(super) cgroup: SessionCgroup,
     pub(super) init_pid: i32,
@@ -158,6 +163,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
         landlock: config.landlock,
         cgroup_membership: cgroup.membership(),
         terminal: config.terminal,
+        prestart: config.prestart.clone(),
         command_pipes: None,
     };
     let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
@@ -185,6 +191,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
         artifacts: config.artifacts,
         pool_member: config.pool_member,
         terminal: config.terminal,
+        prestart: config.prestart,
         record,
         cgroup,
         init_pid,
