@@ -15,6 +15,7 @@ mod browser_viewer;
 mod host_pty;
 mod http;
 mod memory;
+mod pool_browser;
 mod pool_report;
 mod pool_starts;
 mod report;

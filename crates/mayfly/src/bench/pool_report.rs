@@ -30,7 +30,7 @@ fn rows(report: &Report) -> Vec<(&Side, String)> {
 
 pub(super) fn format_text(report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "start to running command, {} runs per side after {} unmeasured:", report.runs, report.warmup_runs);
+    let _ = writeln!(out, "start to running command (job, shell) or to the first frame (browser), after {} unmeasured runs per side ({} for browsers):", report.warmup_runs, super::pool_browser::WARMUP_RUNS);
     let _ = writeln!(out, "{:<6} {:<5} {:>5} {:>11} {:>11} {:>11}", "kind", "start", "runs", "median ms", "p99 ms", "min ms");
     for (side, ratio) in rows(report) {
         let _ = writeln!(out, "{:<6} {:<5} {:>5} {:>11} {:>11} {:>11}  {ratio}", side.kind, side.start, side.runs, cell(side.median_ms), cell(side.p99_ms), cell(side.min_ms));
@@ -47,12 +47,15 @@ pub(super) fn format_text(report: &Report) -> String {
     if let Some(error) = &memory.error {
         let _ = writeln!(out, "  error: {error}");
     }
+    let browser = &report.browser_memory;
+    let _ = writeln!(out, "idle browser member memory, mean of {}: {:.1} MiB charged to its cgroup, its processes' PSS {:.1} MiB", browser.members, browser.cgroup_mib, browser.processes_pss_mib);
     out
 }
 
 pub(super) fn format_markdown(report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Command: `{}`, {}, kernel {}.\n", report.command_line, report.date, report.kernel);
+    let _ = writeln!(out, "Command: `{}`, {}, kernel {}.", report.command_line, report.date, report.kernel);
+    let _ = writeln!(out, "Jobs and shells to the running command, browsers to the first frame, after {} unmeasured runs per side ({} for browsers).\n", report.warmup_runs, super::pool_browser::WARMUP_RUNS);
     let _ = writeln!(out, "| session | start | runs | median (ms) | p99 (ms) | min (ms) | |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for (side, ratio) in rows(report) {
@@ -63,6 +66,12 @@ pub(super) fn format_markdown(report: &Report) -> String {
         out,
         "\nAn idle member, mean of {}: {:.2} MiB charged to its cgroup, a proportional set size of {:.2} MiB for its two processes (init and the command child waiting for the claim), and {:.2} MiB more resident memory in the supervisor.",
         memory.members, memory.cgroup_mib, memory.processes_pss_mib, memory.supervisor_mib
+    );
+    let browser = &report.browser_memory;
+    let _ = writeln!(
+        out,
+        "\nAn idle browser member, with Chromium started on about:blank, mean of {}: {:.1} MiB charged to its cgroup and a proportional set size of {:.1} MiB for its processes.",
+        browser.members, browser.cgroup_mib, browser.processes_pss_mib
     );
     out
 }

@@ -1,12 +1,13 @@
 //! `mayfly bench --suite pool`: the time from a session's start to its
 //! running command, for jobs and shells. A warm start claims a sandbox
 //! prepared ahead, as a warm pool member is, and a cold start builds the
-//! sandbox first. The suite also reads the memory an idle member costs.
+//! sandbox first. The suite also reads the memory an idle member costs, and
+//! times browser starts to their first frame (`pool_browser.rs`).
 //!
 //! The bench calls the sandbox directly, as the server's session threads
-//! do, and reads the time at which init reported the command's exec: for a
-//! cold start from the start of the sandbox's preparation, for a warm start
-//! from the claim. Warm and cold alternate, each iteration starting with the
+//! do, and reads the time at which init reported the command's exec. A cold
+//! start counts from the start of the sandbox's preparation, and a warm
+//! start from the claim. Warm and cold alternate, each iteration starting with the
 //! other, so machine noise affects both alike.
 
 use std::time::Duration;
@@ -66,7 +67,7 @@ pub(super) struct Side {
     samples: Vec<Duration>,
 }
 
-/// The memory an idle member holds, averaged over [`MEMORY_MEMBERS`].
+/// The memory an idle member uses, averaged over [`MEMORY_MEMBERS`].
 #[derive(Debug, Serialize, Default)]
 pub(super) struct MemberMemory {
     pub(super) members: usize,
@@ -90,6 +91,7 @@ pub(super) struct Report {
     pub(super) warmup_runs: u32,
     pub(super) sides: Vec<Side>,
     pub(super) memory: MemberMemory,
+    pub(super) browser_memory: super::pool_browser::BrowserMemberMemory,
 }
 
 fn profile(name: &str) -> Profile {
@@ -139,7 +141,7 @@ fn ready_member(kind: &Kind, profile: &Profile, id: &str, state_dir: &std::path:
     Ok(member)
 }
 
-fn layout() -> Result<&'static Layout, String> {
+pub(super) fn layout() -> Result<&'static Layout, String> {
     static LAYOUT: std::sync::OnceLock<Result<Layout, String>> = std::sync::OnceLock::new();
     LAYOUT.get_or_init(|| Layout::detect().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
 }
@@ -168,12 +170,12 @@ fn warm_start(kind: &Kind, profile: &Profile, id: &str, state_dir: &std::path::P
     started_after(outcome)
 }
 
-fn side(kind: &'static str, start: &'static str) -> Side {
-    Side { kind, start, runs: 0, median_ms: None, p99_ms: None, min_ms: None, errors: Vec::new(), samples: Vec::new() }
-}
-
 impl Side {
-    fn record(&mut self, result: Result<Duration, String>, measured: bool) {
+    pub(super) fn new(kind: &'static str, start: &'static str) -> Side {
+        Side { kind, start, runs: 0, median_ms: None, p99_ms: None, min_ms: None, errors: Vec::new(), samples: Vec::new() }
+    }
+
+    pub(super) fn record(&mut self, result: Result<Duration, String>, measured: bool) {
         match result {
             Ok(duration) if measured => self.samples.push(duration),
             Ok(_) => {}
@@ -181,7 +183,7 @@ impl Side {
         }
     }
 
-    fn finish(mut self) -> Side {
+    pub(super) fn finish(mut self) -> Side {
         self.samples.sort();
         self.runs = self.samples.len();
         self.median_ms = median(&self.samples).map(milliseconds);
@@ -196,7 +198,7 @@ fn measure_starts(state_dir: &std::path::Path, runs: u32) -> Vec<Side> {
     let mut sides = Vec::new();
     for kind in KINDS {
         let profile = profile(kind.profile);
-        let (mut warm, mut cold) = (side(kind.name, "warm"), side(kind.name, "cold"));
+        let (mut warm, mut cold) = (Side::new(kind.name, "warm"), Side::new(kind.name, "cold"));
         for iteration in 0..(WARMUP_RUNS + runs) as usize {
             let measured = iteration >= WARMUP_RUNS as usize;
             let run_warm = |warm: &mut Side| warm.record(warm_start(kind, &profile, &session_id("p", iteration), state_dir), measured);
@@ -274,8 +276,11 @@ pub(super) fn main(args: &BenchArgs) -> i32 {
         eprintln!("mayfly: {error}");
         return 1;
     }
-    let sides = measure_starts(&args.state_dir, args.runs);
+    let mut sides = measure_starts(&args.state_dir, args.runs);
     let memory = measure_memory(&args.state_dir);
+    let layout = layout().expect("checked above");
+    let (browser_sides, browser_memory) = super::pool_browser::measure(layout, &args.state_dir, args.runs.min(super::pool_browser::MAX_BROWSER_RUNS));
+    sides.extend(browser_sides);
     let report = Report {
         command_line: std::env::args().map(|arg| super::shell::shell_quote(&arg)).collect::<Vec<_>>().join(" "),
         date: format_utc(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)),
@@ -284,6 +289,7 @@ pub(super) fn main(args: &BenchArgs) -> i32 {
         warmup_runs: WARMUP_RUNS,
         sides,
         memory,
+        browser_memory,
     };
     let failed = report.sides.iter().any(|s| !s.errors.is_empty()) || report.memory.error.is_some();
     super::publish(args, &report, failed, super::pool_report::format_text(&report), super::pool_report::format_markdown(&report))
