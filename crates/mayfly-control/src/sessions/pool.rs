@@ -4,7 +4,8 @@
 //!
 //! A member contains nothing of any session. It is built from its profile
 //! alone, and the claim gives it the session's command, environment,
-//! deadline and network. Each member serves one session and is destroyed
+//! deadline and network. A browser profile's member runs Chromium before
+//! the claim, with the profile's command line and environment. Each member serves one session and is destroyed
 //! with it. A member that reaches its profile's `pool.max_age`, that belongs
 //! to a profile that has changed, or that fails a health check is
 //! destroyed, never repaired. Members reserve their limits from the host's
