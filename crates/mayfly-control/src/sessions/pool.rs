@@ -5,8 +5,9 @@
 //! A member contains nothing of any session. It is built from its profile
 //! alone, and the claim gives it the session's command, environment,
 //! deadline and network. A browser profile's member runs Chromium before
-//! the claim, with the profile's command line and environment. Each member serves one session and is destroyed
-//! with it. A member that reaches its profile's `pool.max_age`, that belongs
+//! the claim, with the profile's command line and environment. Each member
+//! serves one session and is destroyed with it. A member that reaches its
+//! profile's `pool.max_age`, that belongs
 //! to a profile that has changed, or that fails a health check is
 //! destroyed, never repaired. Members reserve their limits from the host's
 //! capacity like sessions, and the reservation passes to the session that
@@ -204,6 +205,7 @@ impl Pools {
         let Some(pool) = pools.get_mut(&profile.name) else { return (None, Vec::new()) };
         let now = Instant::now();
         pool.demand.push_back(now);
+
         let mut unhealthy = Vec::new();
         let mut taken = None;
         let prestarted = profile.kind == Kind::Browser;
@@ -221,6 +223,7 @@ impl Pools {
                 }
             }
         }
+
         if taken.is_some() {
             pool.claims_total += 1;
             pool.claims.push_back(now);
