@@ -45,6 +45,9 @@ pub struct PrepareConfig {
     /// Starts this command before the claim, such as a browser profile's
     /// Chromium. It must hold nothing of a session, and a claim must bring
     /// the same command and environment.
+    /// NOTE: its output waits in the stdio pipes (64 KiB each by default on
+    /// Linux) until the claim starts the relays, so a command that writes
+    /// more before its claim blocks until then.
     pub prestart: Option<crate::spec::Command>,
     /// How long init waits for the claim before it ends the sandbox.
     pub max_unclaimed: Duration,
