@@ -200,6 +200,19 @@ fn destroyed_member_leaves_nothing() {
     assert!(!mountinfo.contains(namespace.to_string_lossy().as_ref()), "the member's mount namespace is still bound");
 }
 
+fn dropped_member_is_destroyed() {
+    let fixture = Fixture::new("drop");
+    let id = member_id("drop");
+    let member = fixture.ready_member(&id);
+    let init_pid = member.init_pid();
+    drop(member);
+    assert!(!Path::new(&format!("/proc/{init_pid}")).exists(), "init {init_pid} outlived the drop");
+    for path in fixture.layout.session_paths(&id) {
+        assert!(!path.exists(), "{} remains", path.display());
+    }
+    assert!(!fixture.ledger_record(&id).exists(), "the ledger record remains");
+}
+
 fn unclaimed_member_ends_itself() {
     let fixture = Fixture::new("expire");
     let id = member_id("expire");
@@ -305,6 +318,7 @@ fn main() {
         ("claim_gives_the_terminal", claim_gives_the_terminal),
         ("deadline_counts_from_the_claim", deadline_counts_from_the_claim),
         ("destroyed_member_leaves_nothing", destroyed_member_leaves_nothing),
+        ("dropped_member_is_destroyed", dropped_member_is_destroyed),
         ("unclaimed_member_ends_itself", unclaimed_member_ends_itself),
         ("prestarted_command_runs_before_claim", prestarted_command_runs_before_claim),
         ("prestarted_member_rejects_other_command", prestarted_member_rejects_other_command),

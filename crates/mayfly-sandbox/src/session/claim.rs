@@ -11,7 +11,7 @@ use crate::spec::{monotonic_now_ns, Claim};
 use crate::{ledger, teardown};
 
 use super::outcome::{apply_oom, end_reason};
-use super::prepare::{tear_down, ClaimConfig, Prepared};
+use super::prepare::{tear_down, ClaimConfig, Prepared, TAKEN};
 use super::relay::{start_relays, wait_for_end_report};
 use super::signals::forward_signals;
 use super::{wait_exit, SessionError, SessionOutcome, StartContext, StartGuard, EXIT_AFTER_REPORT, KILL_GRACE, KILL_TIMEOUT, SUPERVISOR_SLACK};
@@ -32,24 +32,25 @@ impl Prepared {
         stdout: Box<dyn Write + Send>,
         stderr: Box<dyn Write + Send>,
     ) -> Result<SessionOutcome, SessionError> {
+        let mut this = self.0.take().expect(TAKEN);
         if config.argv.first().is_none_or(|program| program.is_empty()) {
-            self.destroy();
+            this.destroy();
             return Err(SessionError::Invalid("the command is empty".into()));
         }
-        let prestarted_other = self.prestart.as_ref().is_some_and(|command| command.argv != config.argv || command.env != config.env);
+        let prestarted_other = this.prestart.as_ref().is_some_and(|command| command.argv != config.argv || command.env != config.env);
         if prestarted_other {
-            self.destroy();
+            this.destroy();
             return Err(SessionError::Invalid("the sandbox runs another command than the claim's, started before the claim".into()));
         }
-        if config.terminal.is_some() != self.terminal {
-            let wanted = if self.terminal { "needs a terminal size" } else { "has no terminal" };
-            self.destroy();
+        if config.terminal.is_some() != this.terminal {
+            let wanted = if this.terminal { "needs a terminal size" } else { "has no terminal" };
+            this.destroy();
             return Err(SessionError::Invalid(format!("the sandbox {wanted}: claim it with the kind of session it was prepared for")));
         }
-        let (started, started_ns, started_wall, mut timings) = if self.pool_member {
+        let (started, started_ns, started_wall, mut timings) = if this.pool_member {
             (Instant::now(), monotonic_now_ns(), SystemTime::now(), Default::default())
         } else {
-            (self.started, self.started_ns, self.started_wall, self.timings.clone())
+            (this.started, this.started_ns, this.started_wall, this.timings.clone())
         };
         let deadline_wall = started_wall + config.ttl;
         let deadline_ns = started_ns + config.ttl.as_nanos() as u64;
@@ -58,11 +59,11 @@ impl Prepared {
         //    command can run.
         let mut start_guard: Option<StartGuard> = None;
         if let Some(hook) = config.before_start {
-            let context = StartContext { init_pid: self.init_pid, command_pipes: self.command_pipes.take() };
+            let context = StartContext { init_pid: this.init_pid, command_pipes: this.command_pipes.take() };
             match (hook.0)(context) {
                 Ok(guard) => start_guard = Some(guard),
                 Err(error) => {
-                    self.destroy();
+                    this.destroy();
                     return Err(SessionError::BeforeStart(error));
                 }
             }
@@ -70,13 +71,13 @@ impl Prepared {
 
         // 2. The ledger record gets the session's deadline, so that a reap
         //    leaves the session to its init until then.
-        self.record.deadline_unix_ms = ledger::unix_ms(deadline_wall);
-        if self.sandbox_id != config.session_id {
-            self.record.claimed_by = Some(config.session_id.clone());
+        this.record.deadline_unix_ms = ledger::unix_ms(deadline_wall);
+        if this.sandbox_id != config.session_id {
+            this.record.claimed_by = Some(config.session_id.clone());
         }
-        if let Err(error) = ledger::write(&self.state_dir, &self.record) {
+        if let Err(error) = ledger::write(&this.state_dir, &this.record) {
             drop(start_guard);
-            self.destroy();
+            this.destroy();
             return Err(error.into());
         }
 
@@ -85,29 +86,29 @@ impl Prepared {
         let claim = Claim { argv: config.argv, env: config.env, deadline_monotonic_ns: deadline_ns, terminal: config.terminal };
         let mut line = serde_json::to_vec(&claim).expect("the claim serializes");
         line.push(b'\n');
-        let _ = self.claim_pipe.write_all(&line);
-        drop(self.claim_pipe);
-        let init_pid = self.init_pid;
-        if let (Some(control), Ok(pidfd)) = (&config.control, self.pidfd.try_clone()) {
+        let _ = this.claim_pipe.write_all(&line);
+        drop(this.claim_pipe);
+        let init_pid = this.init_pid;
+        if let (Some(control), Ok(pidfd)) = (&config.control, this.pidfd.try_clone()) {
             control.launched(init_pid, pidfd);
         }
         if config.forward_signals {
-            if let Ok(pidfd) = self.pidfd.try_clone() {
+            if let Ok(pidfd) = this.pidfd.try_clone() {
                 forward_signals(pidfd);
             }
         }
 
         // 4. Relay stdio and collect the artifacts on their own threads.
-        let relays = start_relays(self.pipes, stdin, stdout, stderr, self.artifacts.clone());
-        let reports = self.reports;
-        let pidfd = self.pidfd;
-        let cgroup = self.cgroup;
-        let namespaces = self.namespaces;
+        let relays = start_relays(this.pipes, stdin, stdout, stderr, this.artifacts.clone());
+        let reports = this.reports;
+        let pidfd = this.pidfd;
+        let cgroup = this.cgroup;
+        let namespaces = this.namespaces;
 
         // 5. Wait for init. Init enforces the deadline itself; the supervisor
         //    steps in only if init has not ended the session shortly after it.
         let limit_at = started + config.ttl + KILL_GRACE + SUPERVISOR_SLACK;
-        let mut received = self.received;
+        let mut received = this.received;
         let reported_end = wait_for_end_report(&reports.receiver, limit_at, &mut received);
 
         // Init reports the end after it has killed and reaped every other session
@@ -141,14 +142,14 @@ impl Prepared {
         let usage = cgroup.usage();
         let end = apply_oom(end, &usage);
         let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) =
-            tear_down(&cgroup, Some(relays), &namespaces, early_scan, &self.state_dir, &self.sandbox_id, &mut timings);
-        drop(self.held_namespaces);
+            tear_down(&cgroup, Some(relays), &namespaces, early_scan, &this.state_dir, &this.sandbox_id, &mut timings);
+        drop(this.held_namespaces);
 
         // A failed export or an incomplete teardown overrides the command's status.
         let exit_code = if artifacts_error.is_some() || !evidence.clean { mayfly_core::ExitCode::SETUP_FAILED } else { end.exit_code() };
         Ok(SessionOutcome {
             session_id: config.session_id,
-            sandbox_id: self.sandbox_id,
+            sandbox_id: this.sandbox_id,
             exit_code,
             end,
             landlock,

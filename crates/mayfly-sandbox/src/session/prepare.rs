@@ -80,8 +80,12 @@ pub struct ClaimConfig {
 }
 
 /// A sandbox whose init has built the root filesystem, or is building it,
-/// and waits for its claim.
-pub struct Prepared {
+/// and waits for its claim. Dropping one that was neither claimed nor
+/// destroyed destroys it.
+pub struct Prepared(pub(super) Option<Parts>);
+
+/// The host resources and the supervisor's ends of a prepared sandbox.
+pub(super) struct Parts {
     pub(super) sandbox_id: String,
     pub(super) state_dir: PathBuf,
     pub(super) artifacts: Option<(PathBuf, u64)>,
@@ -108,7 +112,16 @@ pub struct Prepared {
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared").field("sandbox_id", &self.sandbox_id).field("init_pid", &self.init_pid).finish()
+        let parts = self.0.as_ref();
+        f.debug_struct("Prepared").field("sandbox_id", &parts.map(|p| &p.sandbox_id)).field("init_pid", &parts.map(|p| p.init_pid)).finish()
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(parts) = self.0.take() {
+            parts.destroy();
+        }
     }
 }
 
@@ -188,7 +201,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
     let namespaces = teardown::namespace_ids(init_pid);
     let reports = start_reports(launched.reports);
 
-    Ok(Prepared {
+    Ok(Prepared(Some(Parts {
         sandbox_id: config.sandbox_id,
         state_dir: config.state_dir,
         artifacts: config.artifacts,
@@ -210,25 +223,57 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
         started_ns,
         started_wall,
         timings,
-    })
+    })))
 }
 
+pub(super) const TAKEN: &str = "a prepared sandbox keeps its parts until it is claimed or destroyed";
+
 impl Prepared {
+    fn parts(&self) -> &Parts {
+        self.0.as_ref().expect(TAKEN)
+    }
+
+    fn parts_mut(&mut self) -> &mut Parts {
+        self.0.as_mut().expect(TAKEN)
+    }
+
     /// Returns the sandbox's id, which names its cgroups and ledger record.
     pub fn id(&self) -> &str {
-        &self.sandbox_id
+        &self.parts().sandbox_id
     }
 
     /// Returns init's PID in the host's PID namespace.
     pub fn init_pid(&self) -> i32 {
-        self.init_pid
+        self.parts().init_pid
     }
 
     /// Returns the time since [`prepare`] started building the sandbox.
     pub fn age(&self) -> Duration {
-        self.started.elapsed()
+        self.parts().started.elapsed()
     }
 
+    /// Waits until init reports that the sandbox is built and waits for
+    /// its claim. Fails with init's reason when setup failed, or after `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        self.parts_mut().wait_ready(timeout)
+    }
+
+    /// Checks that the sandbox can still be claimed: init runs and has not
+    /// ended the sandbox. A sandbox that fails this is destroyed, not repaired.
+    pub fn check_health(&mut self) -> Result<(), String> {
+        self.parts_mut().check_health()
+    }
+
+    /// Destroys a sandbox that no session claimed, with the same verified
+    /// teardown as a session's end: kills init, which takes every process
+    /// of its PID namespace with it, removes the cgroups and the ledger
+    /// record and looks for anything left.
+    pub fn destroy(mut self) -> Evidence {
+        self.0.take().expect(TAKEN).destroy()
+    }
+}
+
+impl Parts {
     /// Moves the reports init has sent so far into `received`, and returns
     /// the end report's reason when init has ended the sandbox.
     fn collect_reports(&mut self) -> Option<String> {
@@ -239,9 +284,7 @@ impl Prepared {
         })
     }
 
-    /// Waits until init reports that the sandbox is built and waits for
-    /// its claim. Fails with init's reason when setup failed, or after `timeout`.
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let until = Instant::now() + timeout;
         loop {
             if let Some(reason) = self.collect_reports() {
@@ -262,9 +305,7 @@ impl Prepared {
         }
     }
 
-    /// Checks that the sandbox can still be claimed: init runs and has not
-    /// ended the sandbox. A sandbox that fails this is destroyed, not repaired.
-    pub fn check_health(&mut self) -> Result<(), String> {
+    fn check_health(&mut self) -> Result<(), String> {
         if let Some(reason) = self.collect_reports() {
             return Err(format!("init ended the sandbox: {reason}"));
         }
@@ -277,11 +318,7 @@ impl Prepared {
         Ok(())
     }
 
-    /// Destroys a sandbox that no session claimed, with the same verified
-    /// teardown as a session's end: kills init, which takes every process
-    /// of its PID namespace with it, removes the cgroups and the ledger
-    /// record and looks for anything left.
-    pub fn destroy(self) -> Evidence {
+    pub(super) fn destroy(self) -> Evidence {
         // SAFETY: pidfd_send_signal on the pidfd of the init this sandbox started.
         unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0u32) };
         let exited = wait_exit(&self.pidfd, KILL_TIMEOUT);
