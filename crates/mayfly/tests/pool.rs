@@ -310,3 +310,73 @@ fn browser_member_starts_chromium_before_claim() {
     assert_eq!(session["detail"]["sandbox_id"], member_id.as_str(), "{session}");
     assert_eq!(command_lines(&member_id), Vec::<String>::new(), "processes of the claimed member remain");
 }
+
+/// Returns the ids of the members whose ledger records are in `state_dir`.
+fn member_ids(state_dir: &Path) -> Vec<String> {
+    member_records(state_dir).iter().map(|r| r["session_id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn members_are_replaced_on_change_and_age() {
+    let scratch = Scratch::new("pool-replace");
+    let profiles = profile(&scratch, "pooled", "[pool]\nmin = 1\nmax = 1\nmax_age = \"10s\"");
+    let server = start(&scratch, &profiles);
+    let token = server.token().to_string();
+    let state = scratch.state_dir();
+    wait_for_ready(&server, &token, "pooled", 1);
+    let first = member_ids(&state);
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // A change of the profile outside [pool] replaces the member.
+    let changed = std::fs::read_to_string(profiles.join("pooled.toml")).unwrap().replace("hostname = \"mayfly\"", "hostname = \"changed\"");
+    write(&profiles.join("pooled.toml"), &changed);
+    let started = Instant::now();
+    loop {
+        let ids = member_ids(&state);
+        if ids.len() == 1 && ids != first && pool(&server, &token, "pooled")["ready"] == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the member of the changed profile was not replaced: {ids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_members_gone(&[serde_json::json!({ "session_id": first[0], "cgroup_paths": [] })]);
+    let (output, record) = run(&server, &token, "pooled", &["/bin/hostname"]);
+    assert_eq!(record["start"], "warm", "{record}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "changed\n", "the new member has the changed profile");
+
+    // A member that reaches pool.max_age is replaced too.
+    wait_for_ready(&server, &token, "pooled", 1);
+    let aging = member_ids(&state);
+    let started = Instant::now();
+    loop {
+        let ids = member_ids(&state);
+        if !ids.is_empty() && !ids.iter().any(|id| aging.contains(id)) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "the member was not replaced at its maximum age: {ids:?} {aging:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let destroyed = pool(&server, &token, "pooled")["destroyed_total"].as_u64().unwrap();
+    assert!(destroyed >= 2, "{destroyed} members destroyed, expected the one of the old profile and the aged one");
+}
+
+#[test]
+fn idle_members_make_room_for_sessions() {
+    let scratch = Scratch::new("pool-room");
+    let profiles = profile(&scratch, "pooled", "[pool]\nmin = 2\nmax = 2");
+    let config = scratch.path.join("mayfly.toml");
+    write(&config, "[capacity]\nsessions = 2\n");
+    let server = server::start(&scratch.state_dir(), &["--profiles-dir", profiles.to_str().unwrap(), "--config", config.to_str().unwrap()], &[]);
+    let token = server.token().to_string();
+    wait_for_ready(&server, &token, "pooled", 2);
+
+    // The two members hold the host's whole capacity, so a session of
+    // another profile fits only once a member is destroyed for it.
+    let body = serde_json::json!({ "profile": "default", "ttl": "30s", "command": ["/bin/true"] });
+    let (status, created) = server.http("POST", "/v1/sessions", Some(&token), Some(&body));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["session"]["start"], "cold", "{created}");
+    let session = server.wait_for_state(&token, created["session"]["id"].as_str().unwrap(), &["destroyed", "failed"]);
+    assert_eq!(session["state"], "destroyed", "{session}");
+    assert!(pool(&server, &token, "pooled")["destroyed_total"].as_u64().unwrap() >= 1, "no member was destroyed to make room");
+}
