@@ -207,13 +207,15 @@ where
 #[test]
 fn browser_member_gets_profile_transfer_policy() {
     let scratch = Scratch::new("pool-browser-transfer");
-    let (port, _) = origin();
+    let (port, seen) = origin();
     let profiles = scratch.path.join("profiles");
     browser_profile(&profiles, "closed", port, "/look", 1);
-    let closed = std::fs::read_to_string(profiles.join("closed.toml")).unwrap().replace("clipboard_in = true", "clipboard_in = false");
+    let closed = std::fs::read_to_string(profiles.join("closed.toml")).unwrap().replace("clipboard_in = true", "clipboard_in = false").replace("watermark = false", "watermark = true");
     write(&profiles.join("closed.toml"), &closed);
     let server = server::start(&scratch.state_dir(), &["--profiles-dir", profiles.to_str().unwrap()], &[]);
     wait_for_ready(&server, "closed", 1);
+    // The ready member's Chromium is running, on about:blank.
+    assert!(seen.lock().unwrap().is_empty(), "a member loaded a page before its claim: {:?}", seen.lock().unwrap());
 
     let created = create(&server, "closed");
     assert_eq!(created["session"]["start"], "warm", "{created}");
@@ -229,6 +231,19 @@ fn browser_member_gets_profile_transfer_policy() {
         let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
         let session = next_message(&mut socket, "session").await;
         assert_eq!(session["transfer"]["clipboard_in"], false, "{session}");
+        // The watermark names the session that claimed the member.
+        assert!(session["watermark"].as_str().unwrap_or_default().ends_with(&id), "{session}");
+        // The member's Chromium started on about:blank, and the driver
+        // opened the profile's start page after the claim.
+        let start_page = format!("http://127.0.0.1:{port}/look");
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = next_message(&mut socket, "browser").await;
+            if status["url"] == start_page.as_str() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < until, "the start page never opened: {status}");
+        }
         socket.send(Message::Text(json!({ "type": "paste", "text": "secret" }).to_string().into())).await.unwrap();
         let refused = next_message(&mut socket, "error").await;
         assert!(refused["message"].as_str().unwrap().contains("transfer.clipboard_in"), "{refused}");
