@@ -155,7 +155,7 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Suite to run. `start`: cold start against bubblewrap and runc. `api`: the control plane beside `mayfly run`. `shell`: shell sessions (keystroke echo, memory, capacity). `browser`: browser sessions beside bare Chromium (first frame, input latency, frame rate, memory). `pool`: warm against cold starts of jobs and shells, and an idle pool member's memory.
+    /// Suite to run. `start`: cold start against bubblewrap and runc. `api`: the control plane beside `mayfly run`. `shell`: shell sessions (keystroke echo, memory, capacity). `browser`: browser sessions beside bare Chromium (first frame, input latency, frame rate, memory). `pool`: warm against cold starts of jobs, shells and browsers, and the memory of idle pool members.
     #[arg(long, default_value = "start", value_parser = ["start", "api", "shell", "browser", "pool"])]
     pub suite: String,
     /// Number of measured runs per runtime, from 1 to 10000, alternating between runtimes; For `shell`, keystrokes per terminal. For `browser`, starts per side, at most 100. For `pool`, starts per kind and side, at most 1000.

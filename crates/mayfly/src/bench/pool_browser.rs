@@ -90,13 +90,14 @@ impl Drop for Abort {
 }
 
 /// Returns the hook that attaches the driver and sends the time of the
-/// first frame, or the error, on `sender`.
+/// first frame, or the error, on `sender`. The driver opens the profile's
+/// start page after the claim, as the server's driver does.
 fn first_frame_hook(runtime: tokio::runtime::Handle, profile: &Profile, sender: mpsc::Sender<Result<Instant, String>>) -> BeforeStart {
     let settings = profile.browser.clone().expect("browser profiles have browser settings");
     BeforeStart(Box::new(move |start| {
         let pipes = start.command_pipes.ok_or("the browser session has no DevTools pipe")?;
         let connection = Connection::start(pipes.to_command, pipes.from_command);
-        let options = mayfly_browser::Options { width: settings.width, height: settings.height, locale: settings.locale.clone(), start_url: None };
+        let options = mayfly_browser::Options { width: settings.width, height: settings.height, locale: settings.locale.clone(), start_url: Some(settings.start_url.clone()) };
         let task = runtime.spawn(async move {
             let browser = match Browser::start(connection, options, Arc::new(|_| {})).await {
                 Ok(browser) => browser,
