@@ -57,6 +57,8 @@ pub struct App {
     /// attaches after the end still reads it and the end.
     pub finished: Mutex<crate::sessions::Finished>,
     pub admission: Mutex<Admission>,
+    /// The warm pools of profiles that have a `[pool]` section.
+    pub pools: crate::sessions::pool::Pools,
     /// Held while a creation checks its owner's quota and records the
     /// session, so that concurrent creations cannot both pass.
     pub quota: tokio::sync::Mutex<()>,
@@ -79,6 +81,7 @@ impl App {
         let limits = config.limits.clone();
         Arc::new(App {
             admission: Mutex::new(Admission::new(config.capacity)),
+            pools: crate::sessions::pool::Pools::default(),
             source_limiter: Limiter::new(limits.per_source, limits.limiter_keys),
             principal_limiter: Limiter::new(limits.per_principal, limits.limiter_keys),
             config,

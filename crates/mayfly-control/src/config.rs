@@ -124,6 +124,7 @@ struct FileCapacity {
     memory: Option<ByteSize>,
     cpus: Option<f64>,
     sessions: Option<u32>,
+    pool_preparations: Option<u32>,
 }
 
 /// Settings given on the command line or through `MAYFLY_*` variables; they
@@ -177,6 +178,8 @@ pub struct ServerConfig {
     pub tls: TlsMode,
     pub limits: ApiLimits,
     pub capacity: Capacity,
+    /// Warm pool members prepared at once, over every profile.
+    pub pool_preparations: u32,
 }
 
 fn host_memory_bytes() -> u64 {
@@ -291,6 +294,7 @@ impl ServerConfig {
             cpu_millis: (cpus * 1000.0).round() as u64,
             sessions: check_range(&where_("capacity.sessions"), c.sessions.unwrap_or(defaults.sessions), 1, 1_000_000)?,
         };
+        let pool_preparations = check_range(&where_("capacity.pool_preparations"), c.pool_preparations.unwrap_or(2), 1, 64)?;
         if capacity.memory_bytes < 16 << 20 {
             return Err(format!("{} = {} is too small: allow at least 16MiB", where_("capacity.memory"), ByteSize::bytes(capacity.memory_bytes)));
         }
@@ -317,6 +321,7 @@ impl ServerConfig {
             session_retention,
             limits,
             capacity,
+            pool_preparations,
         })
     }
 

@@ -64,8 +64,9 @@ fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
 }
 
 impl Metrics {
-    /// Renders every metric; `states` gives the number of sessions per state.
-    pub fn render(&self, states: &[(&str, i64)], audit_records: u64) -> String {
+    /// Renders every metric; `states` gives the number of sessions per
+    /// state and `pools` the state of each warm pool.
+    pub fn render(&self, states: &[(&str, i64)], audit_records: u64, pools: &[crate::sessions::pool::PoolStatus]) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP mayfly_sessions Sessions by lifecycle state.\n# TYPE mayfly_sessions gauge");
         for (state, count) in states {
@@ -82,6 +83,32 @@ impl Metrics {
         counter(&mut out, "mayfly_authentication_failures_total", "Requests with a missing or invalid token.", &self.authentication_failures);
         counter(&mut out, "mayfly_connections_refused_total", "Connections closed at once because the connection limit was reached.", &self.connections_refused);
         let _ = writeln!(out, "# HELP mayfly_audit_records_total Audit records appended by this process.\n# TYPE mayfly_audit_records_total counter\nmayfly_audit_records_total {audit_records}");
+        write_pools(&mut out, pools);
         out
+    }
+}
+
+/// Writes one labelled series per pool for each warm pool metric.
+fn write_pools(out: &mut String, pools: &[crate::sessions::pool::PoolStatus]) {
+    use crate::sessions::pool::PoolStatus;
+    type Value = fn(&PoolStatus) -> String;
+    let series: [(&str, &str, &str, Value); 7] = [
+        ("mayfly_pool_ready", "gauge", "Pool members ready to be claimed.", |p| p.ready.to_string()),
+        ("mayfly_pool_preparing", "gauge", "Pool members being prepared.", |p| p.preparing.to_string()),
+        ("mayfly_pool_target", "gauge", "Pool members the pool aims to keep ready, between pool.min and pool.max.", |p| p.target.to_string()),
+        ("mayfly_pool_claims_total", "counter", "Sessions that claimed a pool member (warm starts).", |p| p.claims_total.to_string()),
+        ("mayfly_pool_misses_total", "counter", "Sessions of a pooled profile that found no member and started cold.", |p| p.misses_total.to_string()),
+        ("mayfly_pool_destroyed_total", "counter", "Unclaimed pool members destroyed: too old, unhealthy, of a changed profile or to make room.", |p| p.destroyed_total.to_string()),
+        ("mayfly_pool_oldest_age_seconds", "gauge", "Age of the oldest ready pool member.", |p| format!("{:.3}", p.oldest_age_seconds)),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in pools {
+            let _ = writeln!(out, "{name}{{profile=\"{}\"}} {}", pool.profile, value(pool));
+        }
+    }
+    let _ = writeln!(out, "# HELP mayfly_pool_claims_last_minute Sessions that claimed a pool member during the last minute.\n# TYPE mayfly_pool_claims_last_minute gauge");
+    for pool in pools {
+        let _ = writeln!(out, "mayfly_pool_claims_last_minute{{profile=\"{}\"}} {}", pool.profile, pool.claims_last_minute);
     }
 }

@@ -240,8 +240,9 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Runs recovery and the periodic duties in the background.
+/// Runs recovery, the pools' refill and the periodic duties in the background.
 fn spawn_background(app: &Arc<App>) {
+    crate::sessions::pool::spawn_refill(app);
     let recovering = Arc::clone(app);
     tokio::spawn(async move {
         let mut wait = Duration::from_secs(1);
@@ -351,6 +352,8 @@ async fn serve(app: Arc<App>, listener: TcpListener, acceptor: Option<tokio_rust
     if app.config.on_shutdown == OnShutdown::Destroy {
         app.destroy_all("the server is shutting down", SHUTDOWN_WAIT).await;
     }
+    // Pool members belong to no session, so they go whatever on_shutdown sets.
+    crate::sessions::pool::destroy_all(&app, SHUTDOWN_WAIT).await;
     let entry = Entry::new("server.stopped", SYSTEM)
         .field("signal", why)
         .field("on_shutdown", format!("{:?}", app.config.on_shutdown).to_lowercase())

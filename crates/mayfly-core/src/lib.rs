@@ -8,6 +8,7 @@ pub mod egress;
 pub mod end;
 pub mod lifecycle;
 pub mod limits;
+pub mod pool;
 pub mod profile;
 pub mod transfer;
 pub mod units;

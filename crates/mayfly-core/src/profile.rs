@@ -101,6 +101,7 @@ struct RawProfile {
     shell: Option<RawShell>,
     browser: Option<crate::browser::RawBrowser>,
     transfer: Option<crate::transfer::RawTransfer>,
+    pool: Option<crate::pool::RawPool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +235,8 @@ pub struct Profile {
     pub network: crate::egress::NetworkSettings,
     /// Set for browser profiles, `None` for the other kinds.
     pub browser: Option<crate::browser::BrowserSettings>,
+    /// The profile's warm pool, `None` when it has no `[pool]` section.
+    pub pool: Option<crate::pool::PoolSettings>,
 }
 
 /// Checks a profile name: lowercase letters, digits and dashes, 1 to 63 long.
@@ -364,6 +367,7 @@ impl Profile {
             (_, None, Some(_)) => return Err(invalid("transfer", "is only for profiles of kind \"browser\"".into())),
             (_, None, None) => None,
         };
+        let pool = raw.pool.map(crate::pool::PoolSettings::from_raw).transpose().map_err(|(key, message)| invalid(&key, message))?;
 
         Ok(Profile {
             name: name.into(),
@@ -380,6 +384,7 @@ impl Profile {
             shell,
             network,
             browser,
+            pool,
         })
     }
 
@@ -535,6 +540,27 @@ mod tests {
         let text = default_text().replace("[environment]", "[environment]\n\"1BAD\" = \"x\"");
         let message = Profile::parse("env", &text).unwrap_err().to_string();
         assert!(message.contains("environment.1BAD"), "{message}");
+    }
+
+    #[test]
+    fn pool_section_is_checked() {
+        assert_eq!(Profile::parse("p", default_text()).unwrap().pool, None, "pools are off by default");
+        let text = format!("{}\n[pool]\nmin = 2\nmax = 4\nmax_age = \"5m\"\n", default_text());
+        let pool = Profile::parse("p", &text).unwrap().pool.unwrap();
+        assert_eq!((pool.min, pool.max, pool.max_age), (2, 4, Ttl::from_secs(300)));
+        for (section, key, range) in [
+            ("min = 5\nmax = 4", "pool.min", "0 to pool.max (4)"),
+            ("max = 0", "pool.max", "1 to 256"),
+            ("max = 1000", "pool.max", "1 to 256"),
+            ("min = 1\nmax_age = \"1s\"", "pool.max_age", "10s to"),
+        ] {
+            let text = format!("{}\n[pool]\n{section}\n", default_text());
+            let message = Profile::parse("p", &text).unwrap_err().to_string();
+            assert!(message.contains(key), "{section}: {message}");
+            assert!(message.contains(range), "{section}: {message}");
+        }
+        let typo = format!("{}\n[pool]\nminimum = 2\n", default_text());
+        assert!(Profile::parse("p", &typo).unwrap_err().to_string().contains("minimum"));
     }
 
     #[test]

@@ -41,8 +41,6 @@ pub enum LaunchError {
     Release(io::Error),
     #[error("too many input files: at most {max}")]
     TooManyInputs { max: usize },
-    #[error("failed to prepare the sandbox before its start: {0}")]
-    BeforeStart(String),
 }
 
 /// The supervisor's ends of a started sandbox.
@@ -55,6 +53,10 @@ pub struct Launched {
     pub stderr: File,
     pub reports: File,
     pub artifacts: File,
+    /// The spec pipe, after the spec's line: the claim is written here.
+    pub claim: File,
+    /// The supervisor's ends of the command pipes, when the session has them.
+    pub command_pipes: Option<CommandPipes>,
 }
 
 /// The supervisor's ends of the command pipes: `to_command` carries what
@@ -154,10 +156,10 @@ fn write_id_map(pid: i32, map: &'static str, base: u32) -> Result<(), LaunchErro
 }
 
 /// Clones init into new user, PID, mount, network, IPC and UTS namespaces
-/// and into `cgroup`, maps its ids onto `id_base`, calls `before_release`
-/// with init's PID (and the command pipes when `command_pipes` is set) while
-/// init still waits, sends it `spec` and lets it run. On failure the child
-/// is killed and reaped.
+/// and into `cgroup`, maps its ids onto `id_base`, lets it run and sends it
+/// `spec`. The spec pipe stays open for the claim. With `command_pipes`, the
+/// command gets two pipes whose other ends are returned. On failure the
+/// child is killed and reaped.
 pub fn launch(
     spec: &InitSpec,
     inputs: Vec<File>,
@@ -165,7 +167,6 @@ pub fn launch(
     id_base: u32,
     cgroup: &SessionCgroup,
     command_pipes: bool,
-    before_release: &mut dyn FnMut(i32, Option<CommandPipes>) -> Result<(), String>,
 ) -> Result<Launched, LaunchError> {
     const MAX_INPUTS: usize = 256;
     if inputs.len() > MAX_INPUTS {
@@ -268,17 +269,15 @@ pub fn launch(
     // init can clear the groups it inherited.
     write_id_map(pid, "uid_map", id_base).map_err(abort)?;
     write_id_map(pid, "gid_map", id_base).map_err(abort)?;
-    before_release(pid, command_pipes).map_err(|e| abort(LaunchError::BeforeStart(e)))?;
     let mut sync = File::from(sync_write);
     sync.write_all(b"x").map_err(|e| abort(LaunchError::Release(e)))?;
     drop(sync);
 
-    // The spec is one line of JSON, and the pipe closes after it.
+    // The spec is one line of JSON; the claim follows on the same pipe.
     let mut spec_json = serde_json::to_vec(&spec).expect("the spec serializes");
     spec_json.push(b'\n');
     let mut spec_pipe = File::from(spec_write);
     spec_pipe.write_all(&spec_json).map_err(|e| abort(LaunchError::Release(e)))?;
-    drop(spec_pipe);
 
     Ok(Launched {
         pid,
@@ -288,5 +287,7 @@ pub fn launch(
         stderr: File::from(stderr_read),
         reports: File::from(reports_read),
         artifacts: File::from(artifacts_read),
+        claim: spec_pipe,
+        command_pipes,
     })
 }

@@ -19,8 +19,18 @@ pub struct Record {
     pub supervisor_pid: i32,
     pub supervisor_start: u64,
     pub init_pid: Option<i32>,
+    /// The session's deadline once claimed; before the claim, the time at
+    /// which init ends the unclaimed sandbox.
     pub deadline_unix_ms: u64,
     pub cgroup_paths: Vec<PathBuf>,
+    /// Set for a sandbox prepared for a warm pool. Until a session claims
+    /// it, a reap destroys it whatever its deadline.
+    #[serde(default)]
+    pub pool_member: bool,
+    /// The session that claimed the sandbox, when its id differs from the
+    /// sandbox's own (`session_id`).
+    #[serde(default)]
+    pub claimed_by: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +102,11 @@ pub fn list(state_dir: &Path) -> Vec<Record> {
 /// The result of reaping one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reaped {
+    /// The session's id: the claiming session's id for a claimed pool member.
     pub session_id: String,
+    /// Set for a pool member that no session had claimed; `session_id` is
+    /// then the member's own id.
+    pub pool_member: bool,
     pub killed_processes: usize,
     pub error: Option<String>,
     /// Set when the session's supervisor is gone but its deadline has not
@@ -139,9 +153,14 @@ fn reap_records_with(state_dir: &Path, layout: &Layout, keep_running: bool) -> V
         }
         let cgroup = SessionCgroup::existing(layout, &record.session_id);
         let processes = cgroup.processes();
-        if keep_running && !processes.is_empty() && now < record.deadline_unix_ms {
+        // An unclaimed pool member contains nothing of any session, so it is
+        // destroyed at once rather than left to wait for a claim that cannot come.
+        let unclaimed = record.pool_member && record.claimed_by.is_none();
+        let reported_id = record.claimed_by.clone().unwrap_or_else(|| record.session_id.clone());
+        if keep_running && !unclaimed && !processes.is_empty() && now < record.deadline_unix_ms {
             reaped.push(Reaped {
-                session_id: record.session_id,
+                session_id: reported_id,
+                pool_member: unclaimed,
                 killed_processes: 0,
                 error: None,
                 running_until_unix_ms: Some(record.deadline_unix_ms),
@@ -157,7 +176,7 @@ fn reap_records_with(state_dir: &Path, layout: &Layout, keep_running: bool) -> V
                 error = Some(e.to_string());
             }
         }
-        reaped.push(Reaped { session_id: record.session_id, killed_processes: processes.len(), error, running_until_unix_ms: None });
+        reaped.push(Reaped { session_id: reported_id, pool_member: unclaimed, killed_processes: processes.len(), error, running_until_unix_ms: None });
     }
     reaped
 }
@@ -184,7 +203,7 @@ fn reap_orphan_cgroups(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
             continue;
         }
         let error = cgroup.remove(Duration::from_secs(1)).err().map(|e| e.to_string());
-        reaped.push(Reaped { session_id, killed_processes: 0, error, running_until_unix_ms: None });
+        reaped.push(Reaped { session_id, pool_member: false, killed_processes: 0, error, running_until_unix_ms: None });
     }
     reaped
 }

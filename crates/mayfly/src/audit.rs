@@ -37,8 +37,12 @@ pub fn started(config: &SessionConfig, profile: &str, ttl: &str) -> Entry {
 
 /// Builds the record written when `reap` acted on a session whose supervisor is gone.
 pub fn reaped(reaped: &mayfly_sandbox::ledger::Reaped) -> Entry {
-    Entry::new("session.reaped", &actor())
-        .session(&reaped.session_id)
+    // A pool member that no session had claimed is not a session.
+    let entry = match reaped.pool_member {
+        true => Entry::new("pool.member_reaped", &actor()).field("member", reaped.session_id.clone()),
+        false => Entry::new("session.reaped", &actor()).session(&reaped.session_id),
+    };
+    entry
         .field("killed_processes", reaped.killed_processes)
         .field("error", reaped.error.clone())
         .field("running_until_unix_ms", reaped.running_until_unix_ms)

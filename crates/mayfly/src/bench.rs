@@ -1,8 +1,8 @@
 //! `mayfly bench`: end-to-end wall time of a cold start of `/bin/true` under
 //! Mayfly, bubblewrap and runc. One bench run measures all three and
 //! alternates between them each iteration, so machine noise affects each
-//! runtime alike. The `api`, `shell` and `browser` suites are in `api.rs`,
-//! `shell_sessions.rs` and `browser_sessions.rs`.
+//! runtime alike. The `api`, `shell`, `browser` and `pool` suites are in
+//! `api.rs`, `shell_sessions.rs`, `browser_sessions.rs` and `pool_starts.rs`.
 
 mod api;
 mod attach_socket;
@@ -15,6 +15,9 @@ mod browser_viewer;
 mod host_pty;
 mod http;
 mod memory;
+mod pool_browser;
+mod pool_report;
+mod pool_starts;
 mod report;
 mod runc_bundle;
 mod runtime;
@@ -76,6 +79,9 @@ pub fn main(args: BenchArgs) -> i32 {
     }
     if args.suite == "shell" {
         return shell_sessions::main(&args);
+    }
+    if args.suite == "pool" {
+        return pool_starts::main(&args);
     }
     if args.suite == "browser" {
         return browser_sessions::main(&args);

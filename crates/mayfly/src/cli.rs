@@ -155,10 +155,10 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Suite to run: `start` (cold start against bubblewrap and runc), `api` (the control plane beside `mayfly run`), `shell` (shell sessions: keystroke echo, memory, capacity) or `browser` (browser sessions beside bare Chromium: first frame, input latency, frame rate, memory).
-    #[arg(long, default_value = "start", value_parser = ["start", "api", "shell", "browser"])]
+    /// Suite to run. `start`: cold start against bubblewrap and runc. `api`: the control plane beside `mayfly run`. `shell`: shell sessions (keystroke echo, memory, capacity). `browser`: browser sessions beside bare Chromium (first frame, input latency, frame rate, memory). `pool`: warm against cold starts of jobs, shells and browsers, and the memory of idle pool members.
+    #[arg(long, default_value = "start", value_parser = ["start", "api", "shell", "browser", "pool"])]
     pub suite: String,
-    /// Number of measured runs per runtime, from 1 to 10000, alternating between runtimes; For `shell`, keystrokes per terminal. For `browser`, starts per side, at most 100.
+    /// Number of measured runs per runtime, from 1 to 10000, alternating between runtimes; For `shell`, keystrokes per terminal. For `browser`, starts per side, at most 100. For `pool`, starts per kind and side, at most 1000.
     #[arg(long, default_value_t = 50)]
     pub runs: u32,
     /// Directory for the crash ledger and id-range locks of the measured sessions.

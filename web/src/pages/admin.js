@@ -1,5 +1,5 @@
-// For administrators: every session with a terminate button, and the audit
-// log with its verification status.
+// For administrators: every session with a terminate button, the warm
+// pools, and the audit log with its verification status.
 
 import { api } from '../api.js';
 import { h, fill } from '../dom.js';
@@ -21,6 +21,11 @@ export async function adminPage(main, context) {
     main.append(h('section', { 'aria-labelledby': 'all-title' }, h('h2', { id: 'all-title' }, 'All sessions'), all));
     stop = liveSessionsTable(all, context, { query: 'order=newest&limit=100', showOwner: true, caption: 'All sessions, newest first' });
   }
+  if (may.read_metrics) {
+    const pools = h('div', { id: 'pools' });
+    main.append(h('section', { 'aria-labelledby': 'pools-title' }, h('h2', { id: 'pools-title' }, 'Warm pools'), pools));
+    loadPools(pools);
+  }
   if (may.read_audit) {
     const status = h('div', { id: 'audit-status', 'aria-live': 'polite' }, h('p', { className: 'hint' }, 'Verifying the audit log...'));
     const records = h('div', { id: 'audit-records' });
@@ -34,6 +39,30 @@ export async function adminPage(main, context) {
     load();
   }
   return stop;
+}
+
+async function loadPools(target) {
+  try {
+    const { pools } = await api('GET', '/v1/pools');
+    if (pools.length === 0) {
+      fill(target, h('p', { className: 'hint' }, 'No profile has a [pool] section, so every session starts cold.'));
+      return;
+    }
+    const rows = pools.map((pool) => h('tr', {},
+      h('td', { className: 'mono' }, pool.profile),
+      h('td', {}, `${pool.ready} of ${pool.target} (${pool.min} to ${pool.max})`),
+      h('td', {}, String(pool.preparing)),
+      h('td', {}, String(pool.claims_last_minute)),
+      h('td', {}, String(pool.misses_total)),
+      h('td', {}, `${Math.round(pool.oldest_age_seconds)} s`),
+    ));
+    fill(target, h('div', { className: 'table-scroll' }, h('table', {},
+      h('caption', { className: 'visually-hidden' }, 'Warm pools by profile'),
+      h('thead', {}, h('tr', {}, ['Profile', 'Ready', 'Preparing', 'Claims in the last minute', 'Misses', 'Oldest member'].map((name) => h('th', { scope: 'col' }, name)))),
+      h('tbody', {}, rows))));
+  } catch (error) {
+    fill(target, h('p', { className: 'error', role: 'alert' }, `The warm pools could not be loaded: ${error.message}`));
+  }
 }
 
 async function loadAudit(status, records, showChecks) {

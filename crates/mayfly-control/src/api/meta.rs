@@ -45,8 +45,15 @@ pub async fn metrics(State(app): State<Arc<App>>, Extension(peer): Extension<Pee
         .iter()
         .map(|state| (state.as_str(), counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n)))
         .collect();
-    let body = app.metrics.render(&states, app.audit.appended());
+    let body = app.metrics.render(&states, app.audit.appended(), &app.pools.status());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+/// Returns the state of every warm pool, to those allowed to read metrics.
+pub async fn pools(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Result<Response, Problem> {
+    let who = app.caller(&headers, peer).await?;
+    app.authorize(&who, Action::ReadMetrics, &Resource::Server, None).await?;
+    Ok(axum::Json(json!({ "pools": app.pools.status() })).into_response())
 }
 
 /// Returns the OpenAPI document of this API. Needs no token.

@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
+    ("get", "/v1/pools"),
     ("get", "/v1/openapi.json"),
     ("get", "/v1/me"),
     ("post", "/v1/auth/session"),
@@ -88,6 +89,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/audit", get(audit::records))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/metrics", get(meta::metrics))
+        .route("/v1/pools", get(meta::pools))
         .route("/", get(console::page))
         .route("/assets/{*path}", get(console::asset))
         .fallback(not_found)

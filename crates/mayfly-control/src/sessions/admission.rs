@@ -53,9 +53,27 @@ impl Admission {
         Ok(())
     }
 
+    /// Moves a reservation to another holder, such as from a warm pool
+    /// member to the session that claims it. Returns false, changing
+    /// nothing, when `from` has none.
+    pub fn transfer(&mut self, from: &str, to: &str) -> bool {
+        match self.held.remove(from) {
+            Some(reservation) => {
+                self.held.insert(to.to_string(), reservation);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Returns a session's reservation once its resources are gone.
     pub fn release(&mut self, session_id: &str) {
         self.held.remove(session_id);
+    }
+
+    /// Returns whether any holder's id starts with `prefix`.
+    pub fn holds_prefix(&self, prefix: &str) -> bool {
+        self.held.keys().any(|id| id.starts_with(prefix))
     }
 
     pub fn held(&self) -> usize {
@@ -87,5 +105,18 @@ mod tests {
         let mut cpu = Admission::new(Capacity { memory_bytes: 1 << 40, cpu_millis: 800, sessions: 10 });
         cpu.admit("a", half).unwrap();
         assert!(cpu.admit("b", half).unwrap_err().contains("CPUs"));
+    }
+
+    #[test]
+    fn transfer_moves_a_reservation() {
+        let half = Reservation { memory_bytes: 512 << 20, cpu_millis: 500 };
+        let mut admission = Admission::new(Capacity { memory_bytes: 1 << 30, cpu_millis: 2000, sessions: 10 });
+        admission.admit("member", half).unwrap();
+        assert!(admission.transfer("member", "session"));
+        assert!(!admission.transfer("member", "other"), "a reservation moves once");
+        admission.release("member");
+        assert_eq!(admission.held(), 1, "releasing the old holder frees nothing");
+        admission.release("session");
+        assert_eq!(admission.held(), 0);
     }
 }

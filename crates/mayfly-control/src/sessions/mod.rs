@@ -7,6 +7,7 @@ pub mod browser;
 pub mod egress;
 pub mod job;
 pub mod output;
+pub mod pool;
 pub mod recording;
 mod recovery;
 mod runner;
@@ -410,11 +411,27 @@ impl App {
             .with("limit", limits_cfg.creations_per_minute_per_principal));
         }
         let id = job::new_session_id();
-        let reservation = Reservation { memory_bytes: limits.memory.as_bytes(), cpu_millis: u64::from(limits.cpu_millis) };
-        if let Err(reason) = self.admission.lock().unwrap_or_else(|e| e.into_inner()).admit(&id, reservation) {
-            self.metrics.admission_rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(Problem::unavailable("host-full", format!("the host is full: {reason}; try again later"), Some(10)));
+        // A ready member of the profile's pool carries its reservation,
+        // which passes to the session; without one the session starts cold.
+        let (member, unhealthy) = self.pools.take(&profile, &limits, !request.env.is_empty());
+        for member in unhealthy {
+            pool::destroy_member(self, member, "the member failed its health check");
         }
+        let mut taken = pool::TakenMember { app: Arc::clone(self), member };
+        let start = match &taken.member {
+            Some(member) => {
+                self.admission.lock().unwrap_or_else(|e| e.into_inner()).transfer(member.id(), &id);
+                "warm"
+            }
+            None => {
+                let reservation = Reservation { memory_bytes: limits.memory.as_bytes(), cpu_millis: u64::from(limits.cpu_millis) };
+                if let Err(reason) = self.admit_making_room(&id, reservation) {
+                    self.metrics.admission_rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(Problem::unavailable("host-full", format!("the host is full: {reason}; try again later"), Some(10)));
+                }
+                "cold"
+            }
+        };
         let release = |app: &App| app.admission.lock().unwrap_or_else(|e| e.into_inner()).release(&id);
 
         let record = SessionRecord {
@@ -432,6 +449,7 @@ impl App {
             exit_code: None,
             detail: None,
             isolation: crate::store::isolation_for(kind),
+            start: Some(start.into()),
         };
         let attach = match self.issue_attach_token(&record, &owner).await {
             Ok(attach) => attach,
@@ -451,6 +469,8 @@ impl App {
             .field("arguments", argv.len() - 1)
             .field("env_names", request.env.keys().cloned().collect::<Vec<_>>())
             .field("limits", serde_json::to_value(&limits).expect("limits serialize"))
+            .field("start", start)
+            .field("pool_member", taken.member.as_ref().map(|m| m.id().to_string()))
             .field("token", who.token_prefix.clone());
         if let Err(error) = self.audit.one(entry).await {
             release(self);
@@ -541,8 +561,24 @@ impl App {
             runner::watch_idle(self, &id, input, idle.as_duration());
         }
         let retention = profile.shell.as_ref().map(|s| s.recording_retention.as_duration()).unwrap_or_default();
-        runner::spawn(Arc::clone(self), config, record.deadline_unix_ms, output, stdin, recorder.map(|r| (r, retention)));
+        runner::spawn(Arc::clone(self), config, record.deadline_unix_ms, output, stdin, recorder.map(|r| (r, retention)), taken.member.take());
         Ok(Created { session: record, attach })
+    }
+
+    /// Reserves room for a session. When the host is full, destroys the
+    /// oldest idle pool members, whose reservations make the room, until the
+    /// session fits or no member is left.
+    fn admit_making_room(self: &Arc<Self>, id: &str, reservation: Reservation) -> Result<(), String> {
+        loop {
+            let refused = match self.admission.lock().unwrap_or_else(|e| e.into_inner()).admit(id, reservation) {
+                Ok(()) => return Ok(()),
+                Err(reason) => reason,
+            };
+            let Some(member) = self.pools.evict_one() else { return Err(refused) };
+            // The reservation goes now; the sandbox follows on a blocking thread.
+            self.admission.lock().unwrap_or_else(|e| e.into_inner()).release(member.id());
+            pool::destroy_member(self, member, "a session needed its share of the host's capacity");
+        }
     }
 
     /// Destroys a session in whatever state it is in. Idempotent: an ended

@@ -25,10 +25,12 @@ impl App {
         let entries: Vec<Entry> = destroyed
             .iter()
             .map(|r| {
-                Entry::new("session.reaped", SYSTEM)
-                    .session(&r.session_id)
-                    .field("killed_processes", r.killed_processes)
-                    .field("error", r.error.clone())
+                // A pool member that no session had claimed is not a session.
+                let entry = match r.pool_member {
+                    true => Entry::new("pool.member_reaped", SYSTEM).field("member", r.session_id.clone()),
+                    false => Entry::new("session.reaped", SYSTEM).session(&r.session_id),
+                };
+                entry.field("killed_processes", r.killed_processes).field("error", r.error.clone())
             })
             .collect();
         if !entries.is_empty() {
@@ -38,6 +40,10 @@ impl App {
             if let Some(error) = &reaped.error {
                 tracing::error!(session_id = %reaped.session_id, error = %error, "recovery could not destroy a sandbox");
             }
+        }
+        let members = destroyed.iter().filter(|r| r.pool_member).count();
+        if members > 0 {
+            tracing::info!(members, "recovery destroyed pool members the last server left");
         }
 
         let unfinished = self.store.unfinished_sessions().await.map_err(|e| e.to_string())?;

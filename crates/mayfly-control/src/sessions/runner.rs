@@ -46,6 +46,7 @@ fn unix_ms() -> i64 {
 /// Builds what the session record keeps of an outcome besides its end reason.
 fn outcome_detail(outcome: &SessionOutcome, output_bytes: u64) -> serde_json::Value {
     serde_json::json!({
+        "sandbox_id": outcome.sandbox_id,
         "usage": outcome.usage,
         "output_bytes": output_bytes,
         "teardown": outcome.teardown,
@@ -187,6 +188,7 @@ pub(super) fn spawn(
     output: Arc<Output>,
     stdin: Box<dyn std::io::Read + Send>,
     recording: Option<Recording>,
+    member: Option<super::pool::Member>,
 ) {
     let handle = Handle::current();
     let id = config.session_id.clone();
@@ -216,7 +218,24 @@ pub(super) fn spawn(
         let recorder = recording.as_ref().map(|(r, _)| Arc::clone(r));
         let stdout = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDOUT, recorder });
         let stderr = Box::new(OutputWriter { output: Arc::clone(&output), stream: STDERR, recorder: None });
-        let result = session::run(config, &layout, stdin, stdout, stderr);
+        let result = match member {
+            None => session::run(config, &layout, stdin, stdout, stderr),
+            // A member claimed by a session destroyed before its start runs
+            // no command: it is destroyed unclaimed.
+            Some(member) => match config.control.as_ref().and_then(SessionControl::destroy_requested) {
+                Some(reason) => {
+                    let evidence = member.prepared.destroy();
+                    if !evidence.clean {
+                        tracing::error!(session_id = %id, evidence = ?evidence, "a pool member destroyed before its claim left something behind");
+                    }
+                    Err(SessionError::DestroyedBeforeStart(reason))
+                }
+                None => {
+                    let (_, claim) = config.split();
+                    member.prepared.claim(claim, stdin, stdout, stderr)
+                }
+            },
+        };
         if let Err(error) = &result {
             tracing::warn!(session_id = %id, error = %error, "the session's sandbox did not start");
         }

@@ -105,6 +105,7 @@ macro_rules! session_from_row {
             end: end.as_deref().map(json_of).transpose()?,
             exit_code: exit_code.map(|c| c as i32),
             detail: detail.as_deref().map(json_of).transpose()?,
+            start: row.try_get("start_kind")?,
         }
     }};
 }
@@ -139,7 +140,7 @@ macro_rules! event_from_row {
     }};
 }
 
-const SESSION_COLUMNS: &str = "id, owner, profile, kind, state, command_json, ttl_ms, created_unix_ms, deadline_unix_ms, ended_unix_ms, end_json, exit_code, detail_json";
+const SESSION_COLUMNS: &str = "id, owner, profile, kind, state, command_json, ttl_ms, created_unix_ms, deadline_unix_ms, ended_unix_ms, end_json, exit_code, detail_json, start_kind";
 const TOKEN_COLUMNS: &str = "id, prefix, hash, principal, name, created_unix_ms, expires_unix_ms, revoked_unix_ms";
 
 impl Store {
@@ -177,6 +178,14 @@ impl Store {
     async fn migrate(&self) -> Result<(), StoreError> {
         for statement in schema::STATEMENTS {
             on_pool!(self, *statement, |q, pool| q.execute(pool).await.map(|_| ()))?;
+        }
+        // Columns added after the first release. SQLite has no ADD COLUMN IF
+        // NOT EXISTS, so a column is added when selecting it fails.
+        for (column, statement) in schema::ADDED_COLUMNS {
+            let probe = format!("SELECT {column} FROM sessions LIMIT 0");
+            if on_pool!(self, probe, |q, pool| q.execute(pool).await.map(|_| ())).is_err() {
+                on_pool!(self, *statement, |q, pool| q.execute(pool).await.map(|_| ()))?;
+            }
         }
         Ok(())
     }
@@ -307,7 +316,7 @@ impl Store {
         let command = serde_json::to_string(&session.command).expect("strings serialize");
         on_pool!(
             self,
-            format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)"),
+            format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, ?)"),
             |q, pool| q
                 .bind(&session.id)
                 .bind(&session.owner)
@@ -318,6 +327,7 @@ impl Store {
                 .bind(session.ttl_ms)
                 .bind(session.created_unix_ms)
                 .bind(session.deadline_unix_ms)
+                .bind(session.start.as_deref())
                 .execute(pool)
                 .await
                 .map(|_| ())

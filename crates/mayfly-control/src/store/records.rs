@@ -49,6 +49,11 @@ pub struct SessionRecord {
     /// derived from the kind, not stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<serde_json::Value>,
+    /// `warm` when the session claimed a sandbox from its profile's pool,
+    /// `cold` when its sandbox was built for it. Sessions created before
+    /// pools existed have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
 }
 
 /// Returns what a session of `kind` states about its isolation beyond the

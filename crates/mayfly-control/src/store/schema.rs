@@ -31,7 +31,8 @@ pub const STATEMENTS: &[&str] = &[
         ended_unix_ms BIGINT,
         end_json TEXT,
         exit_code BIGINT,
-        detail_json TEXT
+        detail_json TEXT,
+        start_kind TEXT
     )",
     "CREATE INDEX IF NOT EXISTS sessions_by_owner ON sessions(owner, created_unix_ms)",
     "CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions(state)",
@@ -59,3 +60,7 @@ pub const STATEMENTS: &[&str] = &[
         expires_unix_ms BIGINT NOT NULL
     )",
 ];
+
+/// Columns of the sessions table added after it was first created: each
+/// column's name, and the statement that adds it to an older database.
+pub const ADDED_COLUMNS: &[(&str, &str)] = &[("start_kind", "ALTER TABLE sessions ADD COLUMN start_kind TEXT")];

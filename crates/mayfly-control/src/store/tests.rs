@@ -19,6 +19,7 @@ fn session(id: &str, owner: &str, created: i64) -> SessionRecord {
         exit_code: None,
         detail: None,
         isolation: None,
+        start: None,
     }
 }
 

@@ -119,6 +119,7 @@ impl Harness {
             exit_code: None,
             detail: None,
             isolation: None,
+            start: None,
         };
         self.app.store.insert_session(&record).await.unwrap();
         let path: &[SessionState] = match state {

@@ -1,13 +1,16 @@
 //! The last steps before the session's command runs, executed in the child
 //! that init forks: drop to the sandbox user, lose every capability, then
-//! apply no_new_privs, Landlock and seccomp, and exec.
+//! apply no_new_privs, Landlock and seccomp. The confined child then waits
+//! for the claim, which init passes on through a pipe, and execs the claim's
+//! command. Init forks the child before the claim, so a claimed pool member
+//! has only the exec left to do.
 //!
 //! A failure is written to the error pipe as one JSON line before the child
 //! exits. A successful exec closes the pipe, because it is close-on-exec,
 //! and that is how init learns that the command started.
 
 use std::ffi::CString;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +19,7 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use nix::unistd::{setresgid, setresuid, setsid, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{InitSpec, LandlockStatus, SANDBOX_GID, SANDBOX_UID, WORK_DIR};
+use crate::spec::{Claim, InitSpec, LandlockStatus, SANDBOX_GID, SANDBOX_UID, WORK_DIR};
 use crate::{caps, landlock_policy, seccomp};
 
 /// A message from the command child to init on the error pipe.
@@ -51,9 +54,9 @@ fn resolve(command: &str, env: &[(String, String)]) -> Option<PathBuf> {
     })
 }
 
-/// Runs the numbered steps and execs the command. Returns only on failure,
-/// with the message to send.
-fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File, terminal: Option<&Path>) -> ChildMessage {
+/// Runs the numbered steps up to the wait for the claim, then execs the
+/// claim's command. Returns only on failure, with the message to send.
+fn confine_and_exec(spec: &InitSpec, claim_pipe: std::fs::File, pipe: &mut std::fs::File, terminal: Option<&Path>) -> ChildMessage {
     let fail = |step: &str, error: String| ChildMessage::SetupFailed { step: step.into(), error };
 
     // 1. Restore default signal handling: init blocks and ignores signals that
@@ -123,12 +126,10 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File, terminal: Option<
         return fail("clear capabilities", error.to_string());
     }
 
-    // 7. Start in /work and find the command as the sandbox user would.
+    // 7. Start in /work.
     if let Err(errno) = nix::unistd::chdir(WORK_DIR) {
         return fail("enter /work", errno.to_string());
     }
-    let command = spec.argv[0].clone();
-    let Some(path) = resolve(&command, &spec.env) else { return ChildMessage::NotFound { command } };
 
     // 8. no_new_privs: exec can never grant privilege again, not even through
     //    a set-user-ID file. Landlock and seccomp both rely on it.
@@ -148,17 +149,36 @@ fn confine_and_exec(spec: &InitSpec, pipe: &mut std::fs::File, terminal: Option<
         Ok(filter) => filter,
         Err(error) => return fail("build the seccomp filter", error.to_string()),
     };
-    let argv: Vec<CString> = spec.argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
-    let envp: Vec<CString> = spec.env.iter().map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default()).collect();
-    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return ChildMessage::NotFound { command };
-    };
     send(pipe, &ChildMessage::Confined { landlock });
     if let Err(error) = seccomp::install(&filter) {
         return fail("install the seccomp filter", error.to_string());
     }
 
-    // 10. Exec. On success the error pipe closes and nothing more is sent.
+    // 10. Wait for the claim, which init writes whole and then closes, and
+    //     find the command as the sandbox user would in the claim's PATH. A
+    //     command started before the claim runs at once.
+    let claim = match &spec.prestart {
+        Some(command) => Claim { argv: command.argv.clone(), env: command.env.clone(), deadline_monotonic_ns: 0, terminal: None },
+        None => {
+            let mut text = Vec::new();
+            if let Err(error) = { claim_pipe }.read_to_end(&mut text) {
+                return fail("read the claim", error.to_string());
+            }
+            match serde_json::from_slice::<Claim>(&text) {
+                Ok(claim) => claim,
+                Err(error) => return fail("read the claim", error.to_string()),
+            }
+        }
+    };
+    let Some(command) = claim.argv.first().cloned() else { return fail("read the claim", "the command is empty".into()) };
+    let Some(path) = resolve(&command, &claim.env) else { return ChildMessage::NotFound { command } };
+    let argv: Vec<CString> = claim.argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
+    let envp: Vec<CString> = claim.env.iter().map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default()).collect();
+    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return ChildMessage::NotFound { command };
+    };
+
+    // 11. Exec. On success the error pipe closes and nothing more is sent.
     let errno = match nix::unistd::execve(&c_path, &argv, &envp) {
         Err(errno) => errno,
         Ok(never) => match never {},
@@ -190,8 +210,9 @@ fn attach_terminal(slave: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Entry point of the command child. Never returns.
-pub fn run(spec: &InitSpec, pipe: OwnedFd, terminal: Option<&Path>) -> ! {
+/// Entry point of the command child, which reads the claim from
+/// `claim_pipe`. Never returns.
+pub fn run(spec: &InitSpec, claim_pipe: OwnedFd, pipe: OwnedFd, terminal: Option<&Path>) -> ! {
     // Every descriptor above stderr, the error pipe included, closes at exec.
     // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
@@ -214,7 +235,7 @@ pub fn run(spec: &InitSpec, pipe: OwnedFd, terminal: Option<&Path>) -> ! {
         }
     };
     let mut pipe = std::fs::File::from(pipe);
-    let message = confine_and_exec(spec, &mut pipe, terminal);
+    let message = confine_and_exec(spec, std::fs::File::from(claim_pipe), &mut pipe, terminal);
     send(&mut pipe, &message);
     // SAFETY: _exit ends the process without running atexit handlers that
     // belong to init.

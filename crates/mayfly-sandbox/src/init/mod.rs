@@ -1,6 +1,7 @@
 //! The sandbox's init: PID 1 of the session's PID namespace.
 //!
-//! It builds the root filesystem, copies the inputs, starts the command, then
+//! It builds the root filesystem and copies the inputs, then waits for the
+//! claim that gives it a command and a deadline. It starts the command, then
 //! reaps zombies, forwards signals and ends the session: when the command
 //! exits (every other process is killed with it) or at the deadline, which it
 //! enforces on its own so that the deadline holds even when the supervisor
@@ -12,7 +13,7 @@ mod pty;
 pub mod rootfs;
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -26,8 +27,9 @@ use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::spec::{fd, monotonic_now_ns, InitReport, InitSpec, LandlockStatus, ARTIFACTS_DIR, SANDBOX_GID, SANDBOX_UID};
+use crate::spec::{fd, monotonic_now_ns, Claim, InitReport, InitSpec, LandlockStatus, ARTIFACTS_DIR, SANDBOX_GID, SANDBOX_UID};
 use crate::transfer;
+use crate::terminal::WindowSize;
 use command::ChildMessage;
 
 /// A failed setup step: which step, and the error it got.
@@ -55,11 +57,65 @@ fn report(out: &mut File, message: &InitReport) {
     }
 }
 
-/// Reads the spec: one line of JSON, after which the supervisor closes the pipe.
-fn read_spec(pipe: &mut File) -> Result<InitSpec, SetupError> {
-    let mut text = Vec::new();
-    pipe.read_to_end(&mut text).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
-    serde_json::from_slice(&text).map_err(|e| SetupError::new("parse the session spec", e.to_string()))
+/// Reads the spec: the first line of JSON on the spec pipe.
+fn read_spec(pipe: &mut BufReader<File>) -> Result<InitSpec, SetupError> {
+    let mut line = String::new();
+    pipe.read_line(&mut line).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
+    serde_json::from_str(&line).map_err(|e| SetupError::new("parse the session spec", e.to_string()))
+}
+
+/// The reason init ends without a claim.
+enum Unclaimed {
+    /// No claim came before the time the spec allows.
+    Expired,
+    /// The supervisor closed the spec pipe, or gave up while writing it.
+    Closed,
+    /// The command started before the claim exited.
+    CommandExited,
+    Invalid(SetupError),
+}
+
+/// Waits until the claim arrives on the spec pipe or `until` (on
+/// CLOCK_MONOTONIC) passes, and reads it. With `prestarted`, the pidfd of a
+/// command that started before the claim, also stops when it exits.
+fn wait_for_claim(pipe: &mut BufReader<File>, until: u64, prestarted: Option<&OwnedFd>) -> Result<Claim, Unclaimed> {
+    // The supervisor of a session started cold writes both lines at once,
+    // so the claim may already sit in the reader's buffer.
+    while pipe.buffer().is_empty() {
+        let now = monotonic_now_ns();
+        if now >= until {
+            return Err(Unclaimed::Expired);
+        }
+        let millis = ((until - now) / 1_000_000).clamp(1, i32::MAX as u64) as i32;
+        let command_fd = prestarted.map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
+        let mut polls = [
+            libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(pipe.get_ref()), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: command_fd, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: poll reads and writes two pollfds on this stack; a
+        // negative descriptor is ignored.
+        let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, millis) };
+        if ready > 0 && polls[1].revents != 0 {
+            return Err(Unclaimed::CommandExited);
+        }
+        if ready > 0 {
+            break;
+        }
+        if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Err(Unclaimed::Closed);
+        }
+    }
+    let mut line = String::new();
+    match pipe.read_line(&mut line) {
+        Ok(0) | Err(_) => return Err(Unclaimed::Closed),
+        Ok(_) if !line.ends_with('\n') => return Err(Unclaimed::Closed),
+        Ok(_) => {}
+    }
+    let claim: Claim = serde_json::from_str(&line).map_err(|e| Unclaimed::Invalid(SetupError::new("parse the claim", e.to_string())))?;
+    if prestarted.is_none() && claim.argv.first().is_none_or(|program| program.is_empty()) {
+        return Err(Unclaimed::Invalid(SetupError::new("parse the claim", "the command is empty")));
+    }
+    Ok(claim)
 }
 
 /// Checks that init is in the session's cgroup in every hierarchy the
@@ -199,28 +255,45 @@ fn wait_signal(set: &SigSet, timeout: Duration) -> Option<i32> {
 /// terminal's last output to reach the supervisor.
 const TERMINAL_DRAIN: Duration = Duration::from_secs(2);
 
-/// Starts the command and supervises it until the session ends. For a
-/// terminal session, `drained` receives the signal that the terminal's
-/// output has all been copied.
-fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: u64, drained: &mut Option<std::sync::mpsc::Receiver<()>>) -> EndReason {
-    let (error_read, error_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(pair) => pair,
-        Err(e) => return EndReason::SetupFailed { step: "create the error pipe".into(), error: e.to_string() },
+/// The command child, forked before the claim, confined and waiting for
+/// its command.
+struct Waiting {
+    command: Pid,
+    /// The child's error pipe, after its `Confined` message.
+    error_read: BufReader<File>,
+    landlock: LandlockStatus,
+    /// Init's end of the pipe that passes the claim on to the child.
+    claim_write: OwnedFd,
+    /// The terminal's master, for the window size the claim sets.
+    terminal_master: Option<File>,
+    /// A pidfd of the child when its command started before the claim.
+    prestarted: Option<OwnedFd>,
+}
+
+/// Forks the command child, which confines itself and waits for the claim.
+/// For a terminal session, opens the pseudo-terminal first and starts the
+/// copies between it and the stdio pipes. `drained` then receives the
+/// signal that the terminal's output has all been copied.
+fn start_command(spec: &InitSpec, drained: &mut Option<std::sync::mpsc::Receiver<()>>) -> Result<Waiting, EndReason> {
+    let pipe = |what: &str| {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EndReason::SetupFailed { step: format!("create the {what} pipe"), error: e.to_string() })
     };
-    let terminal = match spec.terminal.map(pty::open).transpose() {
+    let (error_read, error_write) = pipe("error")?;
+    let (claim_read, claim_write) = pipe("claim")?;
+    let terminal = match spec.terminal.then(|| pty::open(WindowSize { rows: 24, cols: 80 })).transpose() {
         Ok(terminal) => terminal,
-        Err(error) => return EndReason::SetupFailed { step: "open the pseudo-terminal".into(), error },
+        Err(error) => return Err(EndReason::SetupFailed { step: "open the pseudo-terminal".into(), error }),
     };
     // SAFETY: init is single-threaded, so the child may run ordinary code.
     let command = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            drop(error_read);
-            command::run(spec, error_write, terminal.as_ref().map(|(_, slave)| slave.as_path()))
+            drop((error_read, claim_write));
+            command::run(spec, claim_read, error_write, terminal.as_ref().map(|(_, slave)| slave.as_path()))
         }
         Ok(ForkResult::Parent { child }) => child,
-        Err(e) => return EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() },
+        Err(e) => return Err(EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() }),
     };
-    drop(error_write);
+    drop((error_write, claim_read));
     // Only the command keeps the command pipes open, so each side reads
     // end-of-file when the other closes.
     if let Some((read, write)) = spec.command_pipes {
@@ -233,6 +306,7 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
 
     // A terminal session's stdio pipes stay with init, which copies between
     // them and the pseudo-terminal's master.
+    let mut terminal_master = None;
     if let Some((master, _)) = terminal {
         // SAFETY: fcntl duplicates descriptors 0 and 1, which init owns, into
         // new close-on-exec descriptors that the Files below own alone.
@@ -240,10 +314,11 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
             (libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3), libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3))
         };
         if input < 0 || output < 0 {
-            return EndReason::SetupFailed { step: "keep the terminal's pipes".into(), error: io::Error::last_os_error().to_string() };
+            return Err(EndReason::SetupFailed { step: "keep the terminal's pipes".into(), error: io::Error::last_os_error().to_string() });
         }
         // SAFETY: both descriptors were just created and are owned by nothing else.
         let (input, output) = unsafe { (File::from_raw_fd(input), File::from_raw_fd(output)) };
+        terminal_master = master.try_clone().ok().map(File::from);
         *drained = Some(pty::relay(master, input, output));
     }
 
@@ -257,22 +332,75 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
         }
     }
 
-    // The error pipe carries the Landlock result, then either closes (exec
-    // succeeded) or carries the reason the command could not start.
-    let mut landlock = LandlockStatus::NotEnforced;
+    // The child reports that it is confined, or why it failed, before it
+    // waits for the claim, so a sandbox reports ready only with a child
+    // that can run the claim's command.
+    let mut error_read = BufReader::new(File::from(error_read));
+    let mut first = String::new();
+    let _ = error_read.read_line(&mut first);
+    let landlock = match child_message(&first)? {
+        Some(status) => status,
+        None => {
+            let error = "the command child exited without reporting its confinement".to_string();
+            return Err(EndReason::SetupFailed { step: "confine the command".into(), error });
+        }
+    };
+    let prestarted = match spec.prestart {
+        None => None,
+        // SAFETY: pidfd_open on the child forked above; the new descriptor
+        // is owned by the OwnedFd alone.
+        Some(_) => match unsafe { libc::syscall(libc::SYS_pidfd_open, command.as_raw(), 0) } {
+            fd if fd >= 0 => Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+            _ => return Err(EndReason::SetupFailed { step: "watch the command".into(), error: io::Error::last_os_error().to_string() }),
+        },
+    };
+    Ok(Waiting { command, error_read, landlock, claim_write, terminal_master, prestarted })
+}
+
+/// Interprets one line from the command child: the Landlock status of a
+/// confined child, `None` for an empty line, or the reason it failed.
+fn child_message(line: &str) -> Result<Option<LandlockStatus>, EndReason> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str::<ChildMessage>(line) {
+        Ok(ChildMessage::Confined { landlock }) => Ok(Some(landlock)),
+        Ok(ChildMessage::NotFound { command }) => Err(EndReason::CommandNotFound { command }),
+        Ok(ChildMessage::NotExecutable { command, error }) => Err(EndReason::CommandNotExecutable { command, error }),
+        Ok(ChildMessage::SetupFailed { step, error }) => Err(EndReason::SetupFailed { step, error }),
+        Err(e) => Err(EndReason::SetupFailed { step: "read the command's setup result".into(), error: e.to_string() }),
+    }
+}
+
+/// Passes the claim on to the waiting command child and supervises the
+/// command until the session ends. `setup_time` is how long init's setup
+/// before the claim took.
+fn supervise(spec: &InitSpec, claim: &Claim, waiting: Waiting, reports: &mut File, setup_time: Duration, started_ns: u64) -> EndReason {
+    let claimed = Instant::now();
+    let command = waiting.command;
+    if let (Some(master), Some(size)) = (&waiting.terminal_master, claim.terminal) {
+        pty::set_size(master, size);
+    }
+    // A child that failed before the claim, or that runs a command started
+    // before it, has closed its end. The error pipe below gives any reason.
+    let _ = File::from(waiting.claim_write).write_all(&serde_json::to_vec(claim).expect("the claim serializes"));
+    let mut error_read = waiting.error_read;
+
+    // The rest of the error pipe either closes (exec succeeded) or carries
+    // the reason the command could not start.
+    let mut landlock = waiting.landlock;
     let mut text = String::new();
-    let _ = File::from(error_read).read_to_string(&mut text);
+    let _ = error_read.read_to_string(&mut text);
     for line in text.lines() {
-        match serde_json::from_str::<ChildMessage>(line) {
-            Ok(ChildMessage::Confined { landlock: status }) => landlock = status,
-            Ok(ChildMessage::NotFound { command }) => return EndReason::CommandNotFound { command },
-            Ok(ChildMessage::NotExecutable { command, error }) => return EndReason::CommandNotExecutable { command, error },
-            Ok(ChildMessage::SetupFailed { step, error }) => return EndReason::SetupFailed { step, error },
-            Err(e) => return EndReason::SetupFailed { step: "read the command's setup result".into(), error: e.to_string() },
+        match child_message(line) {
+            Ok(Some(status)) => landlock = status,
+            Ok(None) => {}
+            Err(end) => return end,
         }
     }
-    let setup_us = started.elapsed().as_micros() as u64;
-    report(reports, &InitReport::Started { landlock, setup_us, init_started_ns: started_ns });
+    let setup_us = (setup_time + claimed.elapsed()).as_micros() as u64;
+    let command_started_ns = monotonic_now_ns();
+    report(reports, &InitReport::Started { landlock, setup_us, init_started_ns: started_ns, command_started_ns });
 
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGCHLD);
@@ -283,7 +411,7 @@ fn supervise(spec: &InitSpec, reports: &mut File, started: Instant, started_ns: 
     let mut deadline_reached = false;
     loop {
         let now = monotonic_now_ns();
-        let wake_at = if deadline_reached { spec.deadline_monotonic_ns + grace_ns } else { spec.deadline_monotonic_ns };
+        let wake_at = if deadline_reached { claim.deadline_monotonic_ns + grace_ns } else { claim.deadline_monotonic_ns };
         if now >= wake_at {
             if deadline_reached {
                 // The grace period is over: nothing may outlive it.
@@ -349,7 +477,7 @@ pub fn main() -> ! {
 
     // SAFETY: the launcher placed the spec pipe at this descriptor and nothing
     // else in init owns it.
-    let mut spec_pipe = unsafe { File::from_raw_fd(fd::SPEC) };
+    let mut spec_pipe = BufReader::new(unsafe { File::from_raw_fd(fd::SPEC) });
     let spec = match read_spec(&mut spec_pipe) {
         Ok(spec) => spec,
         Err(error) => {
@@ -360,7 +488,25 @@ pub fn main() -> ! {
     };
     let mut drained = None;
     let end = match setup(&spec) {
-        Ok(()) => supervise(&spec, &mut reports, started, started_ns, &mut drained),
+        Ok(()) => {
+            match start_command(&spec, &mut drained) {
+                Err(end) => end,
+                Ok(waiting) => {
+                    let setup_time = started.elapsed();
+                    report(&mut reports, &InitReport::Ready { setup_us: setup_time.as_micros() as u64 });
+                    match wait_for_claim(&mut spec_pipe, spec.unclaimed_until_monotonic_ns, waiting.prestarted.as_ref()) {
+                        Ok(claim) => {
+                            drop(spec_pipe);
+                            supervise(&spec, &claim, waiting, &mut reports, setup_time, started_ns)
+                        }
+                        Err(Unclaimed::Expired) => EndReason::Destroyed { detail: "no claim arrived before the sandbox's unclaimed time ran out".into() },
+                        Err(Unclaimed::Closed) => EndReason::Destroyed { detail: "the supervisor closed the sandbox before claiming it".into() },
+                        Err(Unclaimed::CommandExited) => EndReason::SetupFailed { step: "keep the command running until the claim".into(), error: "the command started before the claim exited".into() },
+                        Err(Unclaimed::Invalid(error)) => EndReason::SetupFailed { step: error.step, error: error.error },
+                    }
+                }
+            }
+        }
         Err(error) => EndReason::SetupFailed { step: error.step, error: error.error },
     };
     kill_and_reap_all();

@@ -1,34 +1,34 @@
 //! One sandboxed session from start to verified teardown, on the
-//! supervisor's side. Used by `mayfly run`.
+//! supervisor's side. Used by `mayfly run` and the server.
+//!
+//! A session runs in two steps. [`prepare`] builds the sandbox: ids, the
+//! ledger record, cgroups, namespaces, the root filesystem and an init that
+//! waits for its claim. [`Prepared::claim`] binds it to one session (the
+//! command, environment, deadline and the hooks that open the session's
+//! network) and runs it to its verified teardown. [`run`] does both at
+//! once, for a cold start; a warm pool prepares ahead of demand.
 
+mod claim;
 mod control;
 mod outcome;
+mod prepare;
 mod relay;
 mod signals;
 mod work_dir;
 
-use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use mayfly_core::EndReason;
-
-use crate::cgroup::{CgroupLimits, Layout, SessionCgroup};
-use crate::spec::{monotonic_now_ns, BindMount, InitSpec, InputFile, LandlockMode};
-use crate::teardown::{self, Evidence};
-use crate::transfer::{ExportSummary, OpenedInput};
+use crate::cgroup::{CgroupLimits, Layout};
+use crate::spec::{BindMount, LandlockMode};
+use crate::transfer::OpenedInput;
 use crate::{ids, launch, ledger};
-
-use outcome::{apply_oom, end_reason};
-use relay::{start_relays, wait_for_end_report, Relays};
-use signals::forward_signals;
 
 pub use control::SessionControl;
 pub use outcome::{DeadlineEnforcer, SessionOutcome, Timings};
+pub use prepare::{prepare, ClaimConfig, PrepareConfig, Prepared};
 pub use signals::block_forwarded_signals;
 pub use work_dir::{WorkDir, WorkDirError};
 
@@ -119,6 +119,8 @@ pub enum SessionError {
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("failed to start the sandbox: {0}")]
     Launch(#[from] launch::LaunchError),
+    #[error("failed to prepare the sandbox before its command starts: {0}")]
+    BeforeStart(String),
     #[error("the session was destroyed before its sandbox started: {0}")]
     DestroyedBeforeStart(String),
 }
@@ -141,80 +143,50 @@ fn wait_exit(pidfd: &impl AsRawFd, timeout: Duration) -> bool {
     }
 }
 
-/// Builds what init needs to know from the session's configuration.
-fn init_spec(config: &SessionConfig, deadline_monotonic_ns: u64) -> InitSpec {
-    InitSpec {
-        session_id: config.session_id.clone(),
-        argv: config.argv.clone(),
-        env: config.env.clone(),
-        hostname: config.hostname.clone(),
-        timezone: config.timezone.clone(),
-        deadline_monotonic_ns,
-        kill_grace_ms: KILL_GRACE.as_millis() as u64,
-        tmp_bytes: config.tmp_bytes,
-        shm_bytes: config.shm_bytes,
-        work_bytes: config.work_bytes,
-        open_files: config.open_files,
-        inputs: config.inputs.iter().map(|i| InputFile { name: i.name.clone(), mode: i.mode, size: i.size }).collect(),
-        artifacts_max_bytes: config.artifacts.as_ref().map(|(_, limit)| *limit),
-        mounts: config.mounts.clone(),
-        landlock: config.landlock,
-        cgroup_membership: Vec::new(),
-        terminal: config.terminal,
-        command_pipes: None,
+impl SessionConfig {
+    /// Splits the configuration into what the sandbox is prepared from and
+    /// what binds it to the session at the claim. The prepared sandbox
+    /// waits for its claim for at most the session's TTL.
+    pub fn split(self) -> (PrepareConfig, ClaimConfig) {
+        let prepare = PrepareConfig {
+            sandbox_id: self.session_id.clone(),
+            state_dir: self.state_dir,
+            hostname: self.hostname,
+            timezone: self.timezone,
+            limits: self.limits,
+            tmp_bytes: self.tmp_bytes,
+            shm_bytes: self.shm_bytes,
+            work_bytes: self.work_bytes,
+            open_files: self.open_files,
+            inputs: self.inputs,
+            artifacts: self.artifacts,
+            mounts: self.mounts,
+            landlock: self.landlock,
+            command_pipes: self.command_pipes,
+            terminal: self.terminal.is_some(),
+            prestart: None,
+            max_unclaimed: self.ttl,
+            pool_member: false,
+        };
+        let claim = ClaimConfig {
+            session_id: self.session_id,
+            argv: self.argv,
+            env: self.env,
+            ttl: self.ttl,
+            terminal: self.terminal,
+            forward_signals: self.forward_signals,
+            control: self.control,
+            before_start: self.before_start,
+        };
+        (prepare, claim)
     }
 }
 
-/// Kills what is left, joins the relays, removes the cgroups and the ledger
-/// record, and collects the evidence. Returns the artifact export result too.
-fn tear_down(
-    cgroup: &SessionCgroup,
-    relays: Relays,
-    namespaces: &BTreeMap<String, String>,
-    early_scan: Option<thread::JoinHandle<Vec<String>>>,
-    config: &SessionConfig,
-    timings: &mut Timings,
-) -> (Evidence, Option<ExportSummary>, Option<String>, bool) {
-    let teardown_started = Instant::now();
-    let mut evidence = Evidence::default();
-    if let Err(error) = cgroup.kill_all(KILL_TIMEOUT) {
-        evidence.errors.push(error.to_string());
-    }
-    let _ = relays.stdout.join();
-    let stderr_ended_mid_line = relays.stderr.join().unwrap_or(false);
-    let (artifacts, artifacts_error) = match relays.artifacts.map(|t| t.join()) {
-        None => (None, None),
-        Some(Ok(Ok(summary))) => (Some(summary), None),
-        Some(Ok(Err(error))) => (None, Some(error.to_string())),
-        Some(Err(_)) => (None, Some("the artifact reader panicked".to_string())),
-    };
-    if let Err(error) = cgroup.remove(KILL_TIMEOUT) {
-        evidence.errors.push(error.to_string());
-    }
-    evidence.processes_remaining = cgroup.processes();
-    evidence.cgroups_remaining = cgroup.remaining_paths();
-    timings.teardown_us = teardown_started.elapsed().as_micros() as u64;
-
-    let verify_started = Instant::now();
-    evidence.namespaces_remaining = match early_scan.map(|scan| scan.join()) {
-        Some(Ok(found)) => found,
-        _ => teardown::find_namespace_holders(namespaces, None),
-    };
-    if evidence.processes_remaining.is_empty() && evidence.cgroups_remaining.is_empty() {
-        if let Err(error) = ledger::remove(&config.state_dir, &config.session_id) {
-            evidence.errors.push(error.to_string());
-        }
-    }
-    evidence.ledger_record_removed = !ledger::exists(&config.state_dir, &config.session_id);
-    timings.verify_us = verify_started.elapsed().as_micros() as u64;
-    (evidence.finish(), artifacts, artifacts_error, stderr_ended_mid_line)
-}
-
-/// Runs one session: claims ids, records it in the ledger, creates its
-/// cgroups, starts init, relays stdio, waits for the end, exports artifacts
-/// and tears everything down with evidence.
+/// Runs one session started cold: prepares its sandbox and claims it at
+/// once, then relays stdio, waits for the end, exports artifacts and tears
+/// everything down with evidence.
 pub fn run(
-    mut config: SessionConfig,
+    config: SessionConfig,
     layout: &Layout,
     stdin: Box<dyn Read + Send>,
     stdout: Box<dyn Write + Send>,
@@ -223,137 +195,10 @@ pub fn run(
     if config.argv.is_empty() {
         return Err(SessionError::Invalid("the command is empty".into()));
     }
-    let started_wall = SystemTime::now();
-    let started = Instant::now();
-    let started_ns = monotonic_now_ns();
-    let mut timings = Timings::default();
-    let deadline_wall = started_wall + config.ttl;
     if let Some(reason) = config.control.as_ref().and_then(SessionControl::destroy_requested) {
         return Err(SessionError::DestroyedBeforeStart(reason));
     }
-
-    // 1. A host id range of its own, held until every session process is gone.
-    let id_range = ids::claim(&config.state_dir)?;
-
-    // 2. The ledger record comes before any host resource, so a crash at any
-    //    later point leaves something that `reap` can find.
-    let supervisor_pid = std::process::id() as i32;
-    let mut record = ledger::Record {
-        session_id: config.session_id.clone(),
-        supervisor_pid,
-        supervisor_start: ledger::process_start_time(supervisor_pid).unwrap_or(0),
-        init_pid: None,
-        deadline_unix_ms: ledger::unix_ms(deadline_wall),
-        cgroup_paths: layout.session_paths(&config.session_id),
-    };
-    ledger::write(&config.state_dir, &record)?;
-
-    // 3. The cgroups, with limits in place before any process joins.
-    let cgroup = match SessionCgroup::create(layout, &config.session_id, config.limits) {
-        Ok(cgroup) => cgroup,
-        Err(error) => {
-            let _ = ledger::remove(&config.state_dir, &config.session_id);
-            return Err(error.into());
-        }
-    };
-
-    // 4. Init, in its namespaces and cgroups.
-    let mut spec = init_spec(&config, monotonic_now_ns() + config.ttl.as_nanos() as u64);
-    spec.cgroup_membership = cgroup.membership();
-    let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
-    let mut before_start = config.before_start.take();
-    let mut start_guard: Option<StartGuard> = None;
-    let mut call_before_start = |init_pid: i32, command_pipes| -> Result<(), String> {
-        if let Some(hook) = before_start.take() {
-            start_guard = Some((hook.0)(StartContext { init_pid, command_pipes })?);
-        }
-        Ok(())
-    };
-    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup, config.command_pipes, &mut call_before_start) {
-        Ok(launched) => launched,
-        Err(error) => {
-            let _ = cgroup.kill_all(KILL_TIMEOUT);
-            let _ = cgroup.remove(KILL_TIMEOUT);
-            let _ = ledger::remove(&config.state_dir, &config.session_id);
-            return Err(error.into());
-        }
-    };
-    drop(id_range);
-    timings.launch_us = started.elapsed().as_micros() as u64;
-    let init_pid = launched.pid;
-    record.init_pid = Some(init_pid);
-    let _ = ledger::write(&config.state_dir, &record);
-    let held_namespaces = teardown::hold_namespaces(init_pid);
-    let namespaces = teardown::namespace_ids(init_pid);
-    if let (Some(control), Ok(pidfd)) = (&config.control, launched.pidfd.try_clone()) {
-        control.launched(init_pid, pidfd);
-    }
-    if config.forward_signals {
-        if let Ok(pidfd) = launched.pidfd.try_clone() {
-            forward_signals(pidfd);
-        }
-    }
-
-    // 5. Relay stdio and collect reports and artifacts on their own threads.
-    let (relays, reports, pidfd) = start_relays(launched, stdin, stdout, stderr, config.artifacts.clone());
-
-    // 6. Wait for init. Init enforces the deadline itself; the supervisor
-    //    steps in only if init has not ended the session shortly after it.
-    let limit = config.ttl + KILL_GRACE + SUPERVISOR_SLACK;
-    let limit_at = Instant::now() + limit.saturating_sub(started_wall.elapsed().unwrap_or_default());
-    let mut received = Vec::new();
-    let reported_end = wait_for_end_report(&reports.receiver, limit_at, &mut received);
-
-    // Init reports the end after it has killed and reaped every other session
-    // process, so the scan for namespace holders can run while init exits.
-    let early_scan = reported_end.then(|| {
-        let ids = namespaces.clone();
-        thread::spawn(move || teardown::find_namespace_holders(&ids, Some(init_pid)))
-    });
-    let exit_wait = if reported_end { limit_at.saturating_duration_since(Instant::now()).max(EXIT_AFTER_REPORT) } else { limit_at.saturating_duration_since(Instant::now()) };
-    let supervisor_killed = !wait_exit(&pidfd, exit_wait);
-    if supervisor_killed {
-        let _ = cgroup.kill_all(KILL_TIMEOUT);
-    }
-    timings.ended_us = started.elapsed().as_micros() as u64;
-    // SAFETY: waitpid on the init process this supervisor started.
-    unsafe { libc::waitpid(init_pid, std::ptr::null_mut(), 0) };
-    // Sockets the guard holds in the session's network keep that namespace
-    // alive, so they close before the teardown looks for what is left.
-    drop(start_guard);
-    let (mut end, landlock, mut enforcer) = end_reason(reports, received, supervisor_killed, started_ns, &mut timings);
-    if let Some(control) = &config.control {
-        control.finished();
-        // A destroy that came before init's own end report is why it ended.
-        if let (false, Some(reason)) = (reported_end, control.destroy_requested()) {
-            end = EndReason::Destroyed { detail: reason };
-            enforcer = None;
-        }
-    }
-
-    // 7. Usage, then the kill and verified teardown.
-    let usage = cgroup.usage();
-    let end = apply_oom(end, &usage);
-    let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) = tear_down(&cgroup, relays, &namespaces, early_scan, &config, &mut timings);
-    drop(held_namespaces);
-
-    // A failed export or an incomplete teardown overrides the command's status.
-    let exit_code = if artifacts_error.is_some() || !evidence.clean { mayfly_core::ExitCode::SETUP_FAILED } else { end.exit_code() };
-    Ok(SessionOutcome {
-        session_id: config.session_id,
-        exit_code,
-        end,
-        landlock,
-        deadline_enforced_by: enforcer,
-        started_at_unix_ms: ledger::unix_ms(started_wall),
-        ended_at_unix_ms: ledger::unix_ms(SystemTime::now()),
-        deadline_unix_ms: ledger::unix_ms(deadline_wall),
-        usage,
-        artifacts,
-        artifacts_error,
-        namespaces,
-        teardown: evidence,
-        timings,
-        stderr_ended_mid_line,
-    })
+    let (prepare_config, claim_config) = config.split();
+    let prepared = prepare(prepare_config, layout)?;
+    prepared.claim(claim_config, stdin, stdout, stderr)
 }

@@ -21,14 +21,20 @@ pub enum DeadlineEnforcer {
 }
 
 /// Durations of a session's phases in microseconds, for operators and `mayfly bench`.
+/// A session started cold starts when its sandbox is prepared, and one
+/// claimed from a pool at the claim, so phases before it count as 0.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
     /// From the start of the session to init running in its namespaces and cgroups.
     pub launch_us: u64,
     /// From the start of the session to the start of init's own code, after its exec.
     pub init_started_us: u64,
-    /// Init's own setup, from its start to the command's exec, as init measured it.
+    /// Init's own setup, from its start to the command's exec, as init
+    /// measured it, without the time a pool member waited for its claim.
     pub init_setup_us: u64,
+    /// From the start of the session to init's report that the command's
+    /// exec succeeded. A session claimed from a pool starts at the claim.
+    pub command_started_us: u64,
     /// From the start of the session to init's report that every session
     /// process is gone and the artifacts are out.
     pub init_reported_us: u64,
@@ -45,6 +51,9 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionOutcome {
     pub session_id: String,
+    /// The id of the sandbox, which names its cgroups and ledger record: the
+    /// session id for a cold start, the member's own id for a pool member.
+    pub sandbox_id: String,
     pub end: EndReason,
     pub exit_code: i32,
     pub landlock: Option<LandlockStatus>,
@@ -92,10 +101,12 @@ pub(super) fn end_reason(
     let mut end = None;
     for report in received {
         match report {
-            InitReport::Started { landlock: status, setup_us, init_started_ns } => {
+            InitReport::Ready { .. } => {}
+            InitReport::Started { landlock: status, setup_us, init_started_ns, command_started_ns } => {
                 landlock = Some(status);
                 timings.init_setup_us = setup_us;
                 timings.init_started_us = since_start(init_started_ns);
+                timings.command_started_us = since_start(command_started_ns);
             }
             InitReport::Ended { end: reason, reported_ns, .. } => {
                 end = Some(reason);

@@ -3,13 +3,11 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
-use crate::launch;
 use crate::spec::InitReport;
 use crate::transfer::{self, ExportSummary};
 
@@ -50,23 +48,45 @@ pub(super) struct Reports {
     pub(super) receiver: mpsc::Receiver<InitReport>,
 }
 
+/// The supervisor's ends of a sandbox's stdio and artifact pipes.
+pub(super) struct Pipes {
+    pub(super) stdin: File,
+    pub(super) stdout: File,
+    pub(super) stderr: File,
+    pub(super) artifacts: File,
+}
+
+/// Starts the thread that reads init's reports.
+pub(super) fn start_reports(reports: File) -> Reports {
+    let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
+    let report_thread = thread::spawn(move || {
+        for line in io::BufReader::new(reports).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(report) = serde_json::from_str::<InitReport>(&line) {
+                let _ = report_sender.send(report);
+            }
+        }
+    });
+    Reports { thread: report_thread, receiver: report_receiver }
+}
+
 /// Starts the relay threads. The stdin thread is detached: it may block on
 /// the caller's input after the session has ended.
 pub(super) fn start_relays(
-    launched: launch::Launched,
+    pipes: Pipes,
     stdin: Box<dyn Read + Send>,
     stdout: Box<dyn Write + Send>,
     stderr: Box<dyn Write + Send>,
     artifacts: Option<(PathBuf, u64)>,
-) -> (Relays, Reports, OwnedFd) {
-    let stdout_thread = copy_thread(launched.stdout, stdout);
-    let stderr_thread = copy_thread(launched.stderr, stderr);
+) -> Relays {
+    let stdout_thread = copy_thread(pipes.stdout, stdout);
+    let stderr_thread = copy_thread(pipes.stderr, stderr);
     let mut stdin = stdin;
-    let mut stdin_pipe = launched.stdin;
+    let mut stdin_pipe = pipes.stdin;
     thread::spawn(move || {
         let _ = io::copy(&mut stdin, &mut stdin_pipe);
     });
-    let artifacts_pipe = launched.artifacts;
+    let artifacts_pipe = pipes.artifacts;
     let artifacts_thread = artifacts.map(|(dir, limit)| {
         thread::spawn(move || {
             let mut pipe = artifacts_pipe;
@@ -76,18 +96,7 @@ pub(super) fn start_relays(
             result
         })
     });
-    let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
-    let reports = launched.reports;
-    let report_thread = thread::spawn(move || {
-        for line in io::BufReader::new(reports).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(report) = serde_json::from_str::<InitReport>(&line) {
-                let _ = report_sender.send(report);
-            }
-        }
-    });
-    let relays = Relays { stdout: stdout_thread, stderr: stderr_thread, artifacts: artifacts_thread };
-    (relays, Reports { thread: report_thread, receiver: report_receiver }, launched.pidfd)
+    Relays { stdout: stdout_thread, stderr: stderr_thread, artifacts: artifacts_thread }
 }
 
 /// Collects init's reports until the end report arrives, `until` passes or

@@ -1,0 +1,387 @@
+//! Preparing a sandbox before any session claims it, and destroying one
+//! that no session claimed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cgroup::{CgroupLimits, Layout, SessionCgroup};
+use crate::spec::{monotonic_now_ns, BindMount, InitReport, InitSpec, InputFile, LandlockMode};
+use crate::teardown::{self, Evidence, HeldNamespaces};
+use crate::transfer::OpenedInput;
+use crate::{ids, launch, ledger};
+
+use super::relay::{start_reports, Pipes, Relays, Reports};
+use super::{wait_exit, BeforeStart, SessionControl, SessionError, Timings, KILL_GRACE, KILL_TIMEOUT};
+
+/// The part of a session's configuration that a sandbox is built from
+/// before a claim: the profile's part, with nothing of any one session.
+#[derive(Debug)]
+pub struct PrepareConfig {
+    /// The sandbox's id, which names its cgroups and ledger record.
+    pub sandbox_id: String,
+    pub state_dir: PathBuf,
+    pub hostname: String,
+    pub timezone: String,
+    pub limits: CgroupLimits,
+    pub tmp_bytes: u64,
+    pub shm_bytes: u64,
+    pub work_bytes: u64,
+    pub open_files: u32,
+    /// Files copied into /work before the claim. A pool member has none,
+    /// because inputs belong to a session.
+    pub inputs: Vec<OpenedInput>,
+    /// Export directory for /work/artifacts, and the size cap.
+    pub artifacts: Option<(PathBuf, u64)>,
+    pub mounts: Vec<BindMount>,
+    pub landlock: LandlockMode,
+    /// Gives the command two pipes; see [`super::SessionConfig::command_pipes`].
+    pub command_pipes: bool,
+    /// Runs the command on a pseudo-terminal, whose size the claim sets.
+    pub terminal: bool,
+    /// Starts this command before the claim, such as a browser profile's
+    /// Chromium. It must hold nothing of a session, and a claim must bring
+    /// the same command and environment.
+    /// NOTE: its output waits in the stdio pipes (64 KiB each by default on
+    /// Linux) until the claim starts the relays, so a command that writes
+    /// more before its claim blocks until then.
+    pub prestart: Option<crate::spec::Command>,
+    /// How long init waits for the claim before it ends the sandbox.
+    pub max_unclaimed: Duration,
+    /// Marks a sandbox prepared ahead of demand for a warm pool. Its ledger
+    /// record is marked too, so that a reap destroys it while it is
+    /// unclaimed, and its session's timings and deadline start at the claim.
+    pub pool_member: bool,
+}
+
+/// The part of a session's configuration that binds a prepared sandbox to
+/// the session.
+#[derive(Debug)]
+pub struct ClaimConfig {
+    /// The session's id, recorded in the sandbox's ledger record.
+    pub session_id: String,
+    pub argv: Vec<String>,
+    /// The command's whole environment, secrets included.
+    pub env: Vec<(String, String)>,
+    /// The session's lifetime, counted from the claim for a pool member
+    /// and from the start of [`prepare`] for a cold start.
+    pub ttl: Duration,
+    /// The size of the pseudo-terminal, which the sandbox must have been
+    /// prepared with ([`PrepareConfig::terminal`]).
+    pub terminal: Option<crate::terminal::WindowSize>,
+    /// See [`super::SessionConfig::forward_signals`].
+    pub forward_signals: bool,
+    pub control: Option<SessionControl>,
+    /// Runs before the command starts; see [`super::SessionConfig::before_start`].
+    pub before_start: Option<BeforeStart>,
+}
+
+/// A sandbox whose init has built the root filesystem, or is building it,
+/// and waits for its claim. Dropping one that was neither claimed nor
+/// destroyed destroys it.
+pub struct Prepared(pub(super) Option<Parts>);
+
+/// The host resources and the supervisor's ends of a prepared sandbox.
+pub(super) struct Parts {
+    pub(super) sandbox_id: String,
+    pub(super) state_dir: PathBuf,
+    pub(super) artifacts: Option<(PathBuf, u64)>,
+    pub(super) pool_member: bool,
+    pub(super) terminal: bool,
+    pub(super) prestart: Option<crate::spec::Command>,
+    pub(super) record: ledger::Record,
+    pub(super) cgroup: SessionCgroup,
+    pub(super) init_pid: i32,
+    pub(super) pidfd: OwnedFd,
+    pub(super) pipes: Pipes,
+    pub(super) claim_pipe: File,
+    pub(super) command_pipes: Option<launch::CommandPipes>,
+    pub(super) reports: Reports,
+    /// Reports already taken from `reports`.
+    pub(super) received: Vec<InitReport>,
+    pub(super) held_namespaces: HeldNamespaces,
+    pub(super) namespaces: BTreeMap<String, String>,
+    pub(super) started: Instant,
+    pub(super) started_ns: u64,
+    pub(super) started_wall: SystemTime,
+    pub(super) timings: Timings,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = self.0.as_ref();
+        f.debug_struct("Prepared").field("sandbox_id", &parts.map(|p| &p.sandbox_id)).field("init_pid", &parts.map(|p| p.init_pid)).finish()
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(parts) = self.0.take() {
+            parts.destroy();
+        }
+    }
+}
+
+/// Builds a sandbox: claims ids, records it in the ledger, creates its
+/// cgroups and starts init, which builds the root filesystem and then waits
+/// for the claim. Returns without waiting for init's setup; see
+/// [`Prepared::wait_ready`].
+pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, SessionError> {
+    let started_wall = SystemTime::now();
+    let started = Instant::now();
+    let started_ns = monotonic_now_ns();
+    let mut timings = Timings::default();
+
+    // 1. A host id range of its own, held until every session process is gone.
+    let id_range = ids::claim(&config.state_dir)?;
+
+    // 2. The ledger record comes before any host resource, so a crash at any
+    //    later point leaves something that `reap` can find.
+    let supervisor_pid = std::process::id() as i32;
+    let mut record = ledger::Record {
+        session_id: config.sandbox_id.clone(),
+        supervisor_pid,
+        supervisor_start: ledger::process_start_time(supervisor_pid).unwrap_or(0),
+        init_pid: None,
+        deadline_unix_ms: ledger::unix_ms(started_wall + config.max_unclaimed),
+        cgroup_paths: layout.session_paths(&config.sandbox_id),
+        pool_member: config.pool_member,
+        claimed_by: None,
+    };
+    ledger::write(&config.state_dir, &record)?;
+
+    // 3. The cgroups, with limits in place before any process joins.
+    let cgroup = match SessionCgroup::create(layout, &config.sandbox_id, config.limits) {
+        Ok(cgroup) => cgroup,
+        Err(error) => {
+            let _ = ledger::remove(&config.state_dir, &config.sandbox_id);
+            return Err(error.into());
+        }
+    };
+
+    // 4. Init, in its namespaces and cgroups.
+    let spec = InitSpec {
+        session_id: config.sandbox_id.clone(),
+        hostname: config.hostname.clone(),
+        timezone: config.timezone.clone(),
+        unclaimed_until_monotonic_ns: started_ns + config.max_unclaimed.as_nanos() as u64,
+        kill_grace_ms: KILL_GRACE.as_millis() as u64,
+        tmp_bytes: config.tmp_bytes,
+        shm_bytes: config.shm_bytes,
+        work_bytes: config.work_bytes,
+        open_files: config.open_files,
+        inputs: config.inputs.iter().map(|i| InputFile { name: i.name.clone(), mode: i.mode, size: i.size }).collect(),
+        artifacts_max_bytes: config.artifacts.as_ref().map(|(_, limit)| *limit),
+        mounts: config.mounts.clone(),
+        landlock: config.landlock,
+        cgroup_membership: cgroup.membership(),
+        terminal: config.terminal,
+        prestart: config.prestart.clone(),
+        command_pipes: None,
+    };
+    let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
+    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup, config.command_pipes) {
+        Ok(launched) => launched,
+        Err(error) => {
+            let _ = cgroup.kill_all(KILL_TIMEOUT);
+            let _ = cgroup.remove(KILL_TIMEOUT);
+            let _ = ledger::remove(&config.state_dir, &config.sandbox_id);
+            return Err(error.into());
+        }
+    };
+    drop(id_range);
+    timings.launch_us = started.elapsed().as_micros() as u64;
+    let init_pid = launched.pid;
+    record.init_pid = Some(init_pid);
+    let _ = ledger::write(&config.state_dir, &record);
+    let held_namespaces = teardown::hold_namespaces(init_pid);
+    let namespaces = teardown::namespace_ids(init_pid);
+    let reports = start_reports(launched.reports);
+
+    Ok(Prepared(Some(Parts {
+        sandbox_id: config.sandbox_id,
+        state_dir: config.state_dir,
+        artifacts: config.artifacts,
+        pool_member: config.pool_member,
+        terminal: config.terminal,
+        prestart: config.prestart,
+        record,
+        cgroup,
+        init_pid,
+        pidfd: launched.pidfd,
+        pipes: Pipes { stdin: launched.stdin, stdout: launched.stdout, stderr: launched.stderr, artifacts: launched.artifacts },
+        claim_pipe: launched.claim,
+        command_pipes: launched.command_pipes,
+        reports,
+        received: Vec::new(),
+        held_namespaces,
+        namespaces,
+        started,
+        started_ns,
+        started_wall,
+        timings,
+    })))
+}
+
+pub(super) const TAKEN: &str = "a prepared sandbox keeps its parts until it is claimed or destroyed";
+
+impl Prepared {
+    fn parts(&self) -> &Parts {
+        self.0.as_ref().expect(TAKEN)
+    }
+
+    fn parts_mut(&mut self) -> &mut Parts {
+        self.0.as_mut().expect(TAKEN)
+    }
+
+    /// Returns the sandbox's id, which names its cgroups and ledger record.
+    pub fn id(&self) -> &str {
+        &self.parts().sandbox_id
+    }
+
+    /// Returns init's PID in the host's PID namespace.
+    pub fn init_pid(&self) -> i32 {
+        self.parts().init_pid
+    }
+
+    /// Returns the time since [`prepare`] started building the sandbox.
+    pub fn age(&self) -> Duration {
+        self.parts().started.elapsed()
+    }
+
+    /// Waits until init reports that the sandbox is built and waits for
+    /// its claim. Fails with init's reason when setup failed, or after `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        self.parts_mut().wait_ready(timeout)
+    }
+
+    /// Checks that the sandbox can still be claimed: init runs and has not
+    /// ended the sandbox. A sandbox that fails this is destroyed, not repaired.
+    pub fn check_health(&mut self) -> Result<(), String> {
+        self.parts_mut().check_health()
+    }
+
+    /// Destroys a sandbox that no session claimed, with the same verified
+    /// teardown as a session's end: kills init, which takes every process
+    /// of its PID namespace with it, removes the cgroups and the ledger
+    /// record and looks for anything left.
+    pub fn destroy(mut self) -> Evidence {
+        self.0.take().expect(TAKEN).destroy()
+    }
+}
+
+impl Parts {
+    /// Moves the reports init has sent so far into `received`, and returns
+    /// the end report's reason when init has ended the sandbox.
+    fn collect_reports(&mut self) -> Option<String> {
+        self.received.extend(self.reports.receiver.try_iter());
+        self.received.iter().find_map(|report| match report {
+            crate::spec::InitReport::Ended { end, .. } => Some(end.describe().unwrap_or_else(|| format!("{end:?}"))),
+            _ => None,
+        })
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(reason) = self.collect_reports() {
+                return Err(format!("init ended the sandbox during setup: {reason}"));
+            }
+            if self.received.iter().any(|r| matches!(r, InitReport::Ready { .. })) {
+                return Ok(());
+            }
+            match self.reports.receiver.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(report) => self.received.push(report),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!("the sandbox was not ready after {} ms", timeout.as_millis()))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("init exited without reporting that the sandbox is ready".into())
+                }
+            }
+        }
+    }
+
+    fn check_health(&mut self) -> Result<(), String> {
+        if let Some(reason) = self.collect_reports() {
+            return Err(format!("init ended the sandbox: {reason}"));
+        }
+        if wait_exit(&self.pidfd, Duration::ZERO) {
+            return Err("init exited".into());
+        }
+        if !self.received.iter().any(|r| matches!(r, InitReport::Ready { .. })) {
+            return Err("init has not reported that the sandbox is ready".into());
+        }
+        Ok(())
+    }
+
+    pub(super) fn destroy(self) -> Evidence {
+        // SAFETY: pidfd_send_signal on the pidfd of the init this sandbox started.
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0u32) };
+        let exited = wait_exit(&self.pidfd, KILL_TIMEOUT);
+        if !exited {
+            let _ = self.cgroup.kill_all(KILL_TIMEOUT);
+        }
+        // SAFETY: waitpid on the init process this supervisor started.
+        unsafe { libc::waitpid(self.init_pid, std::ptr::null_mut(), 0) };
+        drop((self.pipes, self.claim_pipe, self.command_pipes));
+        let _ = self.reports.thread.join();
+        let mut timings = Timings::default();
+        let evidence = tear_down(&self.cgroup, None, &self.namespaces, None, &self.state_dir, &self.sandbox_id, &mut timings).0;
+        drop(self.held_namespaces);
+        evidence
+    }
+}
+
+/// Kills what is left, joins the relays, removes the cgroups and the ledger
+/// record, and collects the evidence. Returns the artifact export result and
+/// whether standard error ended mid-line too.
+pub(super) fn tear_down(
+    cgroup: &SessionCgroup,
+    relays: Option<Relays>,
+    namespaces: &BTreeMap<String, String>,
+    early_scan: Option<thread::JoinHandle<Vec<String>>>,
+    state_dir: &std::path::Path,
+    sandbox_id: &str,
+    timings: &mut Timings,
+) -> (Evidence, Option<crate::transfer::ExportSummary>, Option<String>, bool) {
+    let teardown_started = Instant::now();
+    let mut evidence = Evidence::default();
+    if let Err(error) = cgroup.kill_all(KILL_TIMEOUT) {
+        evidence.errors.push(error.to_string());
+    }
+    let (mut artifacts, mut artifacts_error, mut stderr_ended_mid_line) = (None, None, false);
+    if let Some(relays) = relays {
+        let _ = relays.stdout.join();
+        stderr_ended_mid_line = relays.stderr.join().unwrap_or(false);
+        match relays.artifacts.map(|t| t.join()) {
+            None => {}
+            Some(Ok(Ok(summary))) => artifacts = Some(summary),
+            Some(Ok(Err(error))) => artifacts_error = Some(error.to_string()),
+            Some(Err(_)) => artifacts_error = Some("the artifact reader panicked".to_string()),
+        }
+    }
+    if let Err(error) = cgroup.remove(KILL_TIMEOUT) {
+        evidence.errors.push(error.to_string());
+    }
+    evidence.processes_remaining = cgroup.processes();
+    evidence.cgroups_remaining = cgroup.remaining_paths();
+    timings.teardown_us = teardown_started.elapsed().as_micros() as u64;
+
+    let verify_started = Instant::now();
+    evidence.namespaces_remaining = match early_scan.map(|scan| scan.join()) {
+        Some(Ok(found)) => found,
+        _ => teardown::find_namespace_holders(namespaces, None),
+    };
+    if evidence.processes_remaining.is_empty() && evidence.cgroups_remaining.is_empty() {
+        if let Err(error) = ledger::remove(state_dir, sandbox_id) {
+            evidence.errors.push(error.to_string());
+        }
+    }
+    evidence.ledger_record_removed = !ledger::exists(state_dir, sandbox_id);
+    timings.verify_us = verify_started.elapsed().as_micros() as u64;
+    (evidence.finish(), artifacts, artifacts_error, stderr_ended_mid_line)
+}

@@ -1,0 +1,254 @@
+//! Warm pools of browser profiles through a real `mayfly serve`. A session
+//! plants cookies, localStorage, a service worker and a cache entry through
+//! a page of the test's own origin on the host's loopback. Later sessions,
+//! pool members among them, load a page that reports what they find, and
+//! find none of it. A member claimed under a profile with a restrictive
+//! transfer policy gets that policy.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::server::{self, Server};
+use common::{write, Scratch};
+use serde_json::{json, Value};
+
+const BROWSER_PROFILE: &str = include_str!("../../mayfly-core/profiles/browser.toml");
+
+/// One request the origin received: its path with the query, and whether
+/// it carried a cookie.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    cookie: Option<String>,
+}
+
+const PLANT_PAGE: &str = r#"<!doctype html><title>plant</title><script>
+localStorage.setItem('planted', 'yes');
+caches.open('planted').then((cache) => cache.put('/cached', new Response('planted')))
+  .then(() => navigator.serviceWorker.register('/worker.js'))
+  .then(() => navigator.serviceWorker.ready)
+  .then(() => fetch('/planted'), (error) => fetch('/planted?error=' + encodeURIComponent(error)));
+</script>"#;
+
+const LOOK_PAGE: &str = r#"<!doctype html><title>look</title><script>
+(async () => {
+  const workers = (await navigator.serviceWorker.getRegistrations()).length;
+  const cached = (await caches.keys()).length;
+  const found = { cookie: document.cookie, storage: localStorage.length, workers, cached, history: history.length };
+  fetch('/report?' + new URLSearchParams({ found: JSON.stringify(found) }));
+})();
+</script>"#;
+
+/// Serves the plant and look pages, a service worker and the reports, on
+/// the host's loopback, and records every request.
+fn origin() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let record = Arc::clone(&record);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    return;
+                }
+                let mut cookie = None;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("cookie:") {
+                        cookie = Some(value.trim().to_string());
+                    }
+                    line.clear();
+                }
+                // The proxy may pass the absolute form on: keep the path only.
+                let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = match target.strip_prefix("http://") {
+                    Some(rest) => rest.find('/').map(|i| rest[i..].to_string()).unwrap_or_else(|| "/".into()),
+                    None => target,
+                };
+                record.lock().unwrap().push(Seen { path: path.clone(), cookie });
+                let (kind, extra, body) = match path.split('?').next().unwrap_or("") {
+                    "/plant" => ("text/html", "Set-Cookie: planted=yes; Max-Age=3600; Path=/\r\n", PLANT_PAGE),
+                    "/look" => ("text/html", "", LOOK_PAGE),
+                    "/worker.js" => ("text/javascript", "", "self.addEventListener('fetch', () => {});"),
+                    _ => ("text/plain", "", ""),
+                };
+                let mut stream = stream;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body.as_bytes());
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Writes a browser profile that opens `page` of the origin, with a pool
+/// of `members` members.
+fn browser_profile(dir: &PathBuf, name: &str, port: u16, page: &str, members: u32) {
+    let text = BROWSER_PROFILE.replace("start_url = \"about:blank\"", &format!("start_url = \"http://127.0.0.1:{port}{page}\""));
+    let sections = format!("[network]\negress = \"proxy\"\nallow = [\"127.0.0.1:{port}\"]\n\n[pool]\nmin = {members}\nmax = {members}\n");
+    write(&dir.join(format!("{name}.toml")), &format!("{text}\n{sections}\n"));
+}
+
+fn wait_for_ready(server: &Server, profile: &str, count: u64) {
+    let started = Instant::now();
+    loop {
+        let (_, body) = server.http("GET", "/v1/pools", Some(server.token()), None);
+        let ready = body["pools"].as_array().unwrap().iter().find(|p| p["profile"] == profile).map_or(0, |p| p["ready"].as_u64().unwrap());
+        if ready >= count {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the pool of {profile} never had {count} members ready: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn create(server: &Server, profile: &str) -> Value {
+    let (status, body) = server.http("POST", "/v1/sessions", Some(server.token()), Some(&json!({ "profile": profile, "ttl": "5m" })));
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+/// Waits until the origin has received `count` requests whose path starts with `prefix`.
+fn wait_for_requests(seen: &Mutex<Vec<Seen>>, prefix: &str, count: usize) -> Vec<Seen> {
+    let started = Instant::now();
+    loop {
+        let matching: Vec<Seen> = seen.lock().unwrap().iter().filter(|s| s.path.starts_with(prefix)).cloned().collect();
+        if matching.len() >= count {
+            return matching;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "{count} requests to {prefix} never came; the origin saw {:?}", seen.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn destroy(server: &Server, id: &str) {
+    let (status, body) = server.http("DELETE", &format!("/v1/sessions/{id}"), Some(server.token()), None);
+    assert!(status == 200 || status == 202, "{body}");
+    let session = server.wait_for_state(server.token(), id, &["destroyed", "failed"]);
+    assert_eq!(session["state"], "destroyed", "{session}");
+    assert_eq!(session["detail"]["teardown"]["clean"], true, "{session}");
+}
+
+#[test]
+fn browser_members_hold_no_earlier_state() {
+    let scratch = Scratch::new("pool-browser-state");
+    let (port, seen) = origin();
+    let profiles = scratch.path.join("profiles");
+    browser_profile(&profiles, "plant", port, "/plant", 1);
+    browser_profile(&profiles, "look", port, "/look", 2);
+    let server = server::start(&scratch.state_dir(), &["--profiles-dir", profiles.to_str().unwrap()], &[]);
+    wait_for_ready(&server, "plant", 1);
+    wait_for_ready(&server, "look", 2);
+
+    let planter = create(&server, "plant");
+    assert_eq!(planter["session"]["start"], "warm", "{planter}");
+    let planted = wait_for_requests(&seen, "/planted", 1);
+    assert_eq!(planted[0].path, "/planted", "the page planted everything: {planted:?}");
+    assert_eq!(planted[0].cookie.as_deref(), Some("planted=yes"), "the cookie was set: {planted:?}");
+    destroy(&server, planter["session"]["id"].as_str().unwrap());
+
+    // A burst larger than the pool: two claim members, the third starts
+    // cold or claims a member refilled since.
+    let lookers: Vec<Value> = (0..3).map(|_| create(&server, "look")).collect();
+    let warm = lookers.iter().filter(|l| l["session"]["start"] == "warm").count();
+    assert!(warm >= 1, "the burst included no pool member: {lookers:?}");
+    let reports = wait_for_requests(&seen, "/report", 3);
+    for report in &reports {
+        let query = report.path.split_once("found=").map(|(_, q)| q).unwrap_or_default();
+        let decoded = query.replace("%7B", "{").replace("%7D", "}").replace("%22", "\"").replace("%3A", ":").replace("%2C", ",").replace('+', " ");
+        let found: Value = serde_json::from_str(&decoded).unwrap_or_else(|e| panic!("report {:?}: {e}", report.path));
+        assert_eq!(found["cookie"], "", "a later session found the cookie: {found}");
+        assert_eq!(found["storage"], 0, "a later session found localStorage: {found}");
+        assert_eq!(found["workers"], 0, "a later session found the service worker: {found}");
+        assert_eq!(found["cached"], 0, "a later session found the cache: {found}");
+        // The tab's own history: the blank page Chromium starts on and the start page.
+        assert_eq!(found["history"], 2, "a later session has history of another: {found}");
+    }
+    for request in seen.lock().unwrap().iter().filter(|s| s.path.starts_with("/look") || s.path.starts_with("/report")) {
+        assert_eq!(request.cookie, None, "a later session sent the planted cookie: {request:?}");
+    }
+    for looker in &lookers {
+        destroy(&server, looker["session"]["id"].as_str().unwrap());
+    }
+    assert!(server.stop().success());
+}
+
+/// Reads a viewer's WebSocket until a text message of type `wanted` comes, within 30 s.
+async fn next_message<S>(socket: &mut S, wanted: &str) -> Value
+where
+    S: futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(until, socket.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                if message["type"] == wanted {
+                    return message;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no {wanted} message came: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn browser_member_gets_profile_transfer_policy() {
+    let scratch = Scratch::new("pool-browser-transfer");
+    let (port, seen) = origin();
+    let profiles = scratch.path.join("profiles");
+    browser_profile(&profiles, "closed", port, "/look", 1);
+    let closed = std::fs::read_to_string(profiles.join("closed.toml")).unwrap().replace("clipboard_in = true", "clipboard_in = false").replace("watermark = false", "watermark = true");
+    write(&profiles.join("closed.toml"), &closed);
+    let server = server::start(&scratch.state_dir(), &["--profiles-dir", profiles.to_str().unwrap()], &[]);
+    wait_for_ready(&server, "closed", 1);
+    // The ready member's Chromium is running, on about:blank.
+    assert!(seen.lock().unwrap().is_empty(), "a member loaded a page before its claim: {:?}", seen.lock().unwrap());
+
+    let created = create(&server, "closed");
+    assert_eq!(created["session"]["start"], "warm", "{created}");
+    let id = created["session"]["id"].as_str().unwrap().to_string();
+    let token = created["attach"]["token"].as_str().unwrap().to_string();
+    server.wait_for_state(server.token(), &id, &["running"]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+        let url = format!("ws://{}/v1/sessions/{id}/attach?token={token}", server.address);
+        let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        let session = next_message(&mut socket, "session").await;
+        assert_eq!(session["transfer"]["clipboard_in"], false, "{session}");
+        // The watermark names the session that claimed the member.
+        assert!(session["watermark"].as_str().unwrap_or_default().ends_with(&id), "{session}");
+        // The member's Chromium started on about:blank, and the driver
+        // opened the profile's start page after the claim.
+        let start_page = format!("http://127.0.0.1:{port}/look");
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = next_message(&mut socket, "browser").await;
+            if status["url"] == start_page.as_str() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < until, "the start page never opened: {status}");
+        }
+        socket.send(Message::Text(json!({ "type": "paste", "text": "secret" }).to_string().into())).await.unwrap();
+        let refused = next_message(&mut socket, "error").await;
+        assert!(refused["message"].as_str().unwrap().contains("transfer.clipboard_in"), "{refused}");
+        socket.close(None).await.unwrap();
+    });
+    destroy(&server, &id);
+    assert!(server.stop().success());
+}
