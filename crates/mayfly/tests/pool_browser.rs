@@ -2,14 +2,16 @@
 //! plants cookies, localStorage, a service worker and a cache entry through
 //! a page of the test's own origin on the host's loopback. Later sessions,
 //! pool members among them, load a page that reports what they find, and
-//! find none of it. A member claimed under a profile with a restrictive
-//! transfer policy gets that policy.
+//! find none of it. An automation client of the planting session also
+//! grants the origin permissions and makes the page download a file that
+//! the session keeps. Later sessions have neither. A member claimed under a
+//! profile with a restrictive transfer policy gets that policy.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,7 +41,9 @@ const LOOK_PAGE: &str = r#"<!doctype html><title>look</title><script>
 (async () => {
   const workers = (await navigator.serviceWorker.getRegistrations()).length;
   const cached = (await caches.keys()).length;
-  const found = { cookie: document.cookie, storage: localStorage.length, workers, cached, history: history.length };
+  const geolocation = (await navigator.permissions.query({ name: 'geolocation' })).state;
+  const notifications = (await navigator.permissions.query({ name: 'notifications' })).state;
+  const found = { cookie: document.cookie, storage: localStorage.length, workers, cached, history: history.length, geolocation, notifications };
   fetch('/report?' + new URLSearchParams({ found: JSON.stringify(found) }));
 })();
 </script>"#;
@@ -79,6 +83,7 @@ fn origin() -> (u16, Arc<Mutex<Vec<Seen>>>) {
                     "/plant" => ("text/html", "Set-Cookie: planted=yes; Max-Age=3600; Path=/\r\n", PLANT_PAGE),
                     "/look" => ("text/html", "", LOOK_PAGE),
                     "/worker.js" => ("text/javascript", "", "self.addEventListener('fetch', () => {});"),
+                    "/planted.bin" => ("application/octet-stream", "Content-Disposition: attachment; filename=\"planted.bin\"\r\n", "planted"),
                     _ => ("text/plain", "", ""),
                 };
                 let mut stream = stream;
@@ -97,6 +102,84 @@ fn browser_profile(dir: &PathBuf, name: &str, port: u16, page: &str, members: u3
     let text = BROWSER_PROFILE.replace("start_url = \"about:blank\"", &format!("start_url = \"http://127.0.0.1:{port}{page}\""));
     let sections = format!("[network]\negress = \"proxy\"\nallow = [\"127.0.0.1:{port}\"]\n\n[pool]\nmin = {members}\nmax = {members}\n");
     write(&dir.join(format!("{name}.toml")), &format!("{text}\n{sections}\n"));
+}
+
+/// Returns the id that names the session's cgroups: the claimed pool
+/// member's id, from its ledger record, or else the session's own id.
+fn sandbox_id(state_dir: &Path, id: &str) -> String {
+    let members = server::ledger_records(state_dir).into_iter().filter_map(|path| serde_json::from_slice::<Value>(&std::fs::read(path).ok()?).ok());
+    members.filter(|record| record["claimed_by"] == id).find_map(|record| record["session_id"].as_str().map(str::to_string)).unwrap_or_else(|| id.to_string())
+}
+
+/// Returns the host PID of the session's Chromium browser process.
+fn chromium_pid(state_dir: &Path, id: &str) -> i32 {
+    let sandbox = sandbox_id(state_dir, id);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cgroup.contains(&sandbox) && String::from_utf8_lossy(&cmdline).contains("--remote-debugging-pipe") {
+            if let Ok(pid) = entry.file_name().to_string_lossy().parse() {
+                return pid;
+            }
+        }
+    }
+    panic!("session {id} (sandbox {sandbox}) has no Chromium process");
+}
+
+/// Lists the files in the session's download directory, read from the host
+/// through its Chromium process's root.
+fn kept_downloads(state_dir: &Path, id: &str) -> Vec<String> {
+    let directory = format!("/proc/{}/root/work/downloads", chromium_pid(state_dir, id));
+    match std::fs::read_dir(&directory) {
+        Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => panic!("{directory}: {error}"),
+    }
+}
+
+/// Through the session's DevTools endpoint, grants the origin the
+/// geolocation and notifications permissions and makes the page download a
+/// file. Returns the page's notifications permission state afterwards.
+async fn plant_through_automation(server: &Server, id: &str, port: u16) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut request = format!("ws://{}/v1/sessions/{id}/devtools", server.address).into_client_request().unwrap();
+    request.headers_mut().insert("Authorization", format!("Bearer {}", server.token()).parse().unwrap());
+    let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+
+    let mut next_id = 0;
+    let mut call = async |method: &str, params: Value, session: Option<&str>| -> Value {
+        next_id += 1;
+        let mut message = json!({ "id": next_id, "method": method, "params": params });
+        if let Some(session) = session {
+            message["sessionId"] = json!(session);
+        }
+        socket.send(Message::Text(message.to_string().into())).await.unwrap();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(30), socket.next()).await.unwrap_or_else(|_| panic!("no response to {method}"));
+            let Some(Ok(Message::Text(text))) = next else { panic!("the connection ended before the response to {method}: {next:?}") };
+            let value: Value = serde_json::from_str(&text).unwrap();
+            if value["id"] == json!(next_id) {
+                assert!(value.get("error").is_none(), "{method} failed: {value}");
+                return value["result"].clone();
+            }
+        }
+    };
+
+    let origin = format!("http://127.0.0.1:{port}");
+    call("Browser.grantPermissions", json!({ "origin": origin, "permissions": ["geolocation", "notifications"] }), None).await;
+    let targets = call("Target.getTargets", json!({}), None).await;
+    let page = targets["targetInfos"].as_array().unwrap().iter().find(|t| t["type"] == "page").expect("the session has a page")["targetId"].clone();
+    let attached = call("Target.attachToTarget", json!({ "targetId": page, "flatten": true }), None).await;
+    let session = attached["sessionId"].as_str().unwrap().to_string();
+
+    let download = "const a = document.createElement('a'); a.href = '/planted.bin'; a.download = 'planted.bin'; document.body.append(a); a.click();";
+    call("Runtime.evaluate", json!({ "expression": download }), Some(&session)).await;
+    let query = "navigator.permissions.query({ name: 'notifications' }).then((status) => status.state)";
+    let state = call("Runtime.evaluate", json!({ "expression": query, "awaitPromise": true }), Some(&session)).await;
+    state["result"]["value"].as_str().unwrap_or_default().to_string()
 }
 
 fn wait_for_ready(server: &Server, profile: &str, count: u64) {
@@ -145,6 +228,9 @@ fn browser_members_hold_no_earlier_state() {
     let (port, seen) = origin();
     let profiles = scratch.path.join("profiles");
     browser_profile(&profiles, "plant", port, "/plant", 1);
+    let plant = std::fs::read_to_string(profiles.join("plant.toml")).unwrap();
+    let plant = plant.replace("downloads = \"deny\"", "downloads = \"keep\"").replace("automation = false", "automation = true");
+    write(&profiles.join("plant.toml"), &plant);
     browser_profile(&profiles, "look", port, "/look", 2);
     let server = server::start(&scratch.state_dir(), &["--profiles-dir", profiles.to_str().unwrap()], &[]);
     wait_for_ready(&server, "plant", 1);
@@ -155,7 +241,16 @@ fn browser_members_hold_no_earlier_state() {
     let planted = wait_for_requests(&seen, "/planted", 1);
     assert_eq!(planted[0].path, "/planted", "the page planted everything: {planted:?}");
     assert_eq!(planted[0].cookie.as_deref(), Some("planted=yes"), "the cookie was set: {planted:?}");
-    destroy(&server, planter["session"]["id"].as_str().unwrap());
+    let planter_id = planter["session"]["id"].as_str().unwrap().to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let notifications = runtime.block_on(plant_through_automation(&server, &planter_id, port));
+    assert_eq!(notifications, "granted", "the planting session got the permission");
+    let started = Instant::now();
+    while kept_downloads(&scratch.state_dir(), &planter_id).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the planting session never kept its download");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    destroy(&server, &planter_id);
 
     // A burst larger than the pool: two claim members, the third starts
     // cold or claims a member refilled since.
@@ -173,6 +268,12 @@ fn browser_members_hold_no_earlier_state() {
         assert_eq!(found["cached"], 0, "a later session found the cache: {found}");
         // The tab's own history: the blank page Chromium starts on and the start page.
         assert_eq!(found["history"], 2, "a later session has history of another: {found}");
+        assert_ne!(found["geolocation"], "granted", "a later session has the granted geolocation permission: {found}");
+        assert_ne!(found["notifications"], "granted", "a later session has the granted notifications permission: {found}");
+    }
+    for looker in &lookers {
+        let id = looker["session"]["id"].as_str().unwrap();
+        assert_eq!(kept_downloads(&scratch.state_dir(), id), Vec::<String>::new(), "session {id} has a download of another");
     }
     for request in seen.lock().unwrap().iter().filter(|s| s.path.starts_with("/look") || s.path.starts_with("/report")) {
         assert_eq!(request.cookie, None, "a later session sent the planted cookie: {request:?}");
