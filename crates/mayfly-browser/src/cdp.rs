@@ -353,7 +353,13 @@ fn read_messages(from_browser: impl Read, dispatch: &Dispatch) {
             Ok(_) => {}
         }
         if buffer.last() != Some(&0) {
-            tracing::error!(bytes = buffer.len(), "a DevTools message was longer than the limit or cut off; closing the connection");
+            // A browser that ends while it writes leaves part of a message,
+            // which is no error of its own.
+            if buffer.len() > MAX_MESSAGE {
+                tracing::error!(bytes = buffer.len(), limit = MAX_MESSAGE, "a DevTools message was longer than the limit; closing the connection");
+            } else {
+                tracing::debug!(bytes = buffer.len(), "the DevTools pipe closed in the middle of a message");
+            }
             break;
         }
         buffer.pop();

@@ -90,13 +90,16 @@ struct CloneArgs {
 /// Code of the cloned child. Only async-signal-safe calls, no allocation.
 ///
 /// # Safety
-/// `fds` must be valid descriptors, `shuffled` as long as `fds`, and `path`,
+/// `fds` must be valid descriptors, `shuffled` as long as `fds`, `program`
+/// an `O_PATH` descriptor of the init program or -1 for `path`, and `path`,
 /// `argv` and `envp` NUL-terminated as execve expects.
+#[allow(clippy::too_many_arguments)]
 unsafe fn child(
     sync: RawFd,
     join_tasks: &[RawFd],
     fds: &[RawFd],
     shuffled: &mut [RawFd],
+    program: RawFd,
     path: &CString,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
@@ -131,7 +134,9 @@ unsafe fn child(
     }
 
     // 4. Move each descriptor to its fixed number: first above every target,
-    //    then down, then close everything else.
+    //    then down, then close everything else but the init program's. Its
+    //    copy is close-on-exec, so init does not inherit it.
+    let program = if program >= 0 { libc::fcntl(program, libc::F_DUPFD_CLOEXEC, SHUFFLE_BASE) } else { -1 };
     for (index, fd) in fds.iter().enumerate() {
         shuffled[index] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, SHUFFLE_BASE);
         if shuffled[index] < 0 {
@@ -143,10 +148,20 @@ unsafe fn child(
             libc::_exit(125);
         }
     }
-    libc::syscall(libc::SYS_close_range, fds.len() as u32, u32::MAX, 0u32);
+    if program < 0 {
+        libc::syscall(libc::SYS_close_range, fds.len() as u32, u32::MAX, 0u32);
+    } else {
+        libc::syscall(libc::SYS_close_range, fds.len() as u32, (program - 1) as u32, 0u32);
+        libc::syscall(libc::SYS_close_range, (program + 1) as u32, u32::MAX, 0u32);
+    }
 
-    // 5. Exec init. It starts with an empty environment.
-    libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    // 5. Exec init, `mayfly-init` when it was found and this binary
+    //    otherwise. It starts with an empty environment.
+    if program >= 0 {
+        libc::syscall(libc::SYS_execveat, program, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
+    } else {
+        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
     libc::_exit(125);
 }
 
@@ -205,6 +220,7 @@ pub fn launch(
     let mut shuffled = vec![0 as RawFd; fds.len()];
 
     let path = CString::new("/proc/self/exe").expect("no NUL");
+    let program = crate::init_program::init_program().descriptor().unwrap_or(-1);
     let argv_strings = [CString::new("mayfly-init").expect("no NUL"), CString::new(INIT_ARGUMENT).expect("no NUL")];
     let argv: Vec<*const libc::c_char> = argv_strings.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect();
     let envp: Vec<*const libc::c_char> = vec![std::ptr::null()];
@@ -243,7 +259,7 @@ pub fn launch(
     }
     if pid == 0 {
         // SAFETY: see `child`; every argument was prepared before the clone.
-        unsafe { child(sync_read.as_raw_fd(), &join_tasks, &fds, &mut shuffled, &path, &argv, &envp) }
+        unsafe { child(sync_read.as_raw_fd(), &join_tasks, &fds, &mut shuffled, program, &path, &argv, &envp) }
     }
     let pid = pid as i32;
     // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.

@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod host;
 pub mod ids;
 pub mod init;
+pub mod init_program;
 pub mod landlock_policy;
 pub mod launch;
 pub mod ledger;

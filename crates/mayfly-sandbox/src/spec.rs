@@ -61,6 +61,9 @@ pub struct BindMount {
 /// command, environment and deadline arrive in the [`Claim`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitSpec {
+    /// The [`crate::init_program::BUILD_ID`] of the binary that wrote the
+    /// spec. Init rejects a spec from another build.
+    pub build_id: String,
     /// The sandbox's id, which names its cgroups and ledger record.
     pub session_id: String,
     pub hostname: String,

@@ -219,6 +219,45 @@ fn doctor_reports_host_and_profiles() {
     assert!(stdout(&text).contains("ready   default (built-in)"), "{}", stdout(&text));
 }
 
+/// Runs `mayfly doctor --json` and `mayfly run --json -- cat /proc/1/comm`
+/// with the binary at `mayfly`; returns the doctor's init program entry and
+/// what the run printed.
+fn init_in_use(scratch: &Scratch, mayfly: &std::path::Path) -> (serde_json::Value, String) {
+    let doctor = Command::new(mayfly).args(["doctor", "--json"]).output().unwrap();
+    let checks: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let run = Command::new(mayfly).arg("run").arg("--state-dir").arg(scratch.state_dir()).args(["--json", "--", "/bin/cat", "/proc/1/comm"]).output().unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert_clean(&report(&run));
+    (checks["init_program"].clone(), stdout(&run))
+}
+
+#[test]
+fn init_program_is_chosen_safely() {
+    let scratch = Scratch::new("initprogram");
+    // Built beside mayfly, mayfly-init runs as every sandbox's init.
+    let (doctor, comm) = init_in_use(&scratch, std::path::Path::new(MAYFLY));
+    assert_eq!(doctor["separate"], true, "{doctor}");
+    assert_eq!(comm, "mayfly-init\n");
+
+    // Alone, the mayfly binary runs as init itself.
+    let alone = scratch.path.join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(MAYFLY, alone.join("mayfly")).unwrap();
+    let (doctor, comm) = init_in_use(&scratch, &alone.join("mayfly"));
+    assert_eq!(doctor["separate"], false, "{doctor}");
+    assert!(doctor["detail"].as_str().unwrap().contains("mayfly-init cannot be opened"), "{doctor}");
+    assert_eq!(comm, "exe\n", "the mayfly binary runs as init through /proc/self/exe");
+
+    // A mayfly-init that others may change is not used.
+    let init = std::path::Path::new(MAYFLY).with_file_name("mayfly-init");
+    std::fs::copy(&init, alone.join("mayfly-init")).unwrap();
+    std::fs::set_permissions(alone.join("mayfly-init"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (doctor, comm) = init_in_use(&scratch, &alone.join("mayfly"));
+    assert_eq!(doctor["separate"], false, "{doctor}");
+    assert!(doctor["detail"].as_str().unwrap().contains("chmod go-w"), "{doctor}");
+    assert_eq!(comm, "exe\n");
+}
+
 #[test]
 fn report_file_is_written() {
     let scratch = Scratch::new("reportfile");

@@ -61,7 +61,22 @@ fn report(out: &mut File, message: &InitReport) {
 fn read_spec(pipe: &mut BufReader<File>) -> Result<InitSpec, SetupError> {
     let mut line = String::new();
     pipe.read_line(&mut line).map_err(|e| SetupError::new("read the session spec", e.to_string()))?;
-    serde_json::from_str(&line).map_err(|e| SetupError::new("parse the session spec", e.to_string()))
+    let spec: InitSpec = serde_json::from_str(&line).map_err(|e| SetupError::new("parse the session spec", e.to_string()))?;
+    check_build(&spec.build_id)?;
+    Ok(spec)
+}
+
+/// Rejects a spec written by a binary of another build than this init.
+fn check_build(build_id: &str) -> Result<(), SetupError> {
+    if build_id == crate::init_program::BUILD_ID {
+        return Ok(());
+    }
+    let error = format!(
+        "this init is from build {}, but the binary that started it is from build {build_id}; install {} and mayfly from the same build, side by side",
+        crate::init_program::BUILD_ID,
+        crate::init_program::FILE_NAME,
+    );
+    Err(SetupError::new("check that init and the starting binary are one build", error))
 }
 
 /// The reason init ends without a claim.
@@ -528,4 +543,18 @@ pub fn main() -> ! {
     }
     report(&mut reports, &InitReport::Ended { end, artifacts_truncated, reported_ns: monotonic_now_ns() });
     std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_from_another_build_is_rejected() {
+        assert!(check_build(crate::init_program::BUILD_ID).is_ok());
+        let error = check_build("0123456789abcdef").unwrap_err();
+        assert_eq!(error.step, "check that init and the starting binary are one build");
+        assert!(error.error.contains("from build 0123456789abcdef"), "{}", error.error);
+        assert!(error.error.contains("install mayfly-init and mayfly from the same build"), "{}", error.error);
+    }
 }

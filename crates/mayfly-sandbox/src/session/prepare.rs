@@ -164,6 +164,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
 
     // 4. Init, in its namespaces and cgroups.
     let spec = InitSpec {
+        build_id: crate::init_program::BUILD_ID.to_string(),
         session_id: config.sandbox_id.clone(),
         hostname: config.hostname.clone(),
         timezone: config.timezone.clone(),

@@ -1,0 +1,5 @@
+//! The sandbox init, as a small program of its own.
+
+fn main() {
+    mayfly_sandbox::init::main();
+}
