@@ -32,6 +32,9 @@ pub const MAX_AGE_RANGE: (Ttl, Ttl) = (Ttl::from_secs(10), Ttl::from_secs(86_400
 
 impl PoolSettings {
     pub(crate) fn from_raw(raw: RawPool) -> Result<PoolSettings, (String, String)> {
+        if raw.max.is_none() && raw.min > MAX_MEMBERS {
+            return Err(("pool.min".into(), format!("= {} is out of range: allowed is 0 to {MAX_MEMBERS} (pool.max, which defaults to pool.min)", raw.min)));
+        }
         let max = raw.max.unwrap_or(raw.min.max(1));
         if !(1..=MAX_MEMBERS).contains(&max) {
             return Err(("pool.max".into(), format!("= {max} is out of range: allowed is 1 to {MAX_MEMBERS}")));

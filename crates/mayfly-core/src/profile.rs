@@ -552,6 +552,7 @@ mod tests {
             ("min = 5\nmax = 4", "pool.min", "0 to pool.max (4)"),
             ("max = 0", "pool.max", "1 to 256"),
             ("max = 1000", "pool.max", "1 to 256"),
+            ("min = 300", "pool.min = 300", "0 to 256 (pool.max, which defaults to pool.min)"),
             ("min = 1\nmax_age = \"1s\"", "pool.max_age", "10s to"),
         ] {
             let text = format!("{}\n[pool]\n{section}\n", default_text());

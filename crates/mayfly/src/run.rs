@@ -75,8 +75,14 @@ fn landlock_mode(profile: &Profile) -> LandlockMode {
 /// host resource exists.
 fn prepare(args: &RunArgs) -> Result<(SessionConfig, Layout, NetworkSettings), Refusal> {
     let profile = profiles::load(&args.profile, args.profiles.profiles_dir.as_deref()).map_err(|e| usage(e.to_string()))?;
-    if profile.kind != mayfly_core::Kind::Job {
-        return Err(usage(format!("profile {:?} is a shell profile; start it with `mayfly shell --profile {}` against a server", profile.name, profile.name)));
+    match profile.kind {
+        mayfly_core::Kind::Job => {}
+        mayfly_core::Kind::Shell => {
+            return Err(usage(format!("profile {:?} is a shell profile; start it with `mayfly shell --profile {}` against a server", profile.name, profile.name)));
+        }
+        mayfly_core::Kind::Browser => {
+            return Err(usage(format!("profile {:?} is a browser profile; create its sessions on a server, with POST /v1/sessions or the web console", profile.name)));
+        }
     }
     let ttl = args.ttl.as_deref().map(Ttl::parse).transpose().map_err(|e| usage(format!("--ttl: {e}")))?;
     let ttl = profile.resolve_ttl(ttl).map_err(|e| usage(e.to_string()))?;

@@ -259,6 +259,16 @@ fn init_program_is_chosen_safely() {
 }
 
 #[test]
+fn run_rejects_server_profiles() {
+    let scratch = Scratch::new("serverprofiles");
+    for (profile, expected) in [("shell", "is a shell profile; start it with `mayfly shell --profile shell`"), ("browser", "is a browser profile; create its sessions on a server")] {
+        let output = scratch.run().args(["--profile", profile, "--", "/bin/true"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{profile}");
+        assert!(stderr(&output).contains(expected), "{profile}: {}", stderr(&output));
+    }
+}
+
+#[test]
 fn report_file_is_written() {
     let scratch = Scratch::new("reportfile");
     let path = scratch.path.join("report.json");

@@ -146,7 +146,7 @@ pub async fn fetch_download(
     if !is_download_id(&download_id) {
         let excerpt: String = download_id.chars().take(80).collect();
         return Err(Problem::bad_request(format!(
-            "{excerpt:?} is not a download id: ids are the 36-character guids that GET /v1/sessions/{id}/downloads lists"
+            "{excerpt:?} is not a download id: ids are the 36-character lower-case guids that GET /v1/sessions/{id}/downloads lists"
         )));
     }
     let browser = running(&live.slot, &id)?;

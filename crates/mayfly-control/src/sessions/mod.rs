@@ -206,7 +206,10 @@ fn validate(profile: &Profile, request: &CreateRequest) -> Result<Checked, Probl
         }
         (Kind::Browser, None, _) => {
             if request.terminal.is_some() {
-                return Err(Problem::bad_request(format!("profile {:?} runs a browser, which has no terminal; leave terminal out", profile.name)));
+                return Err(Problem::bad_request(format!(
+                    "profile {:?} is a browser profile, which has no terminal; leave terminal out, or choose a shell profile for a terminal (`mayfly shell` always asks for one)",
+                    profile.name
+                )));
             }
             let settings = profile.browser.as_ref().expect("browser profiles have browser settings");
             (browser::chromium_argv(profile, settings), None)
