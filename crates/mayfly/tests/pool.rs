@@ -380,3 +380,40 @@ fn idle_members_make_room_for_sessions() {
     assert_eq!(session["state"], "destroyed", "{session}");
     assert!(pool(&server, &token, "pooled")["destroyed_total"].as_u64().unwrap() >= 1, "no member was destroyed to make room");
 }
+
+#[test]
+fn unusable_profile_is_logged_once() {
+    let scratch = Scratch::new("pool-unusable");
+    let profiles = scratch.path.join("profiles");
+    write(&profiles.join("broken.toml"), &format!("{}\n[pool]\nmin = 1\nmax = 1\nmax_ages = \"1m\"\n", default_profile_text()));
+    let log = scratch.path.join("server.log");
+    let mut child = std::process::Command::new(common::MAYFLY)
+        .arg("serve")
+        .arg("--state-dir")
+        .arg(scratch.state_dir())
+        .args(["--listen", "127.0.0.1:0", "--profiles-dir"])
+        .arg(&profiles)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let warning = "a profile cannot be used";
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains(warning) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no warning about the broken profile: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The refill loop looks at the profiles every second; the reason is
+    // logged once all the same.
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings: Vec<&str> = text.lines().filter(|line| line.contains(warning)).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("profile=broken"), "{}", warnings[0]);
+    // TOML errors span several lines, so the reason follows the first one.
+    assert!(text.contains("unknown field `max_ages`"), "the warning gives the reason: {text}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -131,6 +131,9 @@ pub struct Pools {
     pools: Mutex<HashMap<String, ProfilePool>>,
     /// Wakes the refill loop after a claim.
     wake: tokio::sync::Notify,
+    /// The last logged reason each profile could not be loaded, so the
+    /// refill loop logs a reason once rather than every second.
+    unusable: Mutex<HashMap<String, String>>,
 }
 
 /// Returns what a member is compared by: the whole profile but its
@@ -288,14 +291,30 @@ impl Pools {
 }
 
 /// Loads every profile that has a `[pool]` section. A profile that fails to
-/// load has no pool until it loads again.
+/// load, or that this host cannot run, has no pool until it loads again.
+/// Its reason is logged as a warning when it first appears or changes.
 fn pooled_profiles(app: &App) -> Vec<Profile> {
     let directory = app.config.profiles_dir.as_deref();
-    crate::profiles::names(directory)
-        .iter()
-        .filter_map(|name| crate::profiles::load(name, directory).ok())
-        .filter(|profile| profile.pool.is_some() && crate::profiles::check_on_host(profile).is_ok())
-        .collect()
+    let mut pooled = Vec::new();
+    let mut problems = HashMap::new();
+    for name in crate::profiles::names(directory) {
+        let loaded = crate::profiles::load(&name, directory).map_err(|e| e.to_string());
+        match loaded.and_then(|profile| crate::profiles::check_on_host(&profile).map(|()| profile).map_err(|e| e.to_string())) {
+            Ok(profile) if profile.pool.is_some() => pooled.push(profile),
+            Ok(_) => {}
+            Err(problem) => {
+                problems.insert(name, problem);
+            }
+        }
+    }
+    let mut unusable = app.pools.unusable.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, problem) in &problems {
+        if unusable.get(name) != Some(problem) {
+            tracing::warn!(profile = %name, error = %problem, "a profile cannot be used; its sessions are rejected and it has no warm pool until the file is fixed");
+        }
+    }
+    *unusable = problems;
+    pooled
 }
 
 /// Destroys a member on a blocking thread, returns its reservation and
