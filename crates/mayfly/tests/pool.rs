@@ -386,8 +386,20 @@ fn unusable_profile_is_logged_once() {
     let scratch = Scratch::new("pool-unusable");
     let profiles = scratch.path.join("profiles");
     write(&profiles.join("broken.toml"), &format!("{}\n[pool]\nmin = 1\nmax = 1\nmax_ages = \"1m\"\n", default_profile_text()));
+    /// Ends the server when the test ends, also when an assert fails.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // A reaped child's PID may belong to another process by now.
+            if let Ok(None) = self.0.try_wait() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+                let _ = self.0.wait();
+            }
+        }
+    }
+
     let log = scratch.path.join("server.log");
-    let mut child = std::process::Command::new(common::MAYFLY)
+    let child = std::process::Command::new(common::MAYFLY)
         .arg("serve")
         .arg("--state-dir")
         .arg(scratch.state_dir())
@@ -398,6 +410,7 @@ fn unusable_profile_is_logged_once() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let mut server = Stop(child);
     let warning = "a profile cannot be used";
     let started = Instant::now();
     while !std::fs::read_to_string(&log).unwrap_or_default().contains(warning) {
@@ -414,6 +427,6 @@ fn unusable_profile_is_logged_once() {
     // TOML errors span several lines, so the reason follows the first one.
     assert!(text.contains("unknown field `max_ages`"), "the warning gives the reason: {text}");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(child.wait().unwrap().success());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(server.0.wait().unwrap().success());
 }
