@@ -99,7 +99,7 @@ pub fn url_allowed(url: &str) -> bool {
 
 /// The data-transfer switches of the session's profile that the bridge
 /// enforces on a client. A client reads and types into pages like a user,
-/// so the clipboard switches do not apply to it; downloads follow the
+/// so the clipboard switches do not apply to it. Downloads follow the
 /// download behavior that every browser context of the session gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Permissions {

@@ -37,7 +37,7 @@ pub fn params((width, height): (u32, u32)) -> Value {
     json!({ "format": "jpeg", "quality": 75, "maxWidth": width, "maxHeight": height, "everyNthFrame": 1 })
 }
 
-/// What the watchdog knows about the screencast of the tab in front.
+/// The watchdog's record of the screencast of the tab in front.
 #[derive(Debug, Default)]
 pub struct Watchdog {
     /// The target session of the tab in front, once its screencast started.

@@ -25,7 +25,7 @@ pub const FILE_NAME: &str = "mayfly-init";
 /// built from them.
 pub const BUILD_ID: &str = env!("MAYFLY_SANDBOX_BUILD_ID");
 
-/// Which program runs as init in the sandboxes this process starts.
+/// The program that runs as init in the sandboxes this process starts.
 #[derive(Debug)]
 pub enum InitProgram {
     /// `mayfly-init`, opened once with `O_PATH`, so a later rename or

@@ -128,7 +128,7 @@ pub fn before_start(runtime: tokio::runtime::Handle, session_id: String, setting
                     let _ = publish.send(Some(Arc::new(browser)));
                 }
                 // Chromium also closes the pipe when the session is deleted
-                // while it starts; the session's end record says which.
+                // while it starts; the session's end record shows which.
                 Err(error @ mayfly_browser::cdp::CdpError::Closed) => {
                     tracing::warn!(session_id = %session_id, error = %error, "Chromium ended before the browser driver attached")
                 }
