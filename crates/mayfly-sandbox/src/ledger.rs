@@ -62,6 +62,25 @@ pub fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
 }
 
+/// Suffix of a record being written, whose name is `SESSION.PID.tmp` with
+/// the writer's process id.
+const TEMPORARY_SUFFIX: &str = ".tmp";
+
+/// Removes the half-written records of writers that no longer run, which a
+/// supervisor killed inside [`write`] leaves behind. The process id in the
+/// file's name identifies the writer, and files of live processes stay.
+fn remove_stale_temporaries(state_dir: &Path) {
+    let Ok(entries) = fs::read_dir(directory(state_dir)) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(writer) = name.to_str().and_then(|n| n.strip_suffix(TEMPORARY_SUFFIX)).and_then(|n| n.rsplit('.').next()) else { continue };
+        let Ok(pid) = writer.parse::<i32>() else { continue };
+        if process_start_time(pid).is_none() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Writes a record atomically: to a temporary file, then renamed. There is no
 /// fsync, because the record only has to outlive a crash of the supervisor:
 /// after a host crash no session process, mount or cgroup survives either.
@@ -69,7 +88,7 @@ pub fn write(state_dir: &Path, record: &Record) -> Result<(), LedgerError> {
     let target = path(state_dir, &record.session_id);
     let fail = |source| LedgerError::Write { path: target.clone(), source };
     fs::create_dir_all(directory(state_dir)).map_err(fail)?;
-    let temporary = target.with_extension("json.tmp");
+    let temporary = directory(state_dir).join(format!("{}.{}{TEMPORARY_SUFFIX}", record.session_id, std::process::id()));
     let mut file = fs::File::create(&temporary).map_err(fail)?;
     file.write_all(&serde_json::to_vec_pretty(record).expect("records serialize")).map_err(fail)?;
     fs::rename(&temporary, &target).map_err(fail)?;
@@ -145,6 +164,7 @@ pub fn destroy_orphans(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
 }
 
 fn reap_records_with(state_dir: &Path, layout: &Layout, keep_running: bool) -> Vec<Reaped> {
+    remove_stale_temporaries(state_dir);
     let now = unix_ms(SystemTime::now());
     let mut reaped = Vec::new();
     for record in list(state_dir) {
@@ -206,4 +226,46 @@ fn reap_orphan_cgroups(state_dir: &Path, layout: &Layout) -> Vec<Reaped> {
         reaped.push(Reaped { session_id, pool_member: false, killed_processes: 0, error, running_until_unix_ms: None });
     }
     reaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(session_id: &str) -> Record {
+        Record {
+            session_id: session_id.into(),
+            supervisor_pid: std::process::id() as i32,
+            supervisor_start: 0,
+            init_pid: None,
+            deadline_unix_ms: 0,
+            cgroup_paths: Vec::new(),
+            pool_member: false,
+            claimed_by: None,
+        }
+    }
+
+    #[test]
+    fn stale_temporaries_removed_live_kept() {
+        let state_dir = std::env::temp_dir().join(format!("mayfly-ledger-test-{}", std::process::id()));
+        write(&state_dir, &record("s-kept")).unwrap();
+        assert_eq!(list(&state_dir), vec![record("s-kept")]);
+        let names = || {
+            let mut names: Vec<String> = fs::read_dir(directory(&state_dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(), ["s-kept.json"], "a write leaves only the record");
+
+        // A writer that cannot exist, because process ids stay below
+        // pid_max, and this live process.
+        let dead_pid: u32 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+        let own_pid = std::process::id();
+        fs::write(directory(&state_dir).join(format!("s-a.{dead_pid}.tmp")), b"{\"sess").unwrap();
+        fs::write(directory(&state_dir).join(format!("s-b.{own_pid}.tmp")), b"").unwrap();
+        fs::write(directory(&state_dir).join("notes.tmp"), b"").unwrap();
+        remove_stale_temporaries(&state_dir);
+        assert_eq!(names(), ["notes.tmp", format!("s-b.{own_pid}.tmp").as_str(), "s-kept.json"]);
+        fs::remove_dir_all(&state_dir).unwrap();
+    }
 }

@@ -117,7 +117,8 @@ fn killing_the_server_at_random_points_leaves_nothing_behind() {
         let known = ids.lock().unwrap().clone();
         assert!(processes_of(&known).is_empty(), "round {round}: processes left: {:?}", processes_of(&known));
         assert!(cgroups_of(&known).is_empty(), "round {round}: cgroups left: {:?}", cgroups_of(&known));
-        assert!(server::ledger_records(&state).is_empty(), "round {round}: ledger records left");
+        let leftover: Vec<String> = server::ledger_records(&state).iter().map(|p| format!("{}: {}", p.display(), std::fs::read_to_string(p).unwrap_or_default())).collect();
+        assert!(leftover.is_empty(), "round {round}: ledger records left: {leftover:#?}");
 
         let stop = Arc::new(AtomicBool::new(false));
         let loader = {

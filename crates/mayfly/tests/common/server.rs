@@ -27,6 +27,13 @@ pub struct Server {
 pub fn start(state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut command = Command::new(MAYFLY);
     command.arg("serve").arg("--state-dir").arg(state_dir).args(["--listen", "127.0.0.1:0"]).args(extra);
+    // The server rejects MAYFLY_ variables it does not know, such as a
+    // test's own MAYFLY_CRASH_SEED, so its settings come from `env` alone.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MAYFLY_") {
+            command.env_remove(key);
+        }
+    }
     for (key, value) in env {
         command.env(key, value);
     }
