@@ -4,10 +4,15 @@
 //! runs only async-signal-safe calls until it execs init: it waits on a pipe,
 //! becomes root of its new user namespace, moves its descriptors into place
 //! and execs. Everything it needs is allocated before the clone.
+//!
+//! The child shares the supervisor's memory until its exec (`CLONE_VM`, on
+//! a stack of its own), as `posix_spawn` does. A fork-like clone copied the
+//! page tables of the large supervisor and the exec tore them down again,
+//! which made init start about half a millisecond later.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::cgroup::{Join, SessionCgroup};
@@ -26,6 +31,14 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Descriptors above this are free for the child to shuffle through.
 const SHUFFLE_BASE: RawFd = 1024;
+
+/// Size of the child's stack until its exec. Its code calls only the C
+/// library's thin system call wrappers, a few hundred bytes deep.
+const CHILD_STACK_BYTES: usize = 64 * 1024;
+
+/// close_range's flag that marks the descriptors close-on-exec instead of
+/// closing them, from linux/close_range.h (Linux 5.11).
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -87,23 +100,35 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Code of the cloned child. Only async-signal-safe calls, no allocation.
+/// The child's inputs, prepared before the clone. They live in the
+/// supervisor's memory, which the child shares until its exec.
+struct ChildArgs<'a> {
+    sync: RawFd,
+    join_tasks: &'a [RawFd],
+    fds: &'a [RawFd],
+    shuffled: &'a mut [RawFd],
+    program: RawFd,
+    path: &'a CString,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+}
+
+/// Code of the cloned child: only async-signal-safe calls, no allocation,
+/// nothing that can panic, and no writes to memory other than `shuffled`
+/// and its own stack.
+///
+/// The child also shares the thread-local storage of the thread that
+/// cloned it, so a failed call's errno lands there. It exits right after
+/// any such failure, so the cost is at most a wrong errno in a message.
 ///
 /// # Safety
-/// `fds` must be valid descriptors, `shuffled` as long as `fds`, `program`
-/// an `O_PATH` descriptor of the init program or -1 for `path`, and `path`,
+/// `args` must point to a `ChildArgs` that outlives the child's exec:
+/// `fds` valid descriptors, `shuffled` as long as `fds`, `program` an
+/// `O_PATH` descriptor of the init program or -1 for `path`, and `path`,
 /// `argv` and `envp` NUL-terminated as execve expects.
-#[allow(clippy::too_many_arguments)]
-unsafe fn child(
-    sync: RawFd,
-    join_tasks: &[RawFd],
-    fds: &[RawFd],
-    shuffled: &mut [RawFd],
-    program: RawFd,
-    path: &CString,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> ! {
+unsafe extern "C" fn child(args: *mut libc::c_void) -> ! {
+    let ChildArgs { sync, join_tasks, fds, shuffled, program, path, argv, envp } = &mut *args.cast::<ChildArgs>();
+    let (sync, join_tasks, fds, program, path, argv, envp) = (*sync, *join_tasks, *fds, *program, *path, *argv, *envp);
     // 1. On cgroup v1, move into the session's cgroups: writing "0" to a
     //    `tasks` file moves the writing thread, and the supervisor opened the
     //    files, so its credentials allow the write. On v2, clone3 already
@@ -134,8 +159,7 @@ unsafe fn child(
     }
 
     // 4. Move each descriptor to its fixed number: first above every target,
-    //    then down, then close everything else but the init program's. Its
-    //    copy is close-on-exec, so init does not inherit it.
+    //    then down.
     let program = if program >= 0 { libc::fcntl(program, libc::F_DUPFD_CLOEXEC, SHUFFLE_BASE) } else { -1 };
     for (index, fd) in fds.iter().enumerate() {
         shuffled[index] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, SHUFFLE_BASE);
@@ -148,11 +172,10 @@ unsafe fn child(
             libc::_exit(125);
         }
     }
-    if program < 0 {
-        libc::syscall(libc::SYS_close_range, fds.len() as u32, u32::MAX, 0u32);
-    } else {
-        libc::syscall(libc::SYS_close_range, fds.len() as u32, (program - 1) as u32, 0u32);
-        libc::syscall(libc::SYS_close_range, (program + 1) as u32, u32::MAX, 0u32);
+    // Everything else closes at the exec: the program's copy, the exec
+    // notice's pipe and whatever the supervisor had open.
+    if libc::syscall(libc::SYS_close_range, fds.len() as u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+        libc::_exit(125);
     }
 
     // 5. Exec init, `mayfly-init` when it was found and this binary
@@ -163,6 +186,45 @@ unsafe fn child(
         libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
     libc::_exit(125);
+}
+
+/// Calls clone3 with `args`, whose `stack` and `stack_size` give the
+/// child's stack, and runs `entry(data)` on that stack in the child.
+/// Returns the child's pid, or the negated errno.
+///
+/// # Safety
+/// As for clone3 itself. With `CLONE_VM`, `entry` must respect what the
+/// shared memory demands, and `data` and the stack must outlive its use.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_with_stack(args: &CloneArgs, entry: unsafe extern "C" fn(*mut libc::c_void) -> !, data: *mut libc::c_void) -> i64 {
+    let result: i64;
+    // The child returns from the system call on its new stack, so it must
+    // not touch the caller's frame: it calls `entry` at once.
+    std::arch::asm!(
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "xor ebp, ebp",
+        "mov rdi, r12",
+        "call r13",
+        "ud2",
+        "2:",
+        inlateout("rax") libc::SYS_clone3 => result,
+        in("rdi") args as *const CloneArgs,
+        in("rsi") std::mem::size_of::<CloneArgs>(),
+        in("r12") data,
+        in("r13") entry,
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    result
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_with_stack(_: &CloneArgs, _: unsafe extern "C" fn(*mut libc::c_void) -> !, _: *mut libc::c_void) -> i64 {
+    // The seccomp filter exists for x86_64 only, so no sandbox starts elsewhere.
+    -(libc::ENOSYS as i64)
 }
 
 fn write_id_map(pid: i32, map: &'static str, base: u32) -> Result<(), LaunchError> {
@@ -235,9 +297,25 @@ pub fn launch(
         Join::V1 { .. } => (0, 0),
     };
 
+    // The child's stack, 16-byte aligned as the ABI requires, and a pipe
+    // that reaches end of file once the child has exec'd or exited.
+    let mut stack = vec![0u128; CHILD_STACK_BYTES / std::mem::size_of::<u128>()];
+    let (exec_read, exec_write) = pipe()?;
+    let mut child_args = ChildArgs {
+        sync: sync_read.as_raw_fd(),
+        join_tasks: &join_tasks,
+        fds: &fds,
+        shuffled: &mut shuffled,
+        program,
+        path: &path,
+        argv: &argv,
+        envp: &envp,
+    };
+
     let mut pidfd: RawFd = -1;
     let args = CloneArgs {
-        flags: (libc::CLONE_NEWUSER
+        flags: (libc::CLONE_VM
+            | libc::CLONE_NEWUSER
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWNET
@@ -247,24 +325,23 @@ pub fn launch(
             | into_cgroup,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: CHILD_STACK_BYTES as u64,
         cgroup: cgroup_fd,
         ..Default::default()
     };
-    // SAFETY: clone3 without CLONE_VM duplicates the process like fork. The
-    // child branch calls only `child`, which is async-signal-safe and uses
-    // memory allocated above.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    // SAFETY: `child` is async-signal-safe. Its stack, `child_args` and the
+    // memory they point to stay alive until it has exec'd or exited,
+    // because every return below first waits for the end of file on
+    // `exec_read` or kills and reaps the child.
+    let pid = unsafe { clone3_with_stack(&args, child, (&mut child_args as *mut ChildArgs).cast()) };
     if pid < 0 {
-        return Err(LaunchError::Clone(io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: see `child`; every argument was prepared before the clone.
-        unsafe { child(sync_read.as_raw_fd(), &join_tasks, &fds, &mut shuffled, program, &path, &argv, &envp) }
+        return Err(LaunchError::Clone(io::Error::from_raw_os_error(-pid as i32)));
     }
     let pid = pid as i32;
     // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    drop((stdin_read, stdout_write, stderr_write, spec_read, reports_write, artifacts_write, sync_read));
+    drop((stdin_read, stdout_write, stderr_write, spec_read, reports_write, artifacts_write, sync_read, exec_write));
     let command_pipes = pipes.map(|(child_read, to_command, from_command, child_write)| {
         drop((child_read, child_write));
         CommandPipes { to_command: File::from(to_command), from_command: File::from(from_command) }
@@ -294,6 +371,11 @@ pub fn launch(
     spec_json.push(b'\n');
     let mut spec_pipe = File::from(spec_write);
     spec_pipe.write_all(&spec_json).map_err(|e| abort(LaunchError::Release(e)))?;
+
+    // Only now may the child's stack and arguments go away. A failed exec
+    // ends the child, which init's missing reports then show.
+    let _ = File::from(exec_read).read_to_end(&mut Vec::new());
+    drop((child_args, stack));
 
     Ok(Launched {
         pid,
