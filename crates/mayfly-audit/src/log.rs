@@ -47,6 +47,22 @@ pub struct Head {
     pub signature: String,
 }
 
+/// Records appended by [`AuditLog::append_unsynced`] that may not be on
+/// disk yet.
+pub struct Unsynced {
+    file: File,
+    path: PathBuf,
+    records: Vec<Record>,
+}
+
+impl Unsynced {
+    /// Flushes the records to disk, and returns them.
+    pub fn sync(self) -> Result<Vec<Record>, AuditError> {
+        self.file.sync_data().map_err(|source| AuditError::Write { path: self.path, source })?;
+        Ok(self.records)
+    }
+}
+
 pub struct AuditLog {
     log: PathBuf,
     head: PathBuf,
@@ -179,6 +195,26 @@ impl AuditLog {
     /// `checkpoint` is set, then flushes them to disk. Returns the records
     /// written. Nothing is written unless all of them can be.
     pub fn append(&self, entries: Vec<Entry>, checkpoint: bool) -> Result<Vec<Record>, AuditError> {
+        let (file, records, head) = self.write_records(entries, checkpoint)?;
+        file.sync_data().map_err(|source| AuditError::Write { path: self.log.clone(), source })?;
+        if let Some(head) = head {
+            self.write_head(&head)?;
+        }
+        Ok(records)
+    }
+
+    /// Appends `entries` like [`AuditLog::append`] without a checkpoint, and
+    /// leaves the flush to disk to the caller, who can overlap it with other
+    /// work. The log's lock is released at once.
+    pub fn append_unsynced(&self, entries: Vec<Entry>) -> Result<Unsynced, AuditError> {
+        let (file, records, _) = self.write_records(entries, false)?;
+        let _ = file.unlock();
+        Ok(Unsynced { file, path: self.log.clone(), records })
+    }
+
+    /// Writes the records of `entries` and an optional checkpoint under the
+    /// log's lock, and returns the locked file, the records and the new head.
+    fn write_records(&self, entries: Vec<Entry>, checkpoint: bool) -> Result<(File, Vec<Record>, Option<Head>), AuditError> {
         let write_error = |source| AuditError::Write { path: self.log.clone(), source };
         let mut file = self.open_for_append()?;
         let (mut seq, mut prev) = self.last(&mut file)?;
@@ -209,11 +245,8 @@ impl AuditLog {
             bytes.extend_from_slice(&line);
             bytes.push(b'\n');
         }
-        file.write_all(&bytes).and_then(|()| file.sync_data()).map_err(write_error)?;
-        if let Some(head) = head {
-            self.write_head(&head)?;
-        }
-        Ok(records)
+        file.write_all(&bytes).map_err(write_error)?;
+        Ok((file, records, head))
     }
 
     fn write_head(&self, head: &Head) -> Result<(), AuditError> {
@@ -365,6 +398,19 @@ mod tests {
         let reopened = AuditLog::open(&scratch.0).unwrap();
         assert_eq!(reopened.verify().unwrap().records, 9);
         assert!(!reopened.records(1).unwrap().iter().any(|r| r.entry.kind == "audit.tail_repaired"));
+    }
+
+    #[test]
+    fn unsynced_append_releases_lock() {
+        let (_scratch, log) = filled("unsynced");
+        let started = log.append_unsynced(vec![Entry::new("session.started", "cli").session("s-4")]).unwrap();
+        // Another writer gets the lock before the flush.
+        log.append(vec![Entry::new("session.ended", "cli").session("s-4")], true).unwrap();
+        let records = started.sync().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].seq, 10);
+        let verified = log.verify().unwrap();
+        assert_eq!(verified.records, 12);
     }
 
     #[test]

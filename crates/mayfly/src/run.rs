@@ -9,7 +9,7 @@ use mayfly_core::egress::NetworkSettings;
 use mayfly_core::profile::valid_env_name;
 use mayfly_core::{ByteSize, ExitCode, Landlock, LimitOverrides, Profile, Ttl};
 use mayfly_sandbox::cgroup::{CgroupLimits, Layout};
-use mayfly_sandbox::session::{self, SessionConfig, SessionOutcome};
+use mayfly_sandbox::session::{self, BeforeStart, SessionConfig, SessionOutcome, StartGuard};
 use mayfly_sandbox::spec::{BindMount, LandlockMode};
 use mayfly_sandbox::{host, ledger, transfer};
 
@@ -218,15 +218,27 @@ pub fn main(args: RunArgs) -> i32 {
         eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
         return ExitCode::SETUP_FAILED;
     }
+    // The start record must be on disk before the command starts. The hook
+    // below waits for the flush while init builds the sandbox.
     let ttl = Ttl::from_duration(config.ttl).to_string();
-    if let Err(error) = audit_log.append(vec![audit::started(&config, &args.profile, &ttl)], false) {
-        eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
-        return ExitCode::SETUP_FAILED;
-    }
+    let started = match audit_log.append_unsynced(vec![audit::started(&config, &args.profile, &ttl)]) {
+        Ok(started) => started,
+        Err(error) => {
+            eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
+            return ExitCode::SETUP_FAILED;
+        }
+    };
 
     let session_id = config.session_id.clone();
     let egress_log = LocalEgressLog { log: Arc::clone(&audit_log), actor: audit::actor(), session_id: session_id.clone() };
-    config.before_start = egress::before_start(&network, Arc::new(egress_log));
+    let egress_hook = egress::before_start(&network, Arc::new(egress_log));
+    config.before_start = Some(BeforeStart(Box::new(move |context| {
+        started.sync().map_err(|e| format!("the audit log cannot be written, so the command does not start: {e}"))?;
+        match egress_hook {
+            Some(hook) => (hook.0)(context),
+            None => Ok(Box::new(()) as StartGuard),
+        }
+    })));
     tracing::info!(session_id = %session_id, profile = %args.profile, "starting session");
     let outcome = match session::run(
         config,
