@@ -18,6 +18,8 @@ pub struct Record {
     /// which together identify it even after PID reuse.
     pub supervisor_pid: i32,
     pub supervisor_start: u64,
+    /// Init's pid in the host's PID namespace, written with a pool
+    /// member's claim. A cold start's record never has it.
     pub init_pid: Option<i32>,
     /// The session's deadline once claimed; before the claim, the time at
     /// which init ends the unclaimed sandbox.

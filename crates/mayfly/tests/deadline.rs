@@ -76,7 +76,7 @@ fn deadline_holds_when_supervisor_is_killed() {
         .unwrap();
 
     // Wait until the session runs, then kill the supervisor outright.
-    let paths = record_cgroups(&wait_for_started_record(&scratch.state_dir()));
+    let paths = record_cgroups(&wait_for_running_session(&scratch.state_dir()).record);
     assert!(!paths.is_empty(), "the session has cgroups");
     let started = Instant::now();
     supervisor.kill().unwrap();

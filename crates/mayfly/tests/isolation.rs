@@ -81,9 +81,9 @@ fn teardown_reports_foreign_namespace_holder() {
         .spawn()
         .unwrap();
 
-    // Find init through the ledger, then hold the session's network
-    // namespace from the host with a process of the test's own.
-    let init_pid = wait_for_started_record(&scratch.state_dir())["init_pid"].as_i64().unwrap();
+    // Find init in the cgroups of the ledger record, then hold the session's
+    // network namespace from the host with a process of the test's own.
+    let init_pid = wait_for_running_session(&scratch.state_dir()).init_pid;
     let mut holder = std::process::Command::new("nsenter")
         .arg(format!("--net=/proc/{init_pid}/ns/net"))
         .args(["/bin/sleep", "30"])

@@ -120,7 +120,7 @@ fn cgroup_limits_are_applied() {
         .args(["--cpus", "0.5", "--memory", "200MiB", "--pids", "50", "--", "/bin/sleep", "3"])
         .spawn()
         .unwrap();
-    let paths = record_cgroups(&wait_for_started_record(&scratch.state_dir()));
+    let paths = record_cgroups(&wait_for_running_session(&scratch.state_dir()).record);
     let mut checked = 0;
     for path in &paths {
         if path.join("cpu.cfs_quota_us").exists() {

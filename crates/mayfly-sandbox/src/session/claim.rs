@@ -70,15 +70,19 @@ impl Prepared {
         }
 
         // 2. The ledger record gets the session's deadline, so that a reap
-        //    leaves the session to its init until then.
-        this.record.deadline_unix_ms = ledger::unix_ms(deadline_wall);
-        if this.sandbox_id != config.session_id {
-            this.record.claimed_by = Some(config.session_id.clone());
-        }
-        if let Err(error) = ledger::write(&this.state_dir, &this.record) {
-            drop(start_guard);
-            this.destroy();
-            return Err(error.into());
+        //    leaves the session to its init until then. A cold start's
+        //    record has it from the start, since its deadline counts from
+        //    the start of prepare too.
+        let deadline_unix_ms = ledger::unix_ms(deadline_wall);
+        let claimed_by = (this.sandbox_id != config.session_id).then(|| config.session_id.clone());
+        if this.record.deadline_unix_ms != deadline_unix_ms || this.record.claimed_by != claimed_by {
+            this.record.deadline_unix_ms = deadline_unix_ms;
+            this.record.claimed_by = claimed_by;
+            if let Err(error) = ledger::write(&this.state_dir, &this.record) {
+                drop(start_guard);
+                this.destroy();
+                return Err(error.into());
+            }
         }
 
         // 3. The claim. A write error means init has already ended the

@@ -120,22 +120,38 @@ pub fn default_profile_text() -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-/// Waits up to five seconds for a ledger record whose init has started, and
-/// returns it.
-pub fn wait_for_started_record(state_dir: &Path) -> serde_json::Value {
+/// A session found running through its ledger record.
+pub struct Running {
+    pub record: serde_json::Value,
+    /// Init's pid on the host.
+    pub init_pid: i32,
+}
+
+/// Returns the process in `cgroup` that is PID 1 of its own PID namespace.
+fn init_in(cgroup: &Path) -> Option<i32> {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).ok()?;
+    procs.lines().filter_map(|line| line.parse::<i32>().ok()).find(|pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().any(|line| line.starts_with("NSpid:") && line.split_whitespace().last() == Some("1"))
+    })
+}
+
+/// Waits up to five seconds for a session whose init runs in the cgroups
+/// its ledger record lists, and returns the record and init's pid.
+pub fn wait_for_running_session(state_dir: &Path) -> Running {
     for _ in 0..500 {
         if let Ok(entries) = std::fs::read_dir(state_dir.join("sessions")) {
             for entry in entries.filter_map(Result::ok) {
                 let Ok(bytes) = std::fs::read(entry.path()) else { continue };
                 let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
-                if record["init_pid"].is_number() {
-                    return record;
+                if let Some(init_pid) = record_cgroups(&record).iter().find_map(|path| init_in(path)) {
+                    return Running { record, init_pid };
                 }
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    panic!("no ledger record with an init pid appeared in {}", state_dir.display());
+    panic!("no session with a running init appeared in {}", state_dir.display());
 }
 
 /// Returns the cgroup directories a ledger record lists.
