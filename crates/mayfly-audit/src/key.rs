@@ -28,6 +28,10 @@ impl SigningKeyFile {
     /// Loads the key at `path`.
     pub fn load(path: &Path) -> Result<SigningKeyFile, KeyError> {
         let bytes = fs::read(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
+        Self::from_file_bytes(path, bytes)
+    }
+
+    fn from_file_bytes(path: &Path, bytes: Vec<u8>) -> Result<SigningKeyFile, KeyError> {
         let secret: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed { path: path.into() })?;
         Ok(SigningKeyFile { key: SigningKey::from_bytes(&secret) })
     }
@@ -35,7 +39,7 @@ impl SigningKeyFile {
     /// Loads the key at `path`, creating it from /dev/urandom when missing.
     pub fn load_or_create(path: &Path) -> Result<SigningKeyFile, KeyError> {
         match fs::read(path) {
-            Ok(_) => Self::load(path),
+            Ok(bytes) => Self::from_file_bytes(path, bytes),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 // Write the key under a private name, then link it into place:
                 // a second process starting at the same moment either wins the

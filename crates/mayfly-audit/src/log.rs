@@ -18,6 +18,10 @@ use crate::record::{Entry, Record, GENESIS};
 /// tail that [`AuditLog::append`] reads.
 const MAX_RECORD_BYTES: usize = 60 * 1024;
 
+/// The first, usual size of the tail read to find the last record. A longer
+/// last line makes the read grow to twice [`MAX_RECORD_BYTES`].
+const TAIL_GUESS_BYTES: usize = 8 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("failed to create the audit directory {path}: {source}")]
@@ -110,15 +114,10 @@ impl AuditLog {
     /// cut through whole records.
     fn repair_torn_tail(&self, file: &mut File) -> Result<Option<Entry>, AuditError> {
         let write_error = |source| AuditError::Write { path: self.log.clone(), source };
-        let read_error = |source| AuditError::Read { path: self.log.clone(), source };
-        let length = file.seek(SeekFrom::End(0)).map_err(read_error)?;
-        if length == 0 {
+        let (start, tail) = self.read_tail(file)?;
+        if tail.is_empty() {
             return Ok(None);
         }
-        let start = length.saturating_sub(2 * MAX_RECORD_BYTES as u64);
-        file.seek(SeekFrom::Start(start)).map_err(read_error)?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail).map_err(read_error)?;
         if tail.last() == Some(&b'\n') {
             return Ok(None);
         }
@@ -161,15 +160,10 @@ impl AuditLog {
     /// Reads the sequence number and hash of the last record.
     fn last(&self, file: &mut File) -> Result<(u64, String), AuditError> {
         let tail_error = |reason: String| AuditError::Tail { path: self.log.clone(), reason };
-        let read_error = |source| AuditError::Read { path: self.log.clone(), source };
-        let length = file.seek(SeekFrom::End(0)).map_err(read_error)?;
-        if length == 0 {
+        let (_, tail) = self.read_tail(file)?;
+        if tail.is_empty() {
             return Ok((0, GENESIS.into()));
         }
-        let start = length.saturating_sub(2 * MAX_RECORD_BYTES as u64);
-        file.seek(SeekFrom::Start(start)).map_err(read_error)?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail).map_err(read_error)?;
         if tail.last() != Some(&b'\n') {
             return Err(tail_error("the file does not end with a complete line".into()));
         }
@@ -180,6 +174,28 @@ impl AuditLog {
             return Err(tail_error("its hash does not match its content".into()));
         }
         Ok((record.seq, record.hash))
+    }
+
+    /// Reads the end of the log, enough to hold its last line whole: a
+    /// window that starts the file or has a newline before its last byte,
+    /// else the largest window. Returns the window's offset and bytes.
+    fn read_tail(&self, file: &mut File) -> Result<(u64, Vec<u8>), AuditError> {
+        let read_error = |source| AuditError::Read { path: self.log.clone(), source };
+        let length = file.seek(SeekFrom::End(0)).map_err(read_error)?;
+        let mut window = (0, Vec::new());
+        for size in [TAIL_GUESS_BYTES, 2 * MAX_RECORD_BYTES] {
+            let start = length.saturating_sub(size as u64);
+            file.seek(SeekFrom::Start(start)).map_err(read_error)?;
+            let mut tail = Vec::with_capacity((length - start) as usize);
+            file.read_to_end(&mut tail).map_err(read_error)?;
+            let before_last = &tail[..tail.len().saturating_sub(1)];
+            let whole = start == 0 || before_last.contains(&b'\n');
+            window = (start, tail);
+            if whole {
+                break;
+            }
+        }
+        Ok(window)
     }
 
     /// Opens the log for appending and takes its exclusive lock, which lasts
@@ -388,6 +404,26 @@ mod tests {
         assert_eq!(repair.entry.fields["torn_bytes"], 39);
         let saved = repair.entry.fields["saved_to"].as_str().unwrap();
         assert_eq!(fs::read(saved).unwrap().len(), 39, "the cut bytes are kept for inspection");
+    }
+
+    #[test]
+    fn long_last_lines_widen_tail_read() {
+        let (scratch, log) = filled("long");
+        // A last record longer than the first tail window, then appends.
+        let long = "x".repeat(3 * TAIL_GUESS_BYTES);
+        log.append(vec![Entry::new("session.started", "cli").session("s-4").field("note", long)], false).unwrap();
+        log.append(vec![Entry::new("session.ended", "cli").session("s-4")], true).unwrap();
+        assert_eq!(log.verify().unwrap().records, 12);
+
+        // A torn line longer than the first window is cut whole.
+        let mut file = File::options().append(true).open(log.path()).unwrap();
+        file.write_all(&vec![b'y'; 2 * TAIL_GUESS_BYTES]).unwrap();
+        drop(file);
+        let reopened = AuditLog::open(&scratch.0).unwrap();
+        let records = reopened.records(1).unwrap();
+        let repair = records.iter().find(|r| r.entry.kind == "audit.tail_repaired").unwrap();
+        assert_eq!(repair.entry.fields["torn_bytes"], 2 * TAIL_GUESS_BYTES);
+        assert_eq!(reopened.verify().unwrap().records, 14);
     }
 
     #[test]
