@@ -36,10 +36,6 @@ const SHUFFLE_BASE: RawFd = 1024;
 /// library's thin system call wrappers, a few hundred bytes deep.
 const CHILD_STACK_BYTES: usize = 64 * 1024;
 
-/// close_range's flag that marks the descriptors close-on-exec instead of
-/// closing them, from linux/close_range.h (Linux 5.11).
-const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
-
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("failed to create a pipe: {0}")]
@@ -174,7 +170,7 @@ unsafe extern "C" fn child(args: *mut libc::c_void) -> ! {
     }
     // Everything else closes at the exec: the program's copy, the exec
     // notice's pipe and whatever the supervisor had open.
-    if libc::syscall(libc::SYS_close_range, fds.len() as u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+    if libc::syscall(libc::SYS_close_range, fds.len() as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
         libc::_exit(125);
     }
 
