@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBrowser {
     start_url: Option<String>,
-    width: Option<u32>,
-    height: Option<u32>,
+    width: Option<crate::WholeNumber>,
+    height: Option<crate::WholeNumber>,
     locale: Option<String>,
     viewer_grace: Option<crate::Ttl>,
     #[serde(default)]
@@ -55,13 +55,15 @@ impl BrowserSettings {
         if !scheme_ok || start_url.len() > 2048 || start_url.chars().any(char::is_control) {
             return Err(("browser.start_url".into(), format!("= {start_url:?} must be about:blank or an http:// or https:// address of at most 2048 characters")));
         }
-        let width = raw.width.unwrap_or(1280);
-        let height = raw.height.unwrap_or(800);
-        for (key, value) in [("browser.width", width), ("browser.height", height)] {
-            if !(VIEWPORT.0..=VIEWPORT.1).contains(&value) {
-                return Err((key.into(), format!("= {value} is out of range: allowed is {} to {} pixels", VIEWPORT.0, VIEWPORT.1)));
+        let side = |key: &str, value: Option<crate::WholeNumber>, default: u32| {
+            let Some(value) = value else { return Ok(default) };
+            match value.to_u32() {
+                Some(side) if (VIEWPORT.0..=VIEWPORT.1).contains(&side) => Ok(side),
+                _ => Err((key.to_string(), format!("= {value} is out of range: allowed is {} to {} pixels", VIEWPORT.0, VIEWPORT.1))),
             }
-        }
+        };
+        let width = side("browser.width", raw.width, 1280)?;
+        let height = side("browser.height", raw.height, 800)?;
         let locale = raw.locale.unwrap_or_else(|| "en-US".into());
         if !valid_locale(&locale) {
             return Err(("browser.locale".into(), format!("= {locale:?} is not a language tag such as en-US or de-DE")));
@@ -95,6 +97,7 @@ mod tests {
         let cases = [
             ("start_url = \"file:///etc/passwd\"", "browser.start_url"),
             ("width = 10", "browser.width"),
+            ("height = -800", "browser.height = -800 is out of range: allowed is 200 to 4096 pixels"),
             ("locale = \"english please\"", "browser.locale"),
         ];
         for (line, key) in cases {

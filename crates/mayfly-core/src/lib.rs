@@ -17,4 +17,4 @@ pub use end::{EndReason, ExitCode};
 pub use lifecycle::SessionState;
 pub use limits::{LimitOverrides, Limits};
 pub use profile::{Kind, Landlock, Profile, ProfileError, ProfileMount};
-pub use units::{ByteSize, Ttl, UnitError};
+pub use units::{ByteSize, Ttl, UnitError, WholeNumber};

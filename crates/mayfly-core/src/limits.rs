@@ -59,6 +59,17 @@ pub enum LimitError {
     AboveProfile { flag: &'static str, key: &'static str, value: String, profile_value: String },
 }
 
+impl Range<u32> {
+    /// Checks a whole number from a profile, which may be negative or too
+    /// large for the type, with the same message as [`Range::check`].
+    pub fn check_whole(&self, value: crate::WholeNumber) -> Result<u32, LimitError> {
+        match value.to_u32() {
+            Some(value) => self.check(value),
+            None => Err(LimitError::OutOfRange { key: self.key, value: value.to_string(), min: self.min.to_string(), max: self.max.to_string() }),
+        }
+    }
+}
+
 impl<T: PartialOrd + fmt::Display + Copy> Range<T> {
     pub fn check(&self, value: T) -> Result<T, LimitError> {
         if value < self.min || value > self.max {

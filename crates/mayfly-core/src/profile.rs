@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{self, LimitError, Limits};
-use crate::units::{ByteSize, Ttl};
+use crate::units::{ByteSize, Ttl, WholeNumber};
 
 /// The profile used when `--profile` is not given.
 pub const DEFAULT_PROFILE: &str = "default";
@@ -146,11 +146,11 @@ struct RawTtl {
 struct RawLimits {
     memory: ByteSize,
     cpus: Cpus,
-    pids: u32,
+    pids: WholeNumber,
     tmp: ByteSize,
     shm: ByteSize,
     work: ByteSize,
-    open_files: u32,
+    open_files: WholeNumber,
     inputs: ByteSize,
     artifacts: ByteSize,
 }
@@ -301,12 +301,27 @@ fn shell_settings(raw: Option<RawShell>, max_ttl: Ttl) -> Result<ShellSettings, 
     Ok(ShellSettings { command, idle_timeout: raw.idle_timeout, observers: raw.observers, warnings, recording: raw.recording, recording_retention })
 }
 
+/// Renders a TOML error, and names the table it lies in, which the error's
+/// excerpt of one line leaves out.
+fn syntax_message(text: &str, error: &toml::de::Error) -> String {
+    let message = error.to_string().trim_end().to_string();
+    let Some(start) = error.span().map(|span| span.start.min(text.len())) else { return message };
+    let table = text[..start].lines().rev().find_map(|line| {
+        let header = line.split('#').next().unwrap_or_default().trim();
+        header.strip_prefix('[')?.strip_suffix(']').map(|name| name.trim_matches(['[', ']']).trim().to_string())
+    });
+    match table {
+        Some(table) => format!("{message}\n(in the [{table}] table)"),
+        None => message,
+    }
+}
+
 impl Profile {
     /// Parses and validates a profile from its TOML text.
     pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
         validate_name(name)?;
         let raw: RawProfile =
-            toml::from_str(text).map_err(|error| ProfileError::Syntax { name: name.into(), message: error.to_string() })?;
+            toml::from_str(text).map_err(|error| ProfileError::Syntax { name: name.into(), message: syntax_message(text, &error) })?;
         let invalid = |key: &str, message: String| ProfileError::InvalidValue { name: name.into(), key: key.into(), message };
         let limit_error = |source| ProfileError::Limit { name: name.into(), source };
 
@@ -324,11 +339,11 @@ impl Profile {
             cpu_millis: limits::CPU_MILLIS.check(cpu_millis).map_err(|_| {
                 invalid("limits.cpus", format!("= {} is out of range: allowed is 0.01 to 1024 cores", limits::format_cpus(cpu_millis)))
             })?,
-            pids: limits::PIDS.check(raw.limits.pids).map_err(limit_error)?,
+            pids: limits::PIDS.check_whole(raw.limits.pids).map_err(limit_error)?,
             tmp: limits::TMP.check(raw.limits.tmp).map_err(limit_error)?,
             shm: limits::SHM.check(raw.limits.shm).map_err(limit_error)?,
             work: limits::WORK.check(raw.limits.work).map_err(limit_error)?,
-            open_files: limits::OPEN_FILES.check(raw.limits.open_files).map_err(limit_error)?,
+            open_files: limits::OPEN_FILES.check_whole(raw.limits.open_files).map_err(limit_error)?,
             inputs: limits::INPUTS.check(raw.limits.inputs).map_err(limit_error)?,
             artifacts: limits::ARTIFACTS.check(raw.limits.artifacts).map_err(limit_error)?,
         };
@@ -554,6 +569,9 @@ mod tests {
             ("max = 1000", "pool.max", "1 to 256"),
             ("min = 300", "pool.min = 300", "0 to 256 (pool.max, which defaults to pool.min)"),
             ("min = 1\nmax_age = \"1s\"", "pool.max_age", "10s to"),
+            ("min = -1", "pool.min = -1", "0 to 256"),
+            ("max = -3", "pool.max = -3", "1 to 256"),
+            ("max = 99999999999", "pool.max = 99999999999", "1 to 256"),
         ] {
             let text = format!("{}\n[pool]\n{section}\n", default_text());
             let message = Profile::parse("p", &text).unwrap_err().to_string();
@@ -561,7 +579,32 @@ mod tests {
             assert!(message.contains(range), "{section}: {message}");
         }
         let typo = format!("{}\n[pool]\nminimum = 2\n", default_text());
-        assert!(Profile::parse("p", &typo).unwrap_err().to_string().contains("minimum"));
+        let message = Profile::parse("p", &typo).unwrap_err().to_string();
+        assert!(message.contains("minimum"), "{message}");
+        assert!(message.contains("(in the [pool] table)"), "{message}");
+    }
+
+    #[test]
+    fn negative_limits_name_key_and_range() {
+        for (from, to, expected) in [
+            ("pids = 256", "pids = -1", "limits.pids = -1 is out of range: allowed is 4 to 65536"),
+            ("open_files = 1024", "open_files = -5", "limits.open_files = -5 is out of range: allowed is 16 to 1048576"),
+        ] {
+            let text = default_text().replace(from, to);
+            assert_ne!(text, default_text(), "{from} is in the default profile");
+            let message = Profile::parse("negative", &text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{to}: {message}");
+        }
+    }
+
+    #[test]
+    fn whole_number_types_are_explained() {
+        for (value, expected) in [("\"many\"", "a whole number such as 256, without quotes"), ("2.5", "expected a whole number such as 256, not 2.5")] {
+            let text = default_text().replace("pids = 256", &format!("pids = {value}"));
+            let message = Profile::parse("typed", &text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{value}: {message}");
+            assert!(message.contains("(in the [limits] table)"), "{value}: {message}");
+        }
     }
 
     #[test]

@@ -265,3 +265,45 @@ mod tests {
         }
     }
 }
+
+/// A whole number as written in a profile. Negative and oversized values
+/// are kept, so that the range check reports them with the key and the
+/// allowed range instead of a type error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WholeNumber(pub i64);
+
+impl WholeNumber {
+    /// Returns the value as a `u32` when it fits.
+    pub fn to_u32(self) -> Option<u32> {
+        u32::try_from(self.0).ok()
+    }
+}
+
+impl fmt::Display for WholeNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = WholeNumber;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number such as 256, without quotes")
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<WholeNumber, E> {
+                Ok(WholeNumber(value))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<WholeNumber, E> {
+                // Larger values fail every range check anyway.
+                Ok(WholeNumber(i64::try_from(value).unwrap_or(i64::MAX)))
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<WholeNumber, E> {
+                Err(E::custom(format!("expected a whole number such as 256, not {value}")))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
