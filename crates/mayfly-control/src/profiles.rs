@@ -13,6 +13,13 @@ pub fn source(name: &str, directory: Option<&Path>) -> String {
     }
 }
 
+/// Returns the message a client gets about a profile file that does not load.
+/// The load error stays in the server's log, because it can quote any line
+/// of the file, secrets in `[environment]` too.
+pub fn unusable_message(name: &str) -> String {
+    format!("profile {name:?} is invalid on this server, so no session can use it; the server's log names the problem, and an operator must fix the profile file")
+}
+
 /// Loads a profile by name. A file `NAME.toml` in `directory` takes precedence
 /// over a built-in profile of the same name.
 pub fn load(name: &str, directory: Option<&Path>) -> Result<Profile, ProfileError> {

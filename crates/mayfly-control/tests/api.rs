@@ -168,6 +168,34 @@ async fn bad_requests_name_what_is_wrong() {
 }
 
 #[tokio::test]
+async fn broken_profile_file_hides_its_text() {
+    // A syntax error on the line of a secret: the TOML error quotes it.
+    let profiles = mayfly_control::testing::temp_dir("api-broken-profiles");
+    let default = include_str!("../../mayfly-core/profiles/default.toml");
+    let leaky = default.replace("[environment]", "[environment]\nAPI_KEY = \"s3cr3t-value\" oops");
+    std::fs::write(profiles.join("leaky.toml"), leaky).unwrap();
+    let error = mayfly_control::profiles::load("leaky", Some(&profiles)).unwrap_err().to_string();
+    assert!(error.contains("s3cr3t"), "the load error quotes the line: {error}");
+    let config = format!("profiles_dir = {:?}\n", profiles.display().to_string());
+    let h = Harness::new("api-broken", &config, None).await;
+    let alice = h.token("alice", &[]).await;
+
+    let reply = h.call(Method::POST, "/v1/sessions", Some(&alice), Some(json!({"profile": "leaky", "command": ["/bin/true"]}))).await;
+    assert_problem(&reply, StatusCode::SERVICE_UNAVAILABLE, "profile-unusable");
+    let detail = reply.body["detail"].as_str().unwrap();
+    assert!(detail.contains("profile \"leaky\" is invalid on this server"), "{detail}");
+    assert!(!reply.body.to_string().contains("s3cr3t"), "{}", reply.body);
+
+    let list = h.call(Method::GET, "/v1/profiles", Some(&alice), None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let leaky = list.body["profiles"].as_array().unwrap().iter().find(|p| p["name"] == "leaky").unwrap().clone();
+    assert!(leaky["error"].as_str().unwrap().contains("an operator must fix the profile file"), "{leaky}");
+    assert!(!list.body.to_string().contains("s3cr3t"), "{}", list.body);
+    assert_eq!(h.app.store.count_by_state().await.unwrap().len(), 0, "no session was recorded");
+    let _ = std::fs::remove_dir_all(&profiles);
+}
+
+#[tokio::test]
 async fn an_ended_session_answers_gone_and_delete_stays_idempotent() {
     let h = Harness::new("api-gone", CONFIG, None).await;
     let alice = h.token("alice", &[]).await;

@@ -105,7 +105,7 @@ pub async fn list_profiles(State(app): State<Arc<App>>, Extension(peer): Extensi
                 "max_ttl": profile.max_ttl.to_string(),
                 "limits": profile.limits,
             })),
-            Err(error) => list.push(json!({ "name": name, "error": error.to_string() })),
+            Err(_) => list.push(json!({ "name": name, "error": profiles::unusable_message(&name) })),
         }
     }
     Ok(Json(json!({ "profiles": list })).into_response())

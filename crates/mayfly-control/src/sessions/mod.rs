@@ -370,7 +370,13 @@ impl App {
             mayfly_core::ProfileError::NotFound { name, .. } => {
                 Problem::bad_request(format!("profile {name:?} does not exist on this server; GET /v1/profiles lists the profiles it offers"))
             }
-            other => Problem::bad_request(other.to_string()),
+            invalid @ mayfly_core::ProfileError::InvalidName { .. } => Problem::bad_request(invalid.to_string()),
+            // The file is the operator's, and the pools' refill logs its
+            // error once per change, so a client cannot flood the log.
+            other => {
+                tracing::debug!(profile = %request.profile, error = %other, "a session request named a profile that does not load");
+                Problem::unavailable("profile-unusable", profiles::unusable_message(&request.profile), None)
+            }
         })?;
         let Checked { ttl, limits, argv, terminal } = validate(&profile, &request)?;
         let kind = profile.kind.as_str();
