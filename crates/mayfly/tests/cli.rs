@@ -219,13 +219,27 @@ fn doctor_reports_host_and_profiles() {
     assert!(stdout(&text).contains("ready   default (built-in)"), "{}", stdout(&text));
 }
 
+/// Runs `command`, whose program may be a file this test process has just
+/// copied. A child that another test thread forks at that moment holds the
+/// copy's write descriptor until its own exec, and exec fails with ETXTBSY
+/// meanwhile, so the start is retried.
+fn output_of_copy(command: &mut Command) -> std::process::Output {
+    for _ in 0..50 {
+        match command.output() {
+            Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy => std::thread::sleep(std::time::Duration::from_millis(20)),
+            result => return result.unwrap(),
+        }
+    }
+    panic!("{command:?} stayed busy for a second");
+}
+
 /// Runs `mayfly doctor --json` and `mayfly run --json -- cat /proc/1/comm`
 /// with the binary at `mayfly`; returns the doctor's init program entry and
 /// what the run printed.
 fn init_in_use(scratch: &Scratch, mayfly: &std::path::Path) -> (serde_json::Value, String) {
-    let doctor = Command::new(mayfly).args(["doctor", "--json"]).output().unwrap();
+    let doctor = output_of_copy(Command::new(mayfly).args(["doctor", "--json"]));
     let checks: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
-    let run = Command::new(mayfly).arg("run").arg("--state-dir").arg(scratch.state_dir()).args(["--json", "--", "/bin/cat", "/proc/1/comm"]).output().unwrap();
+    let run = output_of_copy(Command::new(mayfly).arg("run").arg("--state-dir").arg(scratch.state_dir()).args(["--json", "--", "/bin/cat", "/proc/1/comm"]));
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
     assert_clean(&report(&run));
     (checks["init_program"].clone(), stdout(&run))
