@@ -100,6 +100,13 @@ pub const MAX_PDF: usize = 100 * 1024 * 1024;
 /// The bytes asked for in each read of the PDF stream.
 const PDF_READ: usize = 1024 * 1024;
 
+/// How often a print that Chromium refuses with "Printing failed" is
+/// tried, and the pause between tries. Chromium 148 sometimes refuses a
+/// print that follows a navigation at once (1 of 8 runs of the file test),
+/// and a later try succeeds.
+const PRINT_ATTEMPTS: u32 = 4;
+const PRINT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Tells whether `text` has the form of Chromium's download guids:
 /// lowercase hexadecimal digits in groups of 8, 4, 4, 4 and 12, joined by
 /// `-`. Such an id names a file without any path separator or dot.
@@ -271,7 +278,17 @@ impl Browser {
         let page = Some(front.as_str());
         let connection = self.connection();
         let params = json!({ "transferMode": "ReturnAsStream", "printBackground": true });
-        let printed = connection.call("Page.printToPDF", params, page).await.map_err(|e| e.to_string())?;
+        let mut attempt = 1;
+        let printed = loop {
+            match connection.call("Page.printToPDF", params.clone(), page).await.map_err(|e| e.to_string()) {
+                Err(error) if error.contains("Printing failed") && attempt < PRINT_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %error, "the browser refused to print; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(PRINT_RETRY_PAUSE).await;
+                }
+                result => break result?,
+            }
+        };
         let handle = printed["stream"].as_str().ok_or("the browser returned no PDF stream")?.to_string();
         let mut pdf = Vec::new();
         let result = loop {
