@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::origin::{self, Page};
 use common::server;
 use common::Scratch;
 use futures_util::{SinkExt, StreamExt};
@@ -70,47 +71,20 @@ fn escape_html(text: &str) -> String {
 /// Serves the pages the browser opens, on a loopback port: a home page
 /// with a greeting and a download link, a form, and the form's result.
 fn origin() -> u16 {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request = String::new();
-                if reader.read_line(&mut request).is_err() {
-                    return;
-                }
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let target = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                let (kind, extra, body) = match path {
-                    "/" => (
-                        "text/html; charset=utf-8",
-                        "",
-                        "<!doctype html><title>Automation home</title><body style=\"font:32px sans-serif\"><p id=greeting>Hello from the origin</p><a id=download href=\"/download\">Download the report</a>".to_string(),
-                    ),
-                    "/form" => (
-                        "text/html; charset=utf-8",
-                        "",
-                        "<!doctype html><title>Form</title><body style=\"font:32px sans-serif\"><form action=\"/result\"><input id=name name=name style=\"font-size:32px\"><button id=send>Send</button></form>".to_string(),
-                    ),
-                    "/result" => {
-                        let name = query.split('&').find_map(|pair| pair.strip_prefix("name=")).map(decode_query_value).unwrap_or_default();
-                        ("text/html; charset=utf-8", "", format!("<!doctype html><title>Result</title><body style=\"font:32px sans-serif\"><p id=result>Thank you, {}</p>", escape_html(&name)))
-                    }
-                    "/download" => ("text/plain", "Content-Disposition: attachment; filename=\"report.txt\"\r\n", "quarterly numbers".to_string()),
-                    _ => ("text/plain", "", "not found".to_string()),
-                };
-                let mut stream = stream;
-                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            });
+    origin::serve(|request| match request.path.as_str() {
+        "/" => Page::html(
+            "<!doctype html><title>Automation home</title><body style=\"font:32px sans-serif\"><p id=greeting>Hello from the origin</p><a id=download href=\"/download\">Download the report</a>",
+        ),
+        "/form" => Page::html(
+            "<!doctype html><title>Form</title><body style=\"font:32px sans-serif\"><form action=\"/result\"><input id=name name=name style=\"font-size:32px\"><button id=send>Send</button></form>",
+        ),
+        "/result" => {
+            let name = request.query.split('&').find_map(|pair| pair.strip_prefix("name=")).map(decode_query_value).unwrap_or_default();
+            Page::html(format!("<!doctype html><title>Result</title><body style=\"font:32px sans-serif\"><p id=result>Thank you, {}</p>", escape_html(&name)))
         }
-    });
-    port
+        "/download" => Page::new("text/plain", "quarterly numbers").header("Content-Disposition: attachment; filename=\"report.txt\""),
+        _ => Page::new("text/plain", "not found"),
+    })
 }
 
 /// Starts a server with the two profiles and returns it with the origin's port.

@@ -8,9 +8,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
+use common::origin::{self, Page};
 use common::server::{self, raw_http, Server};
 use common::Scratch;
 use futures_util::{SinkExt, StreamExt};
@@ -24,53 +24,28 @@ const BIG: usize = 1024 * 1024;
 
 /// Serves the pages the browser sessions open, on a free loopback port.
 fn origin() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request = String::new();
-                if reader.read_line(&mut request).is_err() {
-                    return;
-                }
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let (headers, body): (&str, Vec<u8>) = match path.as_str() {
-                    "/download" => ("Content-Type: text/plain\r\nContent-Disposition: attachment; filename=\"../../evil.sh\"\r\n", REPORT.into()),
-                    // Escape, bell and a line feed, in the encoded form a
-                    // header can carry.
-                    "/download-control" => (
-                        "Content-Type: text/plain\r\nContent-Disposition: attachment; filename*=UTF-8''%1B%5B31mred%07%0Aline.txt\r\n",
-                        b"control".to_vec(),
-                    ),
-                    "/big" => ("Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"big.bin\"\r\n", vec![b'x'; BIG]),
-                    // A file input over the whole page. The page shows what it
-                    // got in its address: each file's name, size and text, or
-                    // that the chooser was cancelled.
-                    "/upload" => (
-                        "Content-Type: text/html\r\n",
-                        b"<!doctype html><title>Upload</title><body style=\"margin:0\">\
-                          <input id=f type=file multiple style=\"position:fixed;left:0;top:0;width:100vw;height:100vh\">\
-                          <script>const f = document.getElementById('f');\
-                          f.addEventListener('change', async () => { const parts = [];\
-                            for (const file of f.files) parts.push(file.name + ':' + file.size + ':' + await file.text());\
-                            location.replace('/result?value=' + encodeURIComponent(parts.join('|'))); });\
-                          f.addEventListener('cancel', () => location.replace('/result?value=cancelled'));</script>"
-                            .to_vec(),
-                    ),
-                    _ => ("Content-Type: text/html\r\n", b"<!doctype html><title>Origin</title><p style=\"font:32px sans-serif\">A page to print.".to_vec()),
-                };
-                let mut stream = stream;
-                let _ = write!(stream, "HTTP/1.1 200 OK\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                let _ = stream.write_all(&body);
-            });
+    origin::serve(|request| match request.path.as_str() {
+        "/download" => Page::new("text/plain", REPORT).header("Content-Disposition: attachment; filename=\"../../evil.sh\""),
+        // Escape, bell and a line feed, in the encoded form a header can carry.
+        "/download-control" => {
+            Page::new("text/plain", "control").header("Content-Disposition: attachment; filename*=UTF-8''%1B%5B31mred%07%0Aline.txt")
         }
-    });
-    port
+        "/big" => Page::new("application/octet-stream", vec![b'x'; BIG]).header("Content-Disposition: attachment; filename=\"big.bin\""),
+        // A file input over the whole page. The page shows what it got in
+        // its address: each file's name, size and text, or that the
+        // chooser was cancelled.
+        "/upload" => Page::new(
+            "text/html",
+            "<!doctype html><title>Upload</title><body style=\"margin:0\">\
+             <input id=f type=file multiple style=\"position:fixed;left:0;top:0;width:100vw;height:100vh\">\
+             <script>const f = document.getElementById('f');\
+             f.addEventListener('change', async () => { const parts = [];\
+               for (const file of f.files) parts.push(file.name + ':' + file.size + ':' + await file.text());\
+               location.replace('/result?value=' + encodeURIComponent(parts.join('|'))); });\
+             f.addEventListener('cancel', () => location.replace('/result?value=cancelled'));</script>",
+        ),
+        _ => Page::new("text/html", "<!doctype html><title>Origin</title><p style=\"font:32px sans-serif\">A page to print."),
+    })
 }
 
 /// Returns a browser profile with the given `[transfer]` lines, allowed to

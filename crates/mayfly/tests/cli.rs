@@ -220,7 +220,7 @@ fn doctor_reports_host_and_profiles() {
 }
 
 /// Runs `command`, whose program may be a file this test process has just
-/// copied. A child that another test thread forks at that moment holds the
+/// copied. A child that another test thread forks at that moment keeps the
 /// copy's write descriptor until its own exec, and exec fails with ETXTBSY
 /// meanwhile, so the start is retried.
 fn output_of_copy(command: &mut Command) -> std::process::Output {

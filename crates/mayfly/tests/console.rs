@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::origin::{self, Page};
 use common::server;
 use common::Scratch;
 
@@ -68,83 +69,56 @@ fn files_profile(origin_port: u16) -> String {
 /// page with a large link to a form, the form, and a page that shows what
 /// the form sent. The allow rule of the `web` profile names this port.
 fn origin() -> u16 {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request = String::new();
-                if reader.read_line(&mut request).is_err() {
-                    return;
-                }
-                let mut line = String::new();
-                let mut accept_language = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    if line.to_ascii_lowercase().starts_with("accept-language:") {
-                        accept_language = line["accept-language:".len()..].trim().to_string();
-                    }
-                    line.clear();
-                }
-                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let body = if let Some(page) = input_page(&path) {
-                    page.to_string()
-                } else if path == "/" {
-                    "<!doctype html><title>Origin home</title><body style=\"margin:0;font:32px sans-serif\"><a id=next href=\"/form\" style=\"display:block;height:300px;background:#cde\">Go to the form</a><a href=\"/download\" style=\"display:block;height:100px;background:#edc\">Download the report</a><p>Welcome to the origin.</p>".to_string()
-                } else if path == "/env" {
-                    // Reports the time zone and language of the page, an
-                    // iframe and a worker, and the Accept-Language header.
-                    format!(
-                        "<!doctype html><title>Env</title><iframe id=f src=\"/frame\"></iframe><script>\
-                         const page = Intl.DateTimeFormat().resolvedOptions().timeZone + ',' + navigator.language;\
-                         const worker = new Worker(URL.createObjectURL(new Blob(['postMessage(Intl.DateTimeFormat().resolvedOptions().timeZone + \",\" + navigator.language)'])));\
-                         worker.onmessage = (e) => {{ const frame = document.getElementById('f').contentWindow; \
-                           const inFrame = frame.Intl.DateTimeFormat().resolvedOptions().timeZone + ',' + frame.navigator.language; \
-                           location.replace('/result?value=' + encodeURIComponent([page, e.data, inFrame, '{accept_language}'].join('|'))); }};\
-                         </script>"
-                    )
-                } else if path == "/plant" {
-                    // Leaves a cookie (set by the header below), local storage
-                    // and a service worker behind.
-                    "<!doctype html><title>Plant</title><script>localStorage.setItem('planted', 'yes');\
-                     navigator.serviceWorker.register('/sw.js').then((r) => r.update()).then(() => location.replace('/result?value=planted'),\
-                     (e) => location.replace('/result?value=' + encodeURIComponent('failed ' + e)));</script>".to_string()
-                } else if path == "/check" {
-                    "<!doctype html><title>Check</title><script>navigator.serviceWorker.getRegistrations().then((r) =>\
-                     location.replace('/result?value=' + encodeURIComponent([document.cookie, localStorage.getItem('planted'), r.length].join('|'))));</script>".to_string()
-                } else if path == "/sw.js" {
-                    "self.addEventListener('fetch', () => {});".to_string()
-                } else if path == "/frame" {
-                    "<!doctype html><title>Frame</title>".to_string()
-                } else if path == "/upload" {
-                    // A file input over the whole page, which shows the
-                    // chosen file's name and size in the address.
-                    "<!doctype html><title>Upload</title><body style=\"margin:0\"><input id=f type=file style=\"position:fixed;left:0;top:0;width:100vw;height:100vh\">\
-                     <script>const f = document.getElementById('f'); f.addEventListener('change', () =>\
-                     location.replace('/result?value=' + encodeURIComponent(f.files[0].name + ':' + f.files[0].size)));</script>".to_string()
-                } else if path == "/form" {
-                    "<!doctype html><title>Form</title><body style=\"margin:0;font:32px sans-serif\"><form action=\"/result\"><input id=field name=value autofocus style=\"font-size:32px;width:900px\"></form>".to_string()
-                } else {
-                    "<!doctype html><title>Result</title><body style=\"font:32px sans-serif\"><p>Thank you.</p>".to_string()
-                };
-                // The download's name tries to leave the download directory.
-                let (kind, extra) = if path == "/download" {
-                    ("text/plain", "Content-Disposition: attachment; filename=\"../../report.txt\"\r\n")
-                } else if path == "/plant" {
-                    ("text/html; charset=utf-8", "Set-Cookie: planted=yes; Max-Age=3600; Path=/\r\n")
-                } else if path == "/sw.js" {
-                    ("text/javascript", "")
-                } else {
-                    ("text/html; charset=utf-8", "")
-                };
-                let body = if path == "/download" { "quarterly numbers".to_string() } else { body };
-                let mut stream = stream;
-                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            });
+    origin::serve(|request| {
+        let path = request.path.as_str();
+        if let Some(page) = input_page(path) {
+            return Page::html(page);
         }
-    });
-    port
+        match path {
+            "/" => Page::html(
+                "<!doctype html><title>Origin home</title><body style=\"margin:0;font:32px sans-serif\"><a id=next href=\"/form\" style=\"display:block;height:300px;background:#cde\">Go to the form</a><a href=\"/download\" style=\"display:block;height:100px;background:#edc\">Download the report</a><p>Welcome to the origin.</p>",
+            ),
+            // Reports the time zone and language of the page, an iframe and
+            // a worker, and the Accept-Language header.
+            "/env" => Page::html(format!(
+                "<!doctype html><title>Env</title><iframe id=f src=\"/frame\"></iframe><script>\
+                 const page = Intl.DateTimeFormat().resolvedOptions().timeZone + ',' + navigator.language;\
+                 const worker = new Worker(URL.createObjectURL(new Blob(['postMessage(Intl.DateTimeFormat().resolvedOptions().timeZone + \",\" + navigator.language)'])));\
+                 worker.onmessage = (e) => {{ const frame = document.getElementById('f').contentWindow; \
+                   const inFrame = frame.Intl.DateTimeFormat().resolvedOptions().timeZone + ',' + frame.navigator.language; \
+                   location.replace('/result?value=' + encodeURIComponent([page, e.data, inFrame, '{}'].join('|'))); }};\
+                 </script>",
+                request.header("accept-language").unwrap_or_default()
+            )),
+            // Leaves a cookie (set by the header), local storage and a
+            // service worker behind.
+            "/plant" => Page::html(
+                "<!doctype html><title>Plant</title><script>localStorage.setItem('planted', 'yes');\
+                 navigator.serviceWorker.register('/sw.js').then((r) => r.update()).then(() => location.replace('/result?value=planted'),\
+                 (e) => location.replace('/result?value=' + encodeURIComponent('failed ' + e)));</script>",
+            )
+            .header("Set-Cookie: planted=yes; Max-Age=3600; Path=/"),
+            "/check" => Page::html(
+                "<!doctype html><title>Check</title><script>navigator.serviceWorker.getRegistrations().then((r) =>\
+                 location.replace('/result?value=' + encodeURIComponent([document.cookie, localStorage.getItem('planted'), r.length].join('|'))));</script>",
+            ),
+            "/sw.js" => Page::new("text/javascript", "self.addEventListener('fetch', () => {});"),
+            "/frame" => Page::html("<!doctype html><title>Frame</title>"),
+            // A file input over the whole page, which shows the chosen
+            // file's name and size in the address.
+            "/upload" => Page::html(
+                "<!doctype html><title>Upload</title><body style=\"margin:0\"><input id=f type=file style=\"position:fixed;left:0;top:0;width:100vw;height:100vh\">\
+                 <script>const f = document.getElementById('f'); f.addEventListener('change', () =>\
+                 location.replace('/result?value=' + encodeURIComponent(f.files[0].name + ':' + f.files[0].size)));</script>",
+            ),
+            "/form" => Page::html(
+                "<!doctype html><title>Form</title><body style=\"margin:0;font:32px sans-serif\"><form action=\"/result\"><input id=field name=value autofocus style=\"font-size:32px;width:900px\"></form>",
+            ),
+            // The download's name tries to leave the download directory.
+            "/download" => Page::new("text/plain", "quarterly numbers").header("Content-Disposition: attachment; filename=\"../../report.txt\""),
+            _ => Page::html("<!doctype html><title>Result</title><body style=\"font:32px sans-serif\"><p>Thank you.</p>"),
+        }
+    })
 }
 
 /// Pages for the tests of tabs, touch, composition and modifiers.
