@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::origin::{self, Page};
 use common::server::{self, Server};
 use common::{write, Scratch};
 use serde_json::{json, Value};
@@ -51,46 +50,17 @@ const LOOK_PAGE: &str = r#"<!doctype html><title>look</title><script>
 /// Serves the plant and look pages, a service worker and the reports, on
 /// the host's loopback, and records every request.
 fn origin() -> (u16, Arc<Mutex<Vec<Seen>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let record = Arc::clone(&record);
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    return;
-                }
-                let mut cookie = None;
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("cookie:") {
-                        cookie = Some(value.trim().to_string());
-                    }
-                    line.clear();
-                }
-                // The proxy may pass the absolute form on: keep the path only.
-                let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let path = match target.strip_prefix("http://") {
-                    Some(rest) => rest.find('/').map(|i| rest[i..].to_string()).unwrap_or_else(|| "/".into()),
-                    None => target,
-                };
-                record.lock().unwrap().push(Seen { path: path.clone(), cookie });
-                let (kind, extra, body) = match path.split('?').next().unwrap_or("") {
-                    "/plant" => ("text/html", "Set-Cookie: planted=yes; Max-Age=3600; Path=/\r\n", PLANT_PAGE),
-                    "/look" => ("text/html", "", LOOK_PAGE),
-                    "/worker.js" => ("text/javascript", "", "self.addEventListener('fetch', () => {});"),
-                    "/planted.bin" => ("application/octet-stream", "Content-Disposition: attachment; filename=\"planted.bin\"\r\n", "planted"),
-                    _ => ("text/plain", "", ""),
-                };
-                let mut stream = stream;
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                let _ = stream.write_all(head.as_bytes());
-                let _ = stream.write_all(body.as_bytes());
-            });
+    let port = origin::serve(move |request| {
+        let path = if request.query.is_empty() { request.path.clone() } else { format!("{}?{}", request.path, request.query) };
+        record.lock().unwrap().push(Seen { path, cookie: request.header("cookie").map(str::to_string) });
+        match request.path.as_str() {
+            "/plant" => Page::new("text/html", PLANT_PAGE).header("Set-Cookie: planted=yes; Max-Age=3600; Path=/"),
+            "/look" => Page::new("text/html", LOOK_PAGE),
+            "/worker.js" => Page::new("text/javascript", "self.addEventListener('fetch', () => {});"),
+            "/planted.bin" => Page::new("application/octet-stream", "planted").header("Content-Disposition: attachment; filename=\"planted.bin\""),
+            _ => Page::new("text/plain", ""),
         }
     });
     (port, seen)
@@ -141,31 +111,13 @@ fn kept_downloads(state_dir: &Path, id: &str) -> Vec<String> {
 /// geolocation and notifications permissions and makes the page download a
 /// file. Returns the page's notifications permission state afterwards.
 async fn plant_through_automation(server: &Server, id: &str, port: u16) -> String {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message;
-    let mut request = format!("ws://{}/v1/sessions/{id}/devtools", server.address).into_client_request().unwrap();
-    request.headers_mut().insert("Authorization", format!("Bearer {}", server.token()).parse().unwrap());
-    let stream = tokio::net::TcpStream::connect(server.address).await.unwrap();
-    let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
-
+    let mut socket = common::devtools::connect(server.address, &format!("/v1/sessions/{id}/devtools"), Some(server.token())).await;
     let mut next_id = 0;
     let mut call = async |method: &str, params: Value, session: Option<&str>| -> Value {
         next_id += 1;
-        let mut message = json!({ "id": next_id, "method": method, "params": params });
-        if let Some(session) = session {
-            message["sessionId"] = json!(session);
-        }
-        socket.send(Message::Text(message.to_string().into())).await.unwrap();
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(30), socket.next()).await.unwrap_or_else(|_| panic!("no response to {method}"));
-            let Some(Ok(Message::Text(text))) = next else { panic!("the connection ended before the response to {method}: {next:?}") };
-            let value: Value = serde_json::from_str(&text).unwrap();
-            if value["id"] == json!(next_id) {
-                assert!(value.get("error").is_none(), "{method} failed: {value}");
-                return value["result"].clone();
-            }
-        }
+        let value = common::devtools::call(&mut socket, next_id, method, params, session).await;
+        assert!(value.get("error").is_none(), "{method} failed: {value}");
+        value["result"].clone()
     };
 
     let origin = format!("http://127.0.0.1:{port}");

@@ -69,7 +69,11 @@ pub fn serve(route: impl Fn(&Request) -> Page + Send + Sync + 'static) -> u16 {
                     }
                     line.clear();
                 }
-                let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+                // A proxy may pass on the absolute form: keep the path only.
+                let mut target = request_line.split_whitespace().nth(1).unwrap_or("/");
+                if let Some(rest) = target.strip_prefix("http://") {
+                    target = rest.find('/').map_or("/", |start| &rest[start..]);
+                }
                 let (path, query) = target.split_once('?').unwrap_or((target, ""));
                 let page = route(&Request { path: path.to_string(), query: query.to_string(), headers });
                 let mut stream = stream;
