@@ -310,9 +310,26 @@ fn syntax_message(text: &str, error: &toml::de::Error) -> String {
         let header = line.split('#').next().unwrap_or_default().trim();
         header.strip_prefix('[')?.strip_suffix(']').map(|name| name.trim_matches(['[', ']']).trim().to_string())
     });
-    match table {
-        Some(table) => format!("{message}\n(in the [{table}] table)"),
-        None => message,
+    let Some(table) = table else { return message };
+    // A value of the wrong type for a count: name the count's range too.
+    let line_start = text[..start].rfind('\n').map_or(0, |index| index + 1);
+    let key = text[line_start..start].split_once('=').map(|(key, _)| format!("{table}.{}", key.trim()));
+    match key.as_deref().and_then(whole_number_range) {
+        Some(range) if message.contains("a whole number") => format!("{message}\n(in the [{table}] table; {} allows {range})", key.unwrap_or_default()),
+        _ => format!("{message}\n(in the [{table}] table)"),
+    }
+}
+
+/// Returns the allowed range of a profile key that takes a whole number.
+fn whole_number_range(key: &str) -> Option<String> {
+    let viewport = crate::browser::VIEWPORT;
+    match key {
+        "limits.pids" => Some(format!("{} to {}", limits::PIDS.min, limits::PIDS.max)),
+        "limits.open_files" => Some(format!("{} to {}", limits::OPEN_FILES.min, limits::OPEN_FILES.max)),
+        "pool.min" => Some(format!("0 to {}", crate::pool::MAX_MEMBERS)),
+        "pool.max" => Some(format!("1 to {}", crate::pool::MAX_MEMBERS)),
+        "browser.width" | "browser.height" => Some(format!("{} to {} pixels", viewport.0, viewport.1)),
+        _ => None,
     }
 }
 
@@ -582,6 +599,9 @@ mod tests {
         let message = Profile::parse("p", &typo).unwrap_err().to_string();
         assert!(message.contains("minimum"), "{message}");
         assert!(message.contains("(in the [pool] table)"), "{message}");
+        let quoted = format!("{}\n[pool]\nmax = \"4\"\n", default_text());
+        let message = Profile::parse("p", &quoted).unwrap_err().to_string();
+        assert!(message.contains("(in the [pool] table; pool.max allows 1 to 256)"), "{message}");
     }
 
     #[test]
@@ -603,7 +623,7 @@ mod tests {
             let text = default_text().replace("pids = 256", &format!("pids = {value}"));
             let message = Profile::parse("typed", &text).unwrap_err().to_string();
             assert!(message.contains(expected), "{value}: {message}");
-            assert!(message.contains("(in the [limits] table)"), "{value}: {message}");
+            assert!(message.contains("(in the [limits] table; limits.pids allows 4 to 65536)"), "{value}: {message}");
         }
     }
 
