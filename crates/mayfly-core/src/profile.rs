@@ -301,8 +301,9 @@ fn shell_settings(raw: Option<RawShell>, max_ttl: Ttl) -> Result<ShellSettings, 
     Ok(ShellSettings { command, idle_timeout: raw.idle_timeout, observers: raw.observers, warnings, recording: raw.recording, recording_retention })
 }
 
-/// Renders a TOML error, and names the table it lies in, which the error's
-/// excerpt of one line leaves out.
+/// Renders a TOML error with the table it lies in, which the error's
+/// one-line excerpt leaves out, and with the allowed range when a count
+/// has a value of the wrong type.
 fn syntax_message(text: &str, error: &toml::de::Error) -> String {
     let message = error.to_string().trim_end().to_string();
     let Some(start) = error.span().map(|span| span.start.min(text.len())) else { return message };
@@ -311,7 +312,7 @@ fn syntax_message(text: &str, error: &toml::de::Error) -> String {
         header.strip_prefix('[')?.strip_suffix(']').map(|name| name.trim_matches(['[', ']']).trim().to_string())
     });
     let Some(table) = table else { return message };
-    // A value of the wrong type for a count: name the count's range too.
+    // A count with a value of the wrong type gets its range named too.
     let line_start = text[..start].rfind('\n').map_or(0, |index| index + 1);
     let key = text[line_start..start].split_once('=').map(|(key, _)| format!("{table}.{}", key.trim()));
     match key.as_deref().and_then(whole_number_range) {
