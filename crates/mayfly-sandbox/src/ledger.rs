@@ -68,6 +68,11 @@ pub fn unix_ms(time: SystemTime) -> u64 {
 /// the writer's process id.
 const TEMPORARY_SUFFIX: &str = ".tmp";
 
+/// Age after which a temporary record without a process id, named
+/// `SESSION.json.tmp` by earlier versions, counts as left behind. A write
+/// takes far less.
+const LEGACY_TEMPORARY_AGE: Duration = Duration::from_secs(60);
+
 /// Removes the half-written records of writers that no longer run, which a
 /// supervisor killed inside [`write`] leaves behind. The process id in the
 /// file's name identifies the writer, and files of live processes stay.
@@ -75,9 +80,16 @@ fn remove_stale_temporaries(state_dir: &Path) {
     let Ok(entries) = fs::read_dir(directory(state_dir)) else { return };
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
-        let Some(writer) = name.to_str().and_then(|n| n.strip_suffix(TEMPORARY_SUFFIX)).and_then(|n| n.rsplit('.').next()) else { continue };
-        let Ok(pid) = writer.parse::<i32>() else { continue };
-        if process_start_time(pid).is_none() {
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(TEMPORARY_SUFFIX)) else { continue };
+        let stale = match stem.rsplit('.').next().map(str::parse::<i32>) {
+            Some(Ok(pid)) => process_start_time(pid).is_none(),
+            _ if stem.ends_with(".json") => {
+                let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::now());
+                SystemTime::now().duration_since(modified).unwrap_or(Duration::ZERO) >= LEGACY_TEMPORARY_AGE
+            }
+            _ => false,
+        };
+        if stale {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -266,8 +278,13 @@ mod tests {
         fs::write(directory(&state_dir).join(format!("s-a.{dead_pid}.tmp")), b"{\"sess").unwrap();
         fs::write(directory(&state_dir).join(format!("s-b.{own_pid}.tmp")), b"").unwrap();
         fs::write(directory(&state_dir).join("notes.tmp"), b"").unwrap();
+        // The name earlier versions used, once old and once just written.
+        let legacy = directory(&state_dir).join("s-c.json.tmp");
+        fs::write(&legacy, b"").unwrap();
+        fs::File::options().write(true).open(&legacy).unwrap().set_modified(SystemTime::now() - 2 * LEGACY_TEMPORARY_AGE).unwrap();
+        fs::write(directory(&state_dir).join("s-d.json.tmp"), b"").unwrap();
         remove_stale_temporaries(&state_dir);
-        assert_eq!(names(), ["notes.tmp", format!("s-b.{own_pid}.tmp").as_str(), "s-kept.json"]);
+        assert_eq!(names(), ["notes.tmp", format!("s-b.{own_pid}.tmp").as_str(), "s-d.json.tmp", "s-kept.json"]);
         fs::remove_dir_all(&state_dir).unwrap();
     }
 }
