@@ -65,7 +65,7 @@ impl Range<u32> {
     pub fn check_whole(&self, value: crate::WholeNumber) -> Result<u32, LimitError> {
         match value.to_u32() {
             Some(value) => self.check(value),
-            None => Err(LimitError::OutOfRange { key: self.key, value: value.to_string(), min: self.min.to_string(), max: self.max.to_string() }),
+            None => Err(self.out_of_range(value)),
         }
     }
 }
@@ -73,14 +73,14 @@ impl Range<u32> {
 impl<T: PartialOrd + fmt::Display + Copy> Range<T> {
     pub fn check(&self, value: T) -> Result<T, LimitError> {
         if value < self.min || value > self.max {
-            return Err(LimitError::OutOfRange {
-                key: self.key,
-                value: value.to_string(),
-                min: self.min.to_string(),
-                max: self.max.to_string(),
-            });
+            return Err(self.out_of_range(value));
         }
         Ok(value)
+    }
+
+    /// Returns the error for `value` outside this range.
+    fn out_of_range(&self, value: impl fmt::Display) -> LimitError {
+        LimitError::OutOfRange { key: self.key, value: value.to_string(), min: self.min.to_string(), max: self.max.to_string() }
     }
 }
 
