@@ -100,8 +100,8 @@ pub const MAX_PDF: usize = 100 * 1024 * 1024;
 /// The bytes asked for in each read of the PDF stream.
 const PDF_READ: usize = 1024 * 1024;
 
-/// How often a print that Chromium refuses with "Printing failed" is
-/// tried, and the pause between tries. Chromium 148 sometimes refuses a
+/// How often a print that Chromium rejects with "Printing failed" is
+/// tried, and the pause between tries. Chromium 148 sometimes rejects a
 /// print that follows a navigation at once (1 of 8 runs of the file test),
 /// and a later try succeeds.
 const PRINT_ATTEMPTS: u32 = 4;
@@ -282,7 +282,7 @@ impl Browser {
         let printed = loop {
             match connection.call("Page.printToPDF", params.clone(), page).await.map_err(|e| e.to_string()) {
                 Err(error) if error.contains("Printing failed") && attempt < PRINT_ATTEMPTS => {
-                    tracing::debug!(attempt, error = %error, "the browser refused to print; trying again");
+                    tracing::debug!(attempt, error = %error, "Page.printToPDF failed; trying again");
                     attempt += 1;
                     tokio::time::sleep(PRINT_RETRY_PAUSE).await;
                 }

@@ -196,8 +196,8 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
     drop(id_range);
     timings.launch_us = started.elapsed().as_micros() as u64;
     let init_pid = launched.pid;
-    // On disk from the claim's write on; a cold start's claim has nothing
-    // else to change, so its record never gets it.
+    // Written with a pool member's claim. A cold start's claim changes
+    // nothing else in the record, so its record on disk never gets it.
     record.init_pid = Some(init_pid);
     let held_namespaces = teardown::hold_namespaces(init_pid);
     let namespaces = teardown::namespace_ids(init_pid);
