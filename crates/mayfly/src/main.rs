@@ -19,6 +19,13 @@ fn main() {
         mayfly_sandbox::init::main();
     }
 
+    // `mayfly run` starts the sandbox's init program now, so that its start
+    // overlaps the parsing and checks below. A run that never launches
+    // leaves it waiting, and it exits with this process.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        mayfly_sandbox::launch::prestart();
+    }
+
     let cli = cli::Cli::parse();
     // Commands that only print end quietly when their reader goes away, as
     // other command-line tools do. `run` and `serve` keep ignoring SIGPIPE:

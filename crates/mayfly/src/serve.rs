@@ -84,6 +84,8 @@ pub fn main(args: ServeArgs) -> i32 {
             return ExitCode::USAGE;
         }
     };
+    // Sessions then start without waiting for the init program's exec.
+    mayfly_sandbox::launch::keep_one_ready();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("mayfly-serve").build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -11,6 +11,7 @@ mod command;
 pub(crate) mod network;
 mod pty;
 pub mod rootfs;
+mod start;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -470,9 +471,15 @@ fn supervise(spec: &InitSpec, claim: &Claim, waiting: Waiting, reports: &mut Fil
     }
 }
 
-/// Entry point of init. Never returns: the exit status carries no meaning,
-/// because the end reason travels on the report pipe.
+/// Entry point of the init program, which starts as init's starter (see
+/// [`start`]) and runs on as init in the starter's clone.
 pub fn main() -> ! {
+    start::main()
+}
+
+/// Init itself. Never returns: the exit status carries no meaning, because
+/// the end reason travels on the report pipe.
+fn run() -> ! {
     let started = Instant::now();
     let started_ns = monotonic_now_ns();
     // SAFETY: the launcher placed the report pipe at this descriptor.

@@ -201,7 +201,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
     record.init_pid = Some(init_pid);
     let held_namespaces = teardown::hold_namespaces(init_pid);
     let namespaces = teardown::namespace_ids(init_pid);
-    let reports = start_reports(launched.reports);
+    let reports = start_reports(launched.reports, launched.starter);
 
     Ok(Prepared(Some(Parts {
         sandbox_id: config.sandbox_id,

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
+use crate::launch::Starter;
 use crate::spec::InitReport;
 use crate::transfer::{self, ExportSummary};
 
@@ -57,9 +58,12 @@ pub(super) struct Pipes {
 }
 
 /// Starts the thread that reads init's reports.
-pub(super) fn start_reports(reports: File) -> Reports {
+pub(super) fn start_reports(reports: File, starter: Starter) -> Reports {
     let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
     let report_thread = thread::spawn(move || {
+        // The starter exits right after the launch. Reaping it here keeps
+        // the wait off the launch's path.
+        drop(starter);
         for line in io::BufReader::new(reports).lines() {
             let Ok(line) = line else { break };
             if let Ok(report) = serde_json::from_str::<InitReport>(&line) {

@@ -1,0 +1,181 @@
+//! The messages between the supervisor and init's starter.
+//!
+//! They travel over a `SOCK_SEQPACKET` socket pair, so each message keeps
+//! its boundaries. The first message of each side is one JSON object, and
+//! the descriptors it announces ride along as `SCM_RIGHTS`, in chunks of at
+//! most [`FDS_PER_MESSAGE`]. Messages after the first carry one placeholder
+//! byte, because the kernel does not pass descriptors with an empty payload.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
+
+/// Descriptors per message. The kernel accepts at most 253 (`SCM_MAX_FD`).
+const FDS_PER_MESSAGE: usize = 250;
+
+/// Longest JSON object either side sends.
+const MAX_PAYLOAD: usize = 4096;
+
+/// The supervisor's request: clone init into new namespaces with these
+/// descriptors. The descriptors are the session's, in init's fixed order,
+/// followed by those that join the session cgroup.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Request {
+    /// First host uid and gid of the session's id range.
+    pub id_base: u32,
+    /// How many descriptors init gets, at numbers 0 and up.
+    pub session_fds: usize,
+    pub cgroup: CgroupJoin,
+}
+
+/// How init joins the session cgroup.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum CgroupJoin {
+    /// cgroup v1: init writes to each of this many `tasks` files.
+    V1 { tasks: usize },
+    /// cgroup v2: clone3 starts init in the one directory passed.
+    V2,
+}
+
+impl Request {
+    pub(crate) fn fd_count(&self) -> usize {
+        self.session_fds
+            + match self.cgroup {
+                CgroupJoin::V1 { tasks } => tasks,
+                CgroupJoin::V2 => 1,
+            }
+    }
+}
+
+/// The starter's reply. `Started` comes with init's pidfd.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    Started { pid: i32 },
+    /// A step failed with `errno`. `pid` is the child that was cloned
+    /// before the failure, which exits by itself and which the supervisor
+    /// must reap, because it is the supervisor's child.
+    Failed { step: FailedStep, errno: i32, pid: Option<i32> },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum FailedStep {
+    Clone,
+    UidMap,
+    GidMap,
+    Release,
+}
+
+impl Reply {
+    pub(crate) fn fd_count(&self) -> usize {
+        match self {
+            Reply::Started { .. } => 1,
+            Reply::Failed { .. } => 0,
+        }
+    }
+}
+
+/// Sends `message` with `fds`, splitting the descriptors over as many
+/// messages as they need.
+pub(crate) fn send<T: Serialize>(socket: BorrowedFd<'_>, message: &T, fds: &[RawFd]) -> io::Result<()> {
+    let payload = serde_json::to_vec(message).map_err(io::Error::other)?;
+    let mut chunks = fds.chunks(FDS_PER_MESSAGE);
+    send_one(socket, &payload, chunks.next().unwrap_or_default())?;
+    for chunk in chunks {
+        send_one(socket, b"+", chunk)?;
+    }
+    Ok(())
+}
+
+fn send_one(socket: BorrowedFd<'_>, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let iov = [IoSlice::new(payload)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    let sent = sendmsg::<()>(socket.as_raw_fd(), &iov, control, MsgFlags::MSG_NOSIGNAL, None)?;
+    if sent != payload.len() {
+        return Err(io::Error::other(format!("sent {sent} of {} bytes", payload.len())));
+    }
+    Ok(())
+}
+
+/// Receives a message of type `T` and the descriptors that `fd_count`
+/// says it announces. End of file before the whole message is an error.
+pub(crate) fn receive<T: for<'de> Deserialize<'de>>(socket: BorrowedFd<'_>, fd_count: impl Fn(&T) -> usize) -> io::Result<(T, Vec<OwnedFd>)> {
+    let mut fds = Vec::new();
+    let payload = receive_one(socket, &mut fds)?;
+    let message: T = serde_json::from_slice(&payload).map_err(io::Error::other)?;
+    let expected = fd_count(&message);
+    while fds.len() < expected {
+        receive_one(socket, &mut fds)?;
+    }
+    if fds.len() != expected {
+        return Err(io::Error::other(format!("received {} descriptors, expected {expected}", fds.len())));
+    }
+    Ok((message, fds))
+}
+
+fn receive_one(socket: BorrowedFd<'_>, fds: &mut Vec<OwnedFd>) -> io::Result<Vec<u8>> {
+    let mut payload = vec![0u8; MAX_PAYLOAD];
+    let mut control = nix::cmsg_space!([RawFd; FDS_PER_MESSAGE]);
+    let mut iov = [IoSliceMut::new(&mut payload)];
+    let message = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut control), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let length = message.bytes;
+    let truncated = message.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    for control in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = control {
+            // SAFETY: the kernel installed these descriptors for this
+            // process, and nothing else owns them.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    if length == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the other side closed the socket"));
+    }
+    if truncated {
+        return Err(io::Error::other("a message was truncated"));
+    }
+    payload.truncate(length);
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsFd;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap()
+    }
+
+    #[test]
+    fn request_with_many_descriptors_arrives_whole() {
+        let (left, right) = pair();
+        let files: Vec<std::fs::File> = (0..300).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let request = Request { id_base: 100_000, session_fds: 297, cgroup: CgroupJoin::V1 { tasks: 3 } };
+        let sender = std::thread::spawn(move || send(left.as_fd(), &request, &fds).unwrap());
+        let (received, fds) = receive::<Request>(right.as_fd(), Request::fd_count).unwrap();
+        sender.join().unwrap();
+        assert_eq!(received.id_base, 100_000);
+        assert_eq!(received.session_fds, 297);
+        assert_eq!(fds.len(), 300);
+    }
+
+    #[test]
+    fn closed_socket_is_an_error() {
+        let (left, right) = pair();
+        drop(left);
+        let error = receive::<Reply>(right.as_fd(), Reply::fd_count).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn missing_descriptors_are_an_error() {
+        let (left, right) = pair();
+        send(left.as_fd(), &Reply::Started { pid: 7 }, &[]).unwrap();
+        drop(left);
+        assert!(receive::<Reply>(right.as_fd(), Reply::fd_count).is_err());
+    }
+}
