@@ -21,8 +21,13 @@ fn main() {
 
     // `mayfly run` starts the sandbox's init program now, so that its start
     // overlaps the parsing and checks below. A run that never launches
-    // leaves it waiting, and it exits with this process.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+    // leaves it waiting, and it exits with this process. A run on a server
+    // (`--server` or MAYFLY_URL) launches nothing here.
+    let mut args = std::env::args_os().skip(1);
+    let runs_here = args.next().is_some_and(|a| a == "run")
+        && std::env::var_os("MAYFLY_URL").is_none()
+        && !args.take_while(|a| a != "--").any(|a| a == "--server" || a.to_string_lossy().starts_with("--server="));
+    if runs_here {
         mayfly_sandbox::launch::prestart();
     }
 

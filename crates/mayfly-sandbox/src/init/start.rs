@@ -24,15 +24,25 @@ pub fn main() -> ! {
     let Ok((request, fds)) = handoff::receive::<Request>(socket.as_fd(), Request::fd_count) else {
         std::process::exit(0);
     };
-    let (reply, pidfd) = start_init(&request, &fds);
-    let pidfds: Vec<RawFd> = pidfd.iter().map(|fd| fd.as_raw_fd()).collect();
-    let _ = handoff::send(socket.as_fd(), &reply, &pidfds);
-    std::process::exit(0);
+    let (reply, started) = start_init(&request, &fds);
+    let pidfds: Vec<RawFd> = started.iter().map(|(pidfd, _)| pidfd.as_raw_fd()).collect();
+    let sent = handoff::send(socket.as_fd(), &reply, &pidfds);
+
+    // The clone runs once released. The starter exits at once, so that the
+    // clone's first writes to the memory they share find fewer pages that
+    // the kernel must copy. Without the reply the supervisor does not know
+    // the clone, so the clone is not released: it reads end of file and exits.
+    if let (Ok(()), Some((_, release))) = (sent, started) {
+        let _ = File::from(release).write_all(b"x");
+    }
+    // SAFETY: ends this process without running destructors, which would
+    // only close descriptors that the exit closes as well.
+    unsafe { libc::_exit(0) }
 }
 
-/// Clones init and lets it run. Returns the reply, with init's pidfd when
-/// it started.
-fn start_init(request: &Request, fds: &[OwnedFd]) -> (Reply, Option<OwnedFd>) {
+/// Clones init and writes its id maps. Returns the reply and, when init
+/// was cloned, its pidfd and the write end of the pipe that releases it.
+fn start_init(request: &Request, fds: &[OwnedFd]) -> (Reply, Option<(OwnedFd, OwnedFd)>) {
     let (session, cgroup) = fds.split_at(request.session_fds.min(fds.len()));
     let failed = |step, error: io::Error, pid| Reply::Failed { step, errno: error.raw_os_error().unwrap_or(libc::EIO), pid };
     let (release_read, release_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
@@ -75,9 +85,9 @@ fn start_init(request: &Request, fds: &[OwnedFd]) -> (Reply, Option<OwnedFd>) {
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(release_read);
 
-    // Id maps, then release the child. The setgroups file stays "allow" so
-    // init can clear the groups it inherited. On a failure the child reads
-    // end of file on the release pipe and exits.
+    // The setgroups file stays "allow" so init can clear the groups it
+    // inherited. On a failure the child reads end of file on the release
+    // pipe and exits.
     let line = format!("0 {} {ID_RANGE_SIZE}\n", request.id_base);
     if let Err(error) = std::fs::write(format!("/proc/{pid}/uid_map"), &line) {
         return (failed(FailedStep::UidMap, error, Some(pid)), None);
@@ -85,10 +95,7 @@ fn start_init(request: &Request, fds: &[OwnedFd]) -> (Reply, Option<OwnedFd>) {
     if let Err(error) = std::fs::write(format!("/proc/{pid}/gid_map"), &line) {
         return (failed(FailedStep::GidMap, error, Some(pid)), None);
     }
-    if let Err(error) = File::from(release_write).write_all(b"x") {
-        return (failed(FailedStep::Release, error, Some(pid)), None);
-    }
-    (Reply::Started { pid }, Some(pidfd))
+    (Reply::Started { pid }, Some((pidfd, release_write)))
 }
 
 /// Code of the clone: joins the session's v1 cgroups, waits for its id

@@ -64,7 +64,6 @@ pub(crate) enum FailedStep {
     Clone,
     UidMap,
     GidMap,
-    Release,
 }
 
 impl Reply {

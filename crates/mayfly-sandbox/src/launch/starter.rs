@@ -218,7 +218,6 @@ impl Starter {
                     FailedStep::Clone => LaunchError::Clone(source),
                     FailedStep::UidMap => LaunchError::IdMap { map: "uid_map", source },
                     FailedStep::GidMap => LaunchError::IdMap { map: "gid_map", source },
-                    FailedStep::Release => LaunchError::Release(source),
                 })
             }
         }
@@ -241,5 +240,22 @@ impl Drop for Starter {
         let _ = nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         // SAFETY: waitpid on the starter, a child of this process.
         unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::handoff::CgroupJoin;
+
+    #[test]
+    fn dead_starter_fails_the_handoff() {
+        let starter = Starter::spawn().unwrap();
+        // SAFETY: kill on the starter just spawned, a child of this process.
+        assert_eq!(unsafe { libc::kill(starter.pid, libc::SIGKILL) }, 0);
+        let request = Request { id_base: 1_000_000_000, session_fds: 0, cgroup: CgroupJoin::V1 { tasks: 0 } };
+        let error = starter.start(&request, &[]).unwrap_err();
+        assert!(matches!(error, LaunchError::Starter(_)), "{error}");
+        assert!(error.to_string().starts_with("failed to hand the session to the init program"), "{error}");
     }
 }
