@@ -147,7 +147,7 @@ impl Prepared {
         let end = apply_oom(end, &usage);
         let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) =
             tear_down(&cgroup, Some(relays), &namespaces, early_scan, &this.state_dir, &this.sandbox_id, &mut timings);
-        drop(this.held_namespaces);
+        this.held_namespaces.release();
 
         // A failed export or an incomplete teardown overrides the command's status.
         let exit_code = if artifacts_error.is_some() || !evidence.clean { mayfly_core::ExitCode::SETUP_FAILED } else { end.exit_code() };

@@ -333,7 +333,7 @@ impl Parts {
         let _ = self.reports.thread.join();
         let mut timings = Timings::default();
         let evidence = tear_down(&self.cgroup, None, &self.namespaces, None, &self.state_dir, &self.sandbox_id, &mut timings).0;
-        drop(self.held_namespaces);
+        self.held_namespaces.release();
         evidence
     }
 }
@@ -373,17 +373,19 @@ pub(super) fn tear_down(
     evidence.cgroups_remaining = cgroup.remaining_paths();
     timings.teardown_us = teardown_started.elapsed().as_micros() as u64;
 
+    // The record goes once no process or cgroup of the session is left. It
+    // goes before the wait for the scan, which usually takes longer.
     let verify_started = Instant::now();
-    evidence.namespaces_remaining = match early_scan.map(|scan| scan.join()) {
-        Some(Ok(found)) => found,
-        _ => teardown::find_namespace_holders(namespaces, None),
-    };
     if evidence.processes_remaining.is_empty() && evidence.cgroups_remaining.is_empty() {
         if let Err(error) = ledger::remove(state_dir, sandbox_id) {
             evidence.errors.push(error.to_string());
         }
     }
     evidence.ledger_record_removed = !ledger::exists(state_dir, sandbox_id);
+    evidence.namespaces_remaining = match early_scan.map(|scan| scan.join()) {
+        Some(Ok(found)) => found,
+        _ => teardown::find_namespace_holders(namespaces, None),
+    };
     timings.verify_us = verify_started.elapsed().as_micros() as u64;
     (evidence.finish(), artifacts, artifacts_error, stderr_ended_mid_line)
 }
