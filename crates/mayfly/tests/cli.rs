@@ -18,6 +18,32 @@ fn exit_status_and_streams_pass_through() {
 }
 
 #[test]
+fn common_open_file_limit_works() {
+    // 1024 is a common soft limit for the open files of a shell or service.
+    // Sessions with command pipes and inputs still start under it.
+    let scratch = Scratch::new("nofile");
+    let input = scratch.path.join("input.txt");
+    write(&input, "from the host\n");
+    let mut command = scratch.run();
+    command.arg("--input").arg(&input).args(["--", "/bin/cat", "/work/input.txt"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = limit.rlim_max.min(1024);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "from the host\n");
+}
+
+#[test]
 fn stdin_reaches_command() {
     let scratch = Scratch::new("stdin");
     let mut child = scratch.run().args(["--", "/bin/cat"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();

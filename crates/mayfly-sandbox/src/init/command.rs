@@ -91,7 +91,13 @@ fn confine_and_exec(spec: &InitSpec, claim_pipe: std::fs::File, pipe: &mut std::
     //    dumps, which would write process memory into the session's tmpfs.
     let open_files = u64::from(spec.open_files);
     if let Err(errno) = setrlimit(Resource::RLIMIT_NOFILE, open_files, open_files) {
-        return fail("set RLIMIT_NOFILE", errno.to_string());
+        let hard = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(_, hard)| hard);
+        let error = if errno == nix::errno::Errno::EPERM && hard < open_files {
+            format!("the profile's open_files {open_files} is above the hard open-file limit {hard} that mayfly runs with; raise that limit (ulimit -Hn) or lower open_files")
+        } else {
+            errno.to_string()
+        };
+        return fail("set RLIMIT_NOFILE", error);
     }
     if let Err(errno) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
         return fail("set RLIMIT_CORE", errno.to_string());
@@ -225,7 +231,7 @@ pub fn run(spec: &InitSpec, claim_pipe: OwnedFd, pipe: OwnedFd, terminal: Option
             // SAFETY: fcntl and dup2 on descriptors this child owns; the
             // duplicate of the error pipe is owned by the OwnedFd below alone.
             unsafe {
-                let moved = libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&pipe), libc::F_DUPFD_CLOEXEC, 1024);
+                let moved = libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&pipe), libc::F_DUPFD_CLOEXEC, 5);
                 drop(pipe);
                 if moved < 0 || libc::dup2(read, 3) != 3 || libc::dup2(write, 4) != 4 {
                     libc::_exit(125)

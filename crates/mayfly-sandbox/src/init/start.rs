@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::launch::handoff::{self, CgroupJoin, FailedStep, Reply, Request};
-use crate::launch::{clone3_fork, CloneArgs, CLONE_INTO_CGROUP, ID_RANGE_SIZE, SHUFFLE_BASE, STARTER_SOCKET};
+use crate::launch::{clone3_fork, CloneArgs, CLONE_INTO_CGROUP, ID_RANGE_SIZE, STARTER_SOCKET};
 
 /// Entry point of the starter. Never returns: the starter exits after its
 /// reply, and its clone runs on as init.
@@ -137,10 +137,13 @@ fn become_init(session: &[OwnedFd], tasks: &[OwnedFd], release: OwnedFd) -> ! {
         }
 
         // Each descriptor goes first above every target, then down, so no
-        // move overwrites a descriptor still to be moved.
+        // move overwrites a descriptor still to be moved. The copies start
+        // right above the targets, because a fixed high base could exceed
+        // the open-file limit, which is often 1024.
+        let above_targets = session.len() as RawFd;
         let mut shuffled = Vec::with_capacity(session.len());
         for fd in session {
-            let high = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, SHUFFLE_BASE);
+            let high = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, above_targets);
             if high < 0 {
                 libc::_exit(125);
             }

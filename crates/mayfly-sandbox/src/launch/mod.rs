@@ -11,7 +11,6 @@ pub(crate) mod starter;
 
 pub(crate) use clone::{clone3_fork, CloneArgs, CLONE_INTO_CGROUP};
 pub use starter::{keep_one_ready, prestart, Starter, STARTER_SOCKET};
-pub(crate) use starter::SHUFFLE_BASE;
 
 use std::fs::File;
 use std::io::{self, Write};

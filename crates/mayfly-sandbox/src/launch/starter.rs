@@ -29,9 +29,6 @@ use super::{LaunchError, INIT_ARGUMENT};
 /// The starter's socket, at this descriptor of the starter.
 pub const STARTER_SOCKET: RawFd = 3;
 
-/// Descriptors above this are free for the child to shuffle through.
-pub(crate) const SHUFFLE_BASE: RawFd = 1024;
-
 /// Size of the child's stack until its exec. Its code calls only the C
 /// library's thin system call wrappers, which by estimate need a small
 /// fraction of this.
@@ -127,9 +124,10 @@ unsafe extern "C" fn exec_starter(args: *mut libc::c_void) -> ! {
     let args = &mut *args.cast::<ExecArgs>();
     // Move each descriptor to its fixed number: first above every target,
     // then down. Everything else closes at the exec.
-    let program = if args.program >= 0 { libc::fcntl(args.program, libc::F_DUPFD_CLOEXEC, SHUFFLE_BASE) } else { -1 };
+    let above_targets = args.fds.len() as RawFd;
+    let program = if args.program >= 0 { libc::fcntl(args.program, libc::F_DUPFD_CLOEXEC, above_targets) } else { -1 };
     for index in 0..args.fds.len() {
-        args.shuffled[index] = libc::fcntl(args.fds[index], libc::F_DUPFD_CLOEXEC, SHUFFLE_BASE);
+        args.shuffled[index] = libc::fcntl(args.fds[index], libc::F_DUPFD_CLOEXEC, above_targets);
         if args.shuffled[index] < 0 {
             libc::_exit(125);
         }
