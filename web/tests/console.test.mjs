@@ -244,8 +244,13 @@ test('a page of another origin cannot attach with the signed-in cookie', async (
   };
   const tall = await rows('tall');
   await page.setViewportSize({ width: 1366, height: 450 });
-  await page.waitForTimeout(300);
-  const short = await rows('short');
+  // The terminal refits after the window's resize event and then tells the
+  // server, so the shell may see the new size only a moment later.
+  let short = tall;
+  for (let attempt = 0; attempt < 10 && short >= tall; attempt += 1) {
+    await page.waitForTimeout(300);
+    short = await rows(`short${attempt}`);
+  }
   assert.ok(short < tall, `the terminal shrank with the window: ${tall} rows, then ${short}`);
   await context.close();
 });
@@ -300,11 +305,16 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   await shot(page, '11-browser-home');
 
   // The page's viewport follows the space the viewer has for it.
-  const followsScreen = () => page.waitForFunction(() => {
+  // Waits until the frame has the size of the screen element, and with
+  // `narrowerThan`, a width below it: right after a resize, the old frame
+  // still matches the screen element until the layout catches up.
+  const followsScreen = (narrowerThan = Infinity) => page.waitForFunction((limit) => {
     const frame = document.getElementById('screen-image');
     const screen = document.getElementById('screen');
-    return Math.abs(frame.naturalWidth - (screen.clientWidth - 8)) <= 1 && Math.abs(frame.naturalHeight - (screen.clientHeight - 8)) <= 1;
-  }, null, { timeout: 10000 });
+    return frame.naturalWidth < limit
+      && Math.abs(frame.naturalWidth - (screen.clientWidth - 8)) <= 1
+      && Math.abs(frame.naturalHeight - (screen.clientHeight - 8)) <= 1;
+  }, narrowerThan, { timeout: 10000 });
   await followsScreen();
   let box = await image.boundingBox();
   const naturalHeight = await image.evaluate((node) => node.naturalHeight);
@@ -359,7 +369,7 @@ test('browser session: page, link, German keys, Unicode paste and end', async ()
   // A smaller window gives the page a smaller viewport.
   const before = await image.evaluate((node) => node.naturalWidth);
   await page.setViewportSize({ width: 1100, height: 650 });
-  await followsScreen();
+  await followsScreen(before);
   assert.ok((await image.evaluate((node) => node.naturalWidth)) < before, 'the viewport shrank with the window');
   box = await image.boundingBox();
 
