@@ -18,7 +18,7 @@ pub enum CapsError {
 }
 
 fn last_cap() -> Result<u32, CapsError> {
-    let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").map_err(CapsError::LastCap)?;
+    let text = crate::procfs::read("/proc/sys/kernel/cap_last_cap").map_err(CapsError::LastCap)?;
     text.trim().parse().map_err(|_| CapsError::LastCap(io::Error::other(format!("unexpected content {text:?}"))))
 }
 
@@ -71,7 +71,7 @@ pub fn clear_sets() -> Result<(), CapsError> {
 
 /// Checks /proc/self/status and fails if any capability set is not empty.
 pub fn verify_none() -> Result<(), CapsError> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| CapsError::Remaining(e.to_string()))?;
+    let status = crate::procfs::read("/proc/self/status").map_err(|e| CapsError::Remaining(e.to_string()))?;
     for line in status.lines() {
         for field in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
             if let Some(value) = line.strip_prefix(field) {

@@ -58,7 +58,7 @@ impl Layout {
     /// offers every controller a session needs; otherwise the v1 controllers are
     /// used, which is the case on hybrid hosts.
     pub fn detect() -> Result<Layout, CgroupError> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        let mountinfo = crate::procfs::read("/proc/self/mountinfo")
             .map_err(|source| CgroupError::Read { path: "/proc/self/mountinfo".into(), source })?;
         let mut v2_root = None;
         let mut v1 = BTreeMap::new();

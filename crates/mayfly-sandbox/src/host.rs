@@ -56,7 +56,7 @@ fn check_namespaces() -> Check {
     let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
     if pid < 0 {
         let error = std::io::Error::last_os_error();
-        let max = fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+        let max = crate::procfs::read("/proc/sys/user/max_user_namespaces").unwrap_or_default();
         return Check::no(format!("creating user, pid, mount, network, ipc, uts and cgroup namespaces failed: {error} (user.max_user_namespaces = {})", max.trim()));
     }
     if pid == 0 {
@@ -69,7 +69,7 @@ fn check_namespaces() -> Check {
 }
 
 fn check_seccomp() -> Check {
-    let actions = fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    let actions = crate::procfs::read("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
     let needed = ["kill_process", "errno", "allow"];
     let missing: Vec<&str> = needed.iter().copied().filter(|a| !actions.split_whitespace().any(|x| x == *a)).collect();
     if actions.is_empty() {
@@ -82,7 +82,7 @@ fn check_seccomp() -> Check {
 }
 
 fn check_swap(layout: Option<&Layout>) -> Check {
-    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let meminfo = crate::procfs::read("/proc/meminfo").unwrap_or_default();
     let swap_total = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("SwapTotal:"))

@@ -54,7 +54,7 @@ fn path(state_dir: &Path, session_id: &str) -> PathBuf {
 /// Returns the start time of a process in clock ticks since boot, or `None`
 /// when no such process exists.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::procfs::read(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses; fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(19)?.parse().ok()

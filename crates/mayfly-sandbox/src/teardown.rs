@@ -87,7 +87,7 @@ pub fn namespace_ids(pid: i32) -> BTreeMap<String, String> {
 
 /// Describes a process for the evidence: its command name, state and parent.
 fn describe(pid: i32) -> String {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = crate::procfs::read(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("?").to_string();
     format!("{}, state {}, parent {}", field("Name:"), field("State:"), field("PPid:"))
 }
@@ -101,14 +101,14 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// empty set otherwise. Kernel threads stay in the host's namespaces, so
 /// the scan skips them without a system call each.
 fn kernel_threads() -> HashSet<i32> {
-    let Ok(stat) = fs::read_to_string("/proc/2/stat") else { return HashSet::new() };
+    let Ok(stat) = crate::procfs::read("/proc/2/stat") else { return HashSet::new() };
     // The flags are the ninth field, the seventh after the command name,
     // which ends at the last ')'.
     let flags = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok());
     if flags.is_none_or(|flags| flags & PF_KTHREAD == 0) {
         return HashSet::new();
     }
-    let Ok(children) = fs::read_to_string("/proc/2/task/2/children") else { return HashSet::new() };
+    let Ok(children) = crate::procfs::read("/proc/2/task/2/children") else { return HashSet::new() };
     children.split_whitespace().filter_map(|pid| pid.parse().ok()).chain([2]).collect()
 }
 
@@ -166,7 +166,7 @@ pub fn find_namespace_holders(ids: &BTreeMap<String, String>, except: Option<i32
     };
     let mut found = scan_processes(&pids, &wanted);
     let wanted: Vec<&String> = ids.values().collect();
-    if let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") {
+    if let Ok(mountinfo) = crate::procfs::read("/proc/self/mountinfo") {
         for line in mountinfo.lines().filter(|l| l.contains(" - nsfs ")) {
             for id in &wanted {
                 if line.contains(id.as_str()) {

@@ -138,7 +138,7 @@ fn wait_for_claim(pipe: &mut BufReader<File>, until: u64, prestarted: Option<&Ow
 /// session uses, as the launcher arranged before exec.
 fn check_cgroup(spec: &InitSpec) -> Result<(), SetupError> {
     let step = "check the session cgroup";
-    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| SetupError::new(step, e.to_string()))?;
+    let text = crate::procfs::read("/proc/self/cgroup").map_err(|e| SetupError::new(step, e.to_string()))?;
     let suffix = format!("/mayfly/{}", spec.session_id);
     for controllers in &spec.cgroup_membership {
         let joined = text.lines().any(|line| {

@@ -82,7 +82,7 @@ pub struct HostMounts(Vec<PathBuf>);
 
 impl HostMounts {
     pub fn read() -> HostMounts {
-        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let info = crate::procfs::read("/proc/self/mountinfo").unwrap_or_default();
         HostMounts(info.lines().filter_map(|line| line.split(' ').nth(4)).map(PathBuf::from).collect())
     }
 
