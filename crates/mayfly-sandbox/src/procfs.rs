@@ -6,10 +6,10 @@ use std::path::Path;
 
 /// Reads a text file of /proc, usually with two reads.
 ///
-/// /proc reports a size of 0 for its files, so `fs::read_to_string` asks
-/// for the metadata, then starts with a 32-byte read and doubles the size
-/// of each next one: eight calls for a file of 1.5 KiB. The sandbox's
-/// launch and teardown read a dozen of these files.
+/// /proc reports a size of 0 for its files, so `fs::read_to_string` calls
+/// statx for the metadata, then starts with a 32-byte read and doubles the
+/// size of each next one: eight reads for a file of 1.5 KiB. The sandbox's
+/// launch, init and teardown read about a dozen of these files.
 pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     let mut file = File::open(path)?;
     let mut bytes = vec![0u8; 4096];
