@@ -467,10 +467,13 @@ test('browser session: tabs, popups, touch, composition, dead keys, modifiers, c
   const watermark = await page.locator('#watermark span').first().textContent();
   assert.equal(watermark, `alice · ${sessionId}`);
 
-  // A link with a target opens a tab, which comes to the front.
+  // A link with a target opens a tab, which comes to the front. The address
+  // changes when the navigation commits, before the page is parsed, so the
+  // click waits for the page's title in the tab bar.
   await address.fill(`${origin}/popup`);
   await address.press('Enter');
   await addressShows(page, `${origin}/popup`);
+  await page.waitForFunction(() => [...document.querySelectorAll('#tab-list .tab-show')].some((tab) => tab.textContent.endsWith('Popups')));
   await page.waitForFunction(() => document.getElementById('screen-image').naturalHeight > 0);
   let box = await image.boundingBox();
   const scale = box.height / (await image.evaluate((node) => node.naturalHeight));
