@@ -244,8 +244,8 @@ test('a page of another origin cannot attach with the signed-in cookie', async (
   };
   const tall = await rows('tall');
   await page.setViewportSize({ width: 1366, height: 450 });
-  // The terminal refits after the window's resize event and then tells the
-  // server, so the shell may see the new size only a moment later.
+  // The terminal refits after the window's resize event and then sends the
+  // new size to the server, so the shell may get it only a moment later.
   let short = tall;
   for (let attempt = 0; attempt < 10 && short >= tall; attempt += 1) {
     await page.waitForTimeout(300);

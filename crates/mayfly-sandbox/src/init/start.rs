@@ -101,8 +101,8 @@ fn start_init(request: &Request, fds: &[OwnedFd]) -> (Reply, Option<(OwnedFd, Ow
 /// Code of the clone: joins the session's v1 cgroups, waits for its id
 /// maps, becomes root of its user namespace, moves the session's
 /// descriptors to their fixed numbers, closes every other one and runs
-/// init. Any failure ends it with status 125, which the supervisor sees as
-/// init's missing reports.
+/// init. Any failure ends it with status 125, which the supervisor reports
+/// as init's missing reports.
 fn become_init(session: &[OwnedFd], tasks: &[OwnedFd], release: OwnedFd) -> ! {
     // SAFETY: plain system calls on descriptors this process owns. Nothing
     // below returns, so no Rust object closes a descriptor a second time.

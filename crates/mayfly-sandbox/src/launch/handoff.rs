@@ -30,7 +30,7 @@ pub(crate) struct Request {
     pub cgroup: CgroupJoin,
 }
 
-/// How init joins the session cgroup.
+/// The way init joins the session cgroup.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum CgroupJoin {
     /// cgroup v1: init writes to each of this many `tasks` files.
@@ -98,8 +98,9 @@ fn send_one(socket: BorrowedFd<'_>, payload: &[u8], fds: &[RawFd]) -> io::Result
     Ok(())
 }
 
-/// Receives a message of type `T` and the descriptors that `fd_count`
-/// says it announces. End of file before the whole message is an error.
+/// Receives a message of type `T` and the number of descriptors that
+/// `fd_count` returns for it. End of file before the whole message is an
+/// error.
 pub(crate) fn receive<T: for<'de> Deserialize<'de>>(socket: BorrowedFd<'_>, fd_count: impl Fn(&T) -> usize) -> io::Result<(T, Vec<OwnedFd>)> {
     let mut fds = Vec::new();
     let payload = receive_one(socket, &mut fds)?;

@@ -84,8 +84,8 @@ struct ExecArgs {
     envp: [*const libc::c_char; 1],
 }
 
-/// What must stay alive until the child has exec'd: its stack and inputs,
-/// and the pipe that reaches end of file at its exec.
+/// The child's stack and inputs, which must stay alive until it has
+/// exec'd, and the pipe that reaches end of file at its exec.
 struct PendingExec {
     exec_read: File,
     _stack: Vec<u128>,
@@ -181,7 +181,8 @@ impl Starter {
         };
         // SAFETY: `exec_starter` is async-signal-safe. Its stack and `args`
         // move into the returned starter, which keeps them until the exec
-        // pipe reaches end of file; the heap memory they own does not move.
+        // pipe reaches end of file. Moving them leaves their heap memory
+        // in place.
         let pid = unsafe { clone3_with_stack(&clone_args, exec_starter, (&mut *args as *mut ExecArgs).cast()) };
         if pid < 0 {
             return Err(LaunchError::Starter(io::Error::from_raw_os_error(-pid as i32)));
