@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::launch::descriptors;
 use crate::launch::handoff::{self, CgroupJoin, FailedStep, Reply, Request};
 use crate::launch::{clone3_fork, CloneArgs, CLONE_INTO_CGROUP, ID_RANGE_SIZE, STARTER_SOCKET};
 
@@ -136,25 +137,11 @@ fn become_init(session: &[OwnedFd], tasks: &[OwnedFd], release: OwnedFd) -> ! {
             libc::_exit(125);
         }
 
-        // Each descriptor goes first above every target, then down, so no
-        // move overwrites a descriptor still to be moved. The copies start
-        // right above the targets, because a fixed high base could exceed
-        // the open-file limit, which is often 1024.
-        let above_targets = session.len() as RawFd;
-        let mut shuffled = Vec::with_capacity(session.len());
-        for fd in session {
-            let high = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, above_targets);
-            if high < 0 {
-                libc::_exit(125);
-            }
-            shuffled.push(high);
-        }
-        for (target, fd) in shuffled.iter().enumerate() {
-            if libc::dup2(*fd, target as RawFd) < 0 {
-                libc::_exit(125);
-            }
-        }
-        if libc::syscall(libc::SYS_close_range, shuffled.len() as u32, u32::MAX, 0) != 0 {
+        // The session's descriptors go to their fixed numbers, and every
+        // other one closes now.
+        let fds: Vec<RawFd> = session.iter().map(|fd| fd.as_raw_fd()).collect();
+        let mut scratch = vec![0; fds.len()];
+        if !descriptors::place(&fds, &mut scratch, 0) {
             libc::_exit(125);
         }
     }

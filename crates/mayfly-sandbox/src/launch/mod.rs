@@ -6,6 +6,7 @@
 //! then sends init the spec.
 
 mod clone;
+pub(crate) mod descriptors;
 pub(crate) mod handoff;
 pub(crate) mod starter;
 

@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::clone::{clone3_with_stack, CloneArgs};
+use super::descriptors;
 use super::handoff::{self, FailedStep, Reply, Request};
 use super::{LaunchError, INIT_ARGUMENT};
 
@@ -93,7 +94,7 @@ struct PendingExec {
 }
 
 // SAFETY: the raw pointers in `ExecArgs` point only into its own
-// `argv_strings`, which move with it, and no thread reads them after the
+// `_argv_strings`, which move with it, and no thread reads them after the
 // child's exec.
 unsafe impl Send for PendingExec {}
 
@@ -122,22 +123,10 @@ pub struct Starter {
 /// valid descriptors and NUL-terminated `argv` and `envp`.
 unsafe extern "C" fn exec_starter(args: *mut libc::c_void) -> ! {
     let args = &mut *args.cast::<ExecArgs>();
-    // Move each descriptor to its fixed number: first above every target,
-    // then down. Everything else closes at the exec.
-    let above_targets = args.fds.len() as RawFd;
-    let program = if args.program >= 0 { libc::fcntl(args.program, libc::F_DUPFD_CLOEXEC, above_targets) } else { -1 };
-    for index in 0..args.fds.len() {
-        args.shuffled[index] = libc::fcntl(args.fds[index], libc::F_DUPFD_CLOEXEC, above_targets);
-        if args.shuffled[index] < 0 {
-            libc::_exit(125);
-        }
-    }
-    for (target, fd) in args.shuffled.iter().enumerate() {
-        if libc::dup2(*fd, target as RawFd) < 0 {
-            libc::_exit(125);
-        }
-    }
-    if libc::syscall(libc::SYS_close_range, args.fds.len() as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+    // The program's descriptor moves above the fixed numbers first, so the
+    // moves below leave it alone. Everything else closes at the exec.
+    let program = if args.program >= 0 { libc::fcntl(args.program, libc::F_DUPFD_CLOEXEC, args.fds.len() as RawFd) } else { -1 };
+    if !descriptors::place(&args.fds, &mut args.shuffled, libc::CLOSE_RANGE_CLOEXEC) {
         libc::_exit(125);
     }
     // `mayfly-init` when it was found, and this binary otherwise. It starts

@@ -110,10 +110,10 @@ fn runs(entries: &[(u32, Label)], deny: Label) -> Vec<(u32, Label)> {
     let mut runs: Vec<(u32, Label)> = Vec::new();
     let mut next = 0u32;
     for (nr, target) in entries {
-        if *nr > next && runs.last().is_none_or(|(_, last)| *last != deny) {
+        if *nr > next {
             runs.push((next, deny));
         }
-        if runs.last().is_none_or(|(_, last)| last != target) || *nr > next {
+        if runs.last().is_none_or(|(_, last)| last != target) {
             runs.push((*nr, *target));
         }
         next = nr + 1;
