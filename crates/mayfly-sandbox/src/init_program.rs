@@ -1,11 +1,12 @@
-//! The program that runs as a sandbox's init.
+//! The program that runs as a sandbox's init when a starter is spawned
+//! (see [`crate::launch::starter`]), as for every sandbox of a server.
 //!
-//! Init is `mayfly-init`, a small program installed beside the binary that
-//! starts sandboxes. It contains only this crate's init, so the kernel and
-//! the dynamic loader map and relocate far fewer pages than for the whole
-//! `mayfly` binary, which saves about half a millisecond per sandbox. When
-//! `mayfly-init` is missing, the starting binary runs as init itself, given
-//! [`crate::INIT_ARGUMENT`]; both run the same code.
+//! That program is `mayfly-init`, a small program installed beside the
+//! binary that starts sandboxes. It contains only this crate's init, so the
+//! kernel and the dynamic loader map and relocate far fewer pages than for
+//! the whole `mayfly` binary, which saves about half a millisecond per
+//! sandbox. When `mayfly-init` is missing, the starting binary runs as init
+//! itself, given [`crate::INIT_ARGUMENT`]; both run the same code.
 //!
 //! Init and the starting binary must come from one build, because init
 //! reads the spec that the other writes. Each spec carries [`BUILD_ID`], a

@@ -19,16 +19,19 @@ fn main() {
         mayfly_sandbox::init::main();
     }
 
-    // `mayfly run` starts the sandbox's init program now, so that its start
-    // overlaps the parsing and checks below. A run that never launches
-    // leaves it waiting, and it exits with this process. A run on a server
-    // (`--server` or MAYFLY_URL) launches nothing here.
+    // `mayfly run` forks the starter of its sandbox's init now, so that the
+    // starter and the sandbox's namespaces get ready while this process
+    // parses and checks below. A run that never launches leaves it waiting,
+    // and it exits with this process. A run on a server (`--server` or
+    // MAYFLY_URL) launches nothing here.
     let mut args = std::env::args_os().skip(1);
     let runs_here = args.next().is_some_and(|a| a == "run")
         && std::env::var_os("MAYFLY_URL").is_none()
         && !args.take_while(|a| a != "--").any(|a| a == "--server" || a.to_string_lossy().starts_with("--server="));
     if runs_here {
-        mayfly_sandbox::launch::prestart();
+        // SAFETY: no thread has started, and this process has read nothing
+        // but its command line and, above, a variable it found unset.
+        unsafe { mayfly_sandbox::launch::prestart_forked() };
     }
 
     let cli = cli::Cli::parse();

@@ -259,23 +259,26 @@ fn output_of_copy(command: &mut Command) -> std::process::Output {
     panic!("{command:?} stayed busy for a second");
 }
 
-/// Runs `mayfly doctor --json` and `mayfly run --json -- cat /proc/1/comm`
-/// with the binary at `mayfly`; returns the doctor's init program entry and
-/// what the run printed.
-fn init_in_use(scratch: &Scratch, mayfly: &std::path::Path) -> (serde_json::Value, String) {
+/// Runs `mayfly doctor --json` with the binary at `mayfly`, and a job
+/// `cat /proc/1/comm` on `mayfly serve` of that binary; returns the
+/// doctor's init program entry and what the job printed. A server starts
+/// each sandbox with the init program, while `mayfly run` forks itself.
+fn init_in_use(scratch: &Scratch, mayfly: &std::path::Path, label: &str) -> (serde_json::Value, String) {
     let doctor = output_of_copy(Command::new(mayfly).args(["doctor", "--json"]));
     let checks: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
-    let run = output_of_copy(Command::new(mayfly).arg("run").arg("--state-dir").arg(scratch.state_dir()).args(["--json", "--", "/bin/cat", "/proc/1/comm"]));
+    // The doctor ran, so the copy is no longer busy.
+    let server = server::start_binary(mayfly, &scratch.path.join(label), &[], &[]);
+    let run = server.cli(server.token()).args(["run", "--", "/bin/cat", "/proc/1/comm"]).output().unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
-    assert_clean(&report(&run));
+    server.stop();
     (checks["init_program"].clone(), stdout(&run))
 }
 
 #[test]
 fn init_program_is_chosen_safely() {
     let scratch = Scratch::new("initprogram");
-    // Built beside mayfly, mayfly-init runs as every sandbox's init.
-    let (doctor, comm) = init_in_use(&scratch, std::path::Path::new(MAYFLY));
+    // Built beside mayfly, mayfly-init runs as the init of a server's sandboxes.
+    let (doctor, comm) = init_in_use(&scratch, std::path::Path::new(MAYFLY), "beside");
     assert_eq!(doctor["separate"], true, "{doctor}");
     assert_eq!(comm, "mayfly-init\n");
 
@@ -283,7 +286,7 @@ fn init_program_is_chosen_safely() {
     let alone = scratch.path.join("alone");
     std::fs::create_dir(&alone).unwrap();
     std::fs::copy(MAYFLY, alone.join("mayfly")).unwrap();
-    let (doctor, comm) = init_in_use(&scratch, &alone.join("mayfly"));
+    let (doctor, comm) = init_in_use(&scratch, &alone.join("mayfly"), "alone");
     assert_eq!(doctor["separate"], false, "{doctor}");
     assert!(doctor["detail"].as_str().unwrap().contains("mayfly-init cannot be opened"), "{doctor}");
     assert_eq!(comm, "exe\n", "the mayfly binary runs as init through /proc/self/exe");
@@ -292,10 +295,16 @@ fn init_program_is_chosen_safely() {
     let init = std::path::Path::new(MAYFLY).with_file_name("mayfly-init");
     std::fs::copy(&init, alone.join("mayfly-init")).unwrap();
     std::fs::set_permissions(alone.join("mayfly-init"), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let (doctor, comm) = init_in_use(&scratch, &alone.join("mayfly"));
+    let (doctor, comm) = init_in_use(&scratch, &alone.join("mayfly"), "open");
     assert_eq!(doctor["separate"], false, "{doctor}");
     assert!(doctor["detail"].as_str().unwrap().contains("chmod go-w"), "{doctor}");
     assert_eq!(comm, "exe\n");
+
+    // `mayfly run` forks itself as its sandbox's starter, under the same name.
+    let run = output_of_copy(Command::new(alone.join("mayfly")).arg("run").arg("--state-dir").arg(scratch.state_dir()).args(["--json", "--", "/bin/cat", "/proc/1/comm"]));
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert_clean(&report(&run));
+    assert_eq!(stdout(&run), "mayfly-init\n");
 }
 
 #[test]

@@ -1,60 +1,118 @@
 //! Init's starter: the init program before the session's namespaces exist.
 //!
-//! The supervisor starts the init program in the host's namespaces, as
-//! host root, with an empty environment and a socket at
-//! [`STARTER_SOCKET`]. It reads one request, clones itself into the
-//! session's new namespaces and cgroup, writes the clone's id maps, passes
-//! the clone's pidfd back and exits. The clone becomes the session's init
-//! by running init's code on, without an exec: it is a copy of this small,
-//! single-threaded process, which read nothing but the request.
+//! The supervisor starts the starter in the host's namespaces, as host
+//! root, with an empty environment and a socket at [`STARTER_SOCKET`]. The
+//! starter clones init into the session's new namespaces, writes the
+//! clone's id maps, passes the clone's pidfd back and exits. The clone
+//! becomes the session's init by running init's code on, without an exec:
+//! it is a copy of the small, single-threaded starter.
+//!
+//! Making the new namespaces takes longer than any other step of a launch,
+//! so on cgroup v1 the starter clones init as soon as it starts, while the
+//! supervisor still prepares the session, and init joins its cgroups once
+//! released. On cgroup v2, init starts in its cgroup (`CLONE_INTO_CGROUP`),
+//! which exists only by the time of the request, so the starter clones it
+//! then. Moving a running process into a v2 cgroup would cost more.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::cgroup::Layout;
 use crate::launch::descriptors;
-use crate::launch::handoff::{self, CgroupJoin, FailedStep, Reply, Request};
+use crate::launch::handoff::{self, CgroupJoin, FailedStep, Reply, Request, Session};
 use crate::launch::{clone3_fork, CloneArgs, CLONE_INTO_CGROUP, ID_RANGE_SIZE, STARTER_SOCKET};
+
+/// A clone that is to become init, with the write end of the pipe that
+/// releases it. Dropping it before the release ends the clone.
+struct Clone {
+    pid: i32,
+    pidfd: OwnedFd,
+    release: OwnedFd,
+}
 
 /// Entry point of the starter. Never returns: the starter exits after its
 /// reply, and its clone runs on as init.
 pub fn main() -> ! {
     // SAFETY: the supervisor placed the socket at this descriptor.
     let socket = unsafe { OwnedFd::from_raw_fd(STARTER_SOCKET) };
+    let early = clones_early().then(|| clone_init(None));
+    // The supervisor learns of the clone now, so that it can reap it even
+    // when no request comes. A clone that is not released exits by itself.
+    if let Some(Ok(clone)) = &early {
+        if handoff::send(socket.as_fd(), &Reply::Cloned { pid: clone.pid }, &[clone.pidfd.as_raw_fd()]).is_err() {
+            // SAFETY: ends this process; its clone reads end of file and exits.
+            unsafe { libc::_exit(0) }
+        }
+    }
     // End of file means the supervisor no longer needs this starter.
     let Ok((request, fds)) = handoff::receive::<Request>(socket.as_fd(), Request::fd_count) else {
-        std::process::exit(0);
+        // SAFETY: as above.
+        unsafe { libc::_exit(0) }
     };
-    let (reply, started) = start_init(&request, &fds);
-    let pidfds: Vec<RawFd> = started.iter().map(|(pidfd, _)| pidfd.as_raw_fd()).collect();
+    let (reply, started) = start_init(&request, &fds, early);
+    let pidfds: Vec<RawFd> = started.iter().map(|clone| clone.pidfd.as_raw_fd()).collect();
     let sent = handoff::send(socket.as_fd(), &reply, &pidfds);
 
     // The clone runs once released. The starter exits at once, so that the
     // clone's first writes to the memory they share find fewer pages that
     // the kernel must copy. Without the reply the supervisor does not know
     // the clone, so the clone is not released: it reads end of file and exits.
-    if let (Ok(()), Some((_, release))) = (sent, started) {
-        let _ = File::from(release).write_all(b"x");
+    if let (Ok(()), Some(clone)) = (sent, started) {
+        let _ = File::from(clone.release).write_all(b"x");
     }
     // SAFETY: ends this process without running destructors, which would
     // only close descriptors that the exit closes as well.
     unsafe { libc::_exit(0) }
 }
 
-/// Clones init and writes its id maps. Returns the reply and, when init
-/// was cloned, its pidfd and the write end of the pipe that releases it.
-fn start_init(request: &Request, fds: &[OwnedFd]) -> (Reply, Option<(OwnedFd, OwnedFd)>) {
-    let (session, cgroup) = fds.split_at(request.session_fds.min(fds.len()));
+/// Returns whether init is cloned before the request: on every host but
+/// one whose sessions use cgroup v2.
+fn clones_early() -> bool {
+    !matches!(Layout::detect(), Ok(Layout::V2 { .. }))
+}
+
+/// Uses the early clone, or clones init now, and writes its id maps.
+/// Returns the reply and, when init is ready for its release, the clone.
+fn start_init(request: &Request, fds: &[OwnedFd], early: Option<io::Result<Clone>>) -> (Reply, Option<Clone>) {
     let failed = |step, error: io::Error, pid| Reply::Failed { step, errno: error.raw_os_error().unwrap_or(libc::EIO), pid };
-    let (release_read, release_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(pipe) => pipe,
-        Err(errno) => return (failed(FailedStep::Clone, errno.into(), None), None),
+    let clone = match (early, request.cgroup) {
+        (Some(Ok(clone)), CgroupJoin::V1) => clone,
+        (Some(Err(error)), CgroupJoin::V1) => return (failed(FailedStep::Clone, error, None), None),
+        (None, CgroupJoin::V1) => match clone_init(None) {
+            Ok(clone) => clone,
+            Err(error) => return (failed(FailedStep::Clone, error, None), None),
+        },
+        (early, CgroupJoin::V2) => {
+            // An early clone is outside the cgroup. It ends once its release
+            // pipe closes, before the next clone could inherit that pipe, and
+            // the supervisor reaps it.
+            drop(early);
+            let directory = fds.first().map_or(-1, |fd| fd.as_raw_fd());
+            match clone_init(Some(directory)) {
+                Ok(clone) => clone,
+                Err(error) => return (failed(FailedStep::Clone, error, None), None),
+            }
+        }
     };
 
-    let (into_cgroup, cgroup_fd, tasks) = match request.cgroup {
-        CgroupJoin::V2 => (CLONE_INTO_CGROUP, cgroup.first().map_or(-1, |fd| fd.as_raw_fd()) as u64, &[][..]),
-        CgroupJoin::V1 { .. } => (0, 0, cgroup),
-    };
+    // The setgroups file stays "allow" so init can clear the groups it
+    // inherited. On a failure the clone reads end of file on the release
+    // pipe and exits.
+    let line = format!("0 {} {ID_RANGE_SIZE}\n", request.id_base);
+    if let Err(error) = std::fs::write(format!("/proc/{}/uid_map", clone.pid), &line) {
+        return (failed(FailedStep::UidMap, error, Some(clone.pid)), None);
+    }
+    if let Err(error) = std::fs::write(format!("/proc/{}/gid_map", clone.pid), &line) {
+        return (failed(FailedStep::GidMap, error, Some(clone.pid)), None);
+    }
+    (Reply::Started { pid: clone.pid }, Some(clone))
+}
+
+/// Clones init into new user, PID, mount, network, IPC and UTS namespaces,
+/// and with `cgroup_directory` into that v2 cgroup.
+fn clone_init(cgroup_directory: Option<RawFd>) -> io::Result<Clone> {
+    let (release_read, release_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut pidfd: RawFd = -1;
     // CLONE_PARENT makes init a child of the supervisor, which waits for it.
     // clone3 then takes the exit signal from this process and requires 0 here.
@@ -67,44 +125,48 @@ fn start_init(request: &Request, fds: &[OwnedFd]) -> (Reply, Option<(OwnedFd, Ow
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
             | libc::CLONE_PIDFD) as u64
-            | into_cgroup,
+            | cgroup_directory.map_or(0, |_| CLONE_INTO_CGROUP),
         pidfd: &mut pidfd as *mut RawFd as u64,
-        cgroup: cgroup_fd,
+        cgroup: cgroup_directory.map_or(0, |fd| fd as u64),
         ..Default::default()
     };
     // SAFETY: the starter is single-threaded, so the child may run any code.
     let pid = unsafe { clone3_fork(&args) };
     if pid == 0 {
         drop(release_write);
-        become_init(session, tasks, release_read);
+        become_init(release_read);
     }
     if pid < 0 {
-        return (failed(FailedStep::Clone, io::Error::from_raw_os_error(-pid as i32), None), None);
+        return Err(io::Error::from_raw_os_error(-pid as i32));
     }
-    let pid = pid as i32;
     // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    drop(release_read);
-
-    // The setgroups file stays "allow" so init can clear the groups it
-    // inherited. On a failure the child reads end of file on the release
-    // pipe and exits.
-    let line = format!("0 {} {ID_RANGE_SIZE}\n", request.id_base);
-    if let Err(error) = std::fs::write(format!("/proc/{pid}/uid_map"), &line) {
-        return (failed(FailedStep::UidMap, error, Some(pid)), None);
-    }
-    if let Err(error) = std::fs::write(format!("/proc/{pid}/gid_map"), &line) {
-        return (failed(FailedStep::GidMap, error, Some(pid)), None);
-    }
-    (Reply::Started { pid }, Some((pidfd, release_write)))
+    Ok(Clone { pid: pid as i32, pidfd, release: release_write })
 }
 
-/// Code of the clone: joins the session's v1 cgroups, waits for its id
-/// maps, becomes root of its user namespace, moves the session's
-/// descriptors to their fixed numbers, closes every other one and runs
-/// init. Any failure ends it with status 125, which the supervisor reports
-/// as init's missing reports.
-fn become_init(session: &[OwnedFd], tasks: &[OwnedFd], release: OwnedFd) -> ! {
+/// Runs the clone until it becomes init. The clone waits for its release,
+/// which comes after its id maps, and reads the session's descriptors. It
+/// joins the session's v1 cgroups and becomes root of its user namespace.
+/// Then it moves the descriptors to their fixed numbers, closes every other
+/// one and runs init. Any failure ends it with status 125, which the
+/// supervisor reports as init's missing reports.
+fn become_init(release: OwnedFd) -> ! {
+    let mut byte = 0u8;
+    // SAFETY: reads one byte into a local from a descriptor this process owns.
+    if unsafe { libc::read(release.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) } != 1 {
+        // SAFETY: ends this clone, which has nothing to clean up.
+        unsafe { libc::_exit(125) }
+    }
+    // The session's message follows the request on the starter's socket,
+    // whose descriptor this clone inherited.
+    // SAFETY: the descriptor stays open until `place` below closes it.
+    let socket = unsafe { BorrowedFd::borrow_raw(STARTER_SOCKET) };
+    let Ok((session, fds)) = handoff::receive::<Session>(socket, Session::fd_count) else {
+        // SAFETY: as above.
+        unsafe { libc::_exit(125) }
+    };
+    let (session_fds, tasks) = fds.split_at(session.session_fds);
+
     // SAFETY: plain system calls on descriptors this process owns. Nothing
     // below returns, so no Rust object closes a descriptor a second time.
     unsafe {
@@ -114,11 +176,6 @@ fn become_init(session: &[OwnedFd], tasks: &[OwnedFd], release: OwnedFd) -> ! {
             if libc::write(file.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                 libc::_exit(125);
             }
-        }
-
-        let mut byte = 0u8;
-        if libc::read(release.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) != 1 {
-            libc::_exit(125);
         }
 
         // The cloning uid (host root) is not mapped, so the clone starts as
@@ -139,7 +196,7 @@ fn become_init(session: &[OwnedFd], tasks: &[OwnedFd], release: OwnedFd) -> ! {
 
         // The session's descriptors go to their fixed numbers, and every
         // other one closes now.
-        let fds: Vec<RawFd> = session.iter().map(|fd| fd.as_raw_fd()).collect();
+        let fds: Vec<RawFd> = session_fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let mut scratch = vec![0; fds.len()];
         if !descriptors::place(&fds, &mut scratch, 0) {
             libc::_exit(125);

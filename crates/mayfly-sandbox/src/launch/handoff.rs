@@ -1,10 +1,16 @@
-//! The messages between the supervisor and init's starter.
+//! The messages between the supervisor, init's starter and init.
 //!
 //! They travel over a `SOCK_SEQPACKET` socket pair, so each message keeps
-//! its boundaries. The first message of each side is one JSON object, and
-//! the descriptors it announces ride along as `SCM_RIGHTS`, in chunks of at
-//! most [`FDS_PER_MESSAGE`]. Messages after the first carry one placeholder
-//! byte, because the kernel does not pass descriptors with an empty payload.
+//! its boundaries. A message is one JSON object, and the descriptors it
+//! announces ride along as `SCM_RIGHTS`, in chunks of at most
+//! [`FDS_PER_MESSAGE`]. Chunks after the first carry one placeholder byte,
+//! because the kernel does not pass descriptors with an empty payload.
+//!
+//! The supervisor sends a [`Request`], which the starter reads, then a
+//! [`Session`], which init reads from its copy of the starter's socket once
+//! the starter has released it. The starter sends [`Reply::Cloned`] when it
+//! cloned init before the request, then [`Reply::Started`] or
+//! [`Reply::Failed`].
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -18,40 +24,57 @@ const FDS_PER_MESSAGE: usize = 250;
 /// Longest JSON object either side sends.
 const MAX_PAYLOAD: usize = 4096;
 
-/// The supervisor's request: clone init into new namespaces with these
-/// descriptors. The descriptors are the session's, in init's fixed order,
-/// followed by those that join the session cgroup.
+/// The supervisor's request to the starter: the session's id range, and
+/// on cgroup v2 the cgroup directory to clone init into.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Request {
     /// First host uid and gid of the session's id range.
     pub id_base: u32,
-    /// How many descriptors init gets, at numbers 0 and up.
-    pub session_fds: usize,
     pub cgroup: CgroupJoin,
 }
 
 /// The way init joins the session cgroup.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum CgroupJoin {
-    /// cgroup v1: init writes to each of this many `tasks` files.
-    V1 { tasks: usize },
-    /// cgroup v2: clone3 starts init in the one directory passed.
+    /// cgroup v1: init writes to each `tasks` file that comes with [`Session`].
+    V1,
+    /// cgroup v2: clone3 starts init in the directory that comes with the request.
     V2,
 }
 
 impl Request {
     pub(crate) fn fd_count(&self) -> usize {
-        self.session_fds
-            + match self.cgroup {
-                CgroupJoin::V1 { tasks } => tasks,
-                CgroupJoin::V2 => 1,
-            }
+        match self.cgroup {
+            CgroupJoin::V1 => 0,
+            CgroupJoin::V2 => 1,
+        }
     }
 }
 
-/// The starter's reply. `Started` comes with init's pidfd.
+/// The message for init itself, which follows the request and which init
+/// reads once released: the session's descriptors, in init's fixed order,
+/// followed by the v1 `tasks` files it joins.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Session {
+    /// How many descriptors init gets, at numbers 0 and up.
+    pub session_fds: usize,
+    /// How many `tasks` files follow them.
+    pub tasks: usize,
+}
+
+impl Session {
+    pub(crate) fn fd_count(&self) -> usize {
+        self.session_fds + self.tasks
+    }
+}
+
+/// The starter's messages, each with a pidfd except `Failed`. `Cloned`
+/// announces a clone made before the request, so that the supervisor can
+/// reap it whatever happens next. `Started` or `Failed` is the reply to the
+/// request.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
+    Cloned { pid: i32 },
     Started { pid: i32 },
     /// A step failed with `errno`. `pid` is the child that was cloned
     /// before the failure, which exits by itself and which the supervisor
@@ -69,7 +92,7 @@ pub(crate) enum FailedStep {
 impl Reply {
     pub(crate) fn fd_count(&self) -> usize {
         match self {
-            Reply::Started { .. } => 1,
+            Reply::Cloned { .. } | Reply::Started { .. } => 1,
             Reply::Failed { .. } => 0,
         }
     }
@@ -154,13 +177,25 @@ mod tests {
         let (left, right) = pair();
         let files: Vec<std::fs::File> = (0..300).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
         let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
-        let request = Request { id_base: 100_000, session_fds: 297, cgroup: CgroupJoin::V1 { tasks: 3 } };
-        let sender = std::thread::spawn(move || send(left.as_fd(), &request, &fds).unwrap());
-        let (received, fds) = receive::<Request>(right.as_fd(), Request::fd_count).unwrap();
+        let session = Session { session_fds: 297, tasks: 3 };
+        let sender = std::thread::spawn(move || send(left.as_fd(), &session, &fds).unwrap());
+        let (received, fds) = receive::<Session>(right.as_fd(), Session::fd_count).unwrap();
         sender.join().unwrap();
-        assert_eq!(received.id_base, 100_000);
-        assert_eq!(received.session_fds, 297);
+        assert_eq!((received.session_fds, received.tasks), (297, 3));
         assert_eq!(fds.len(), 300);
+    }
+
+    #[test]
+    fn each_reader_gets_its_own_message() {
+        let (left, right) = pair();
+        let files: Vec<std::fs::File> = (0..3).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        send(left.as_fd(), &Request { id_base: 100_000, cgroup: CgroupJoin::V1 }, &[]).unwrap();
+        send(left.as_fd(), &Session { session_fds: 2, tasks: 1 }, &fds).unwrap();
+        let (request, none) = receive::<Request>(right.as_fd(), Request::fd_count).unwrap();
+        assert_eq!((request.id_base, request.cgroup, none.len()), (100_000, CgroupJoin::V1, 0));
+        let (session, fds) = receive::<Session>(right.as_fd(), Session::fd_count).unwrap();
+        assert_eq!((session.session_fds, session.tasks, fds.len()), (2, 1, 3));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Starting init in fresh namespaces, from the supervisor's side.
 //!
-//! A [`starter::Starter`], the init program started in the host's
-//! namespaces, clones init into the session's namespaces and cgroup and
-//! writes its id maps. The supervisor hands it the session's descriptors,
-//! then sends init the spec.
+//! A [`starter::Starter`], a child of the supervisor in the host's
+//! namespaces, clones init into the session's namespaces and writes its id
+//! maps. The supervisor hands init the session's descriptors through the
+//! starter's socket, then sends init the spec.
 
 mod clone;
 pub(crate) mod descriptors;
@@ -11,7 +11,7 @@ pub(crate) mod handoff;
 pub(crate) mod starter;
 
 pub(crate) use clone::{clone3_fork, CloneArgs, CLONE_INTO_CGROUP};
-pub use starter::{keep_one_ready, prestart, Starter, STARTER_SOCKET};
+pub use starter::{keep_one_ready, prestart, prestart_forked, Starter, STARTER_SOCKET};
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -126,26 +126,25 @@ pub fn launch(
     let session_fds = fds.len();
 
     let join = cgroup.open_join()?;
-    let cgroup_join = match &join {
+    let (cgroup_join, request_fds, tasks) = match &join {
         Join::V1 { tasks } => {
             fds.extend(tasks.iter().map(|f| f.as_raw_fd()));
-            handoff::CgroupJoin::V1 { tasks: tasks.len() }
+            (handoff::CgroupJoin::V1, vec![], tasks.len())
         }
-        Join::V2 { directory } => {
-            fds.push(directory.as_raw_fd());
-            handoff::CgroupJoin::V2
-        }
+        Join::V2 { directory } => (handoff::CgroupJoin::V2, vec![directory.as_raw_fd()], 0),
     };
-    let request = handoff::Request { id_base, session_fds, cgroup: cgroup_join };
+    let request = handoff::Request { id_base, cgroup: cgroup_join };
+    let session = handoff::Session { session_fds, tasks };
 
     // A prestarted starter may have ended since, for example when a test
     // killed it, so a failed handoff to one is retried with a new starter.
+    let start = |starter: starter::Starter| starter.start(&request, &request_fds, &session, &fds);
     let (pid, pidfd, starter) = match starter::take_prestarted() {
-        Some(prestarted) => match prestarted.start(&request, &fds) {
-            Err(LaunchError::Starter(_)) => starter::Starter::spawn()?.start(&request, &fds)?,
+        Some(prestarted) => match start(prestarted) {
+            Err(LaunchError::Starter(_)) => start(starter::Starter::spawn()?)?,
             result => result?,
         },
-        None => starter::Starter::spawn()?.start(&request, &fds)?,
+        None => start(starter::Starter::spawn()?)?,
     };
     drop((stdin_read, stdout_write, stderr_write, spec_read, reports_write, artifacts_write, join));
     let command_pipes = pipes.map(|(child_read, to_command, from_command, child_write)| {

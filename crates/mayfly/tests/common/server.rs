@@ -25,7 +25,12 @@ pub struct Server {
 /// Starts `mayfly serve` on a free loopback port with `extra` arguments and
 /// environment, and waits until it is ready.
 pub fn start(state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut command = Command::new(MAYFLY);
+    start_binary(Path::new(MAYFLY), state_dir, extra, env)
+}
+
+/// Like [`start`], with the `mayfly` binary at `binary`.
+pub fn start_binary(binary: &Path, state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(binary);
     command.arg("serve").arg("--state-dir").arg(state_dir).args(["--listen", "127.0.0.1:0"]).args(extra);
     // The server rejects MAYFLY_ variables it does not know, such as a
     // test's own MAYFLY_CRASH_SEED, so its settings come from `env` alone.
