@@ -10,8 +10,6 @@ mod run;
 mod serve;
 mod state;
 
-use clap::Parser;
-
 fn main() {
     // The sandbox init is this same binary, started by the launcher with a
     // hidden argument. It must run before anything else touches the process.
@@ -34,7 +32,7 @@ fn main() {
         unsafe { mayfly_sandbox::launch::prestart_forked() };
     }
 
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_command_line();
     // Commands that only print end quietly when their reader goes away, as
     // other command-line tools do. `run` and `serve` keep ignoring SIGPIPE:
     // they handle a closed output themselves.
