@@ -28,7 +28,7 @@ impl Cli {
 
 /// Parses `args`, the command line after the program name, when it starts
 /// with `run` and `run`'s arguments parse.
-fn parse_run(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<RunArgs> {
+pub fn parse_run(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<RunArgs> {
     let mut args = args.into_iter();
     if args.next()? != "run" {
         return None;

@@ -178,10 +178,16 @@ fn print_outcome(outcome: &SessionOutcome) {
     }
 }
 
+/// Runs `mayfly run`, on a server when the arguments name one.
 pub fn main(args: RunArgs) -> i32 {
     if args.remote.server.is_some() {
         return crate::remote::run(&args);
     }
+    local(args)
+}
+
+/// Runs `mayfly run` on this host.
+pub fn local(args: RunArgs) -> i32 {
     // Before any thread starts, so that only the forwarding thread gets them.
     if let Err(error) = session::block_forwarded_signals() {
         eprintln!("mayfly: failed to block signals for forwarding: {error}");

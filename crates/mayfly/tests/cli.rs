@@ -286,6 +286,8 @@ fn init_program_is_chosen_safely() {
     let alone = scratch.path.join("alone");
     std::fs::create_dir(&alone).unwrap();
     std::fs::copy(MAYFLY, alone.join("mayfly")).unwrap();
+    // `mayfly` execs `mayfly-full` for every command but a local run.
+    std::fs::copy(std::path::Path::new(MAYFLY).with_file_name("mayfly-full"), alone.join("mayfly-full")).unwrap();
     let (doctor, comm) = init_in_use(&scratch, &alone.join("mayfly"), "alone");
     assert_eq!(doctor["separate"], false, "{doctor}");
     assert!(doctor["detail"].as_str().unwrap().contains("mayfly-init cannot be opened"), "{doctor}");
@@ -481,4 +483,23 @@ fn flag_values_are_checked_with_clear_errors() {
         assert_eq!(output.status.code(), Some(2), "{flags:?}");
         assert!(stderr(&output).contains(expected), "{flags:?}: {}", stderr(&output));
     }
+}
+
+#[test]
+fn missing_full_program_is_named() {
+    let scratch = Scratch::new("nofull");
+    let front = scratch.path.join("front");
+    std::fs::create_dir(&front).unwrap();
+    std::fs::copy(MAYFLY, front.join("mayfly")).unwrap();
+
+    // Every command but a local run needs `mayfly-full` beside `mayfly`.
+    let doctor = output_of_copy(Command::new(front.join("mayfly")).arg("doctor"));
+    assert_eq!(doctor.status.code(), Some(125), "{}", stderr(&doctor));
+    assert!(stderr(&doctor).contains("mayfly-full"), "{}", stderr(&doctor));
+    assert!(stderr(&doctor).contains("install mayfly-full beside mayfly"), "{}", stderr(&doctor));
+
+    // A local run needs `mayfly` alone.
+    let run = output_of_copy(Command::new(front.join("mayfly")).arg("run").arg("--state-dir").arg(scratch.state_dir()).args(["--", "/bin/echo", "alone"]));
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert_eq!(stdout(&run), "alone\n");
 }

@@ -187,7 +187,8 @@ pub(super) enum Slot {
 }
 
 pub(super) fn set_up_mayfly(state_dir: &Path) -> Slot {
-    match std::env::current_exe() {
+    // Users start `mayfly`, which runs a local `mayfly run` itself.
+    match std::env::current_exe().map(|path| path.with_file_name(crate::FRONT_PROGRAM)) {
         Ok(executable) => {
             let command_line = format!(
                 "{} run --state-dir {} --report {} -- {PROGRAM}",

@@ -1,0 +1,110 @@
+//! The code of the `mayfly` command, in two programs. `mayfly` runs a
+//! `mayfly run` on this host itself and execs `mayfly-full` for every other
+//! command line. `mayfly-full` runs every command. The first links only
+//! what a local run needs, so the dynamic loader relocates a tenth of the
+//! other's data and a cold start begins sooner.
+
+pub mod audit;
+pub mod bench;
+pub mod cli;
+pub mod doctor;
+pub mod reap;
+pub mod remote;
+pub mod run;
+pub mod serve;
+pub mod state;
+
+use std::os::unix::process::CommandExt;
+
+use mayfly_core::ExitCode;
+
+/// The file name of the program with every command, installed beside `mayfly`.
+pub const FULL_PROGRAM: &str = "mayfly-full";
+
+/// The file name of the program that users start.
+pub const FRONT_PROGRAM: &str = "mayfly";
+
+/// Returns whether the command line is a `mayfly run` on this host, not
+/// on a server (`--server` or MAYFLY_URL).
+pub fn runs_here() -> bool {
+    let mut args = std::env::args_os().skip(1);
+    args.next().is_some_and(|a| a == "run")
+        && std::env::var_os("MAYFLY_URL").is_none()
+        && !args.take_while(|a| a != "--").any(|a| a == "--server" || a.to_string_lossy().starts_with("--server="))
+}
+
+/// Runs the sandbox's init when this process was started as one, with the
+/// hidden argument. It must come before anything else touches the process.
+pub fn run_init_if_asked() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == mayfly_sandbox::INIT_ARGUMENT) {
+        mayfly_sandbox::init::main();
+    }
+}
+
+/// Forks the starter of the sandbox's init for a `mayfly run` on this
+/// host, so that the starter and the sandbox's namespaces get ready while
+/// this process parses and checks. A run that never launches leaves them
+/// waiting, and they exit with this process.
+///
+/// # Safety
+/// Call first thing in `main`: no thread may have started, and the process
+/// may have read nothing but its command line.
+pub unsafe fn prestart_for_run() {
+    if runs_here() {
+        mayfly_sandbox::launch::prestart_forked();
+    }
+}
+
+/// Logs to standard error, at the level that MAYFLY_LOG sets (warn by default).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAYFLY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).with_target(false).init();
+}
+
+/// Runs the command line with every command, and exits with its status.
+pub fn main_full() -> ! {
+    run_init_if_asked();
+    // SAFETY: first thing in `main`, as `prestart_for_run` requires.
+    unsafe { prestart_for_run() };
+
+    let cli = cli::Cli::parse_command_line();
+    // Commands that only print end quietly when their reader goes away, as
+    // other command-line tools do. `run` and `serve` keep ignoring SIGPIPE:
+    // they handle a closed output themselves.
+    if matches!(cli.command, cli::Command::Ls(_) | cli::Command::Kill(_) | cli::Command::Token(_) | cli::Command::Audit(_) | cli::Command::Doctor(_)) {
+        // SAFETY: restores the default action of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    init_logging();
+
+    let code = match cli.command {
+        cli::Command::Run(args) => run::main(*args),
+        cli::Command::Doctor(args) => doctor::main(args),
+        cli::Command::Reap(args) => reap::main(args),
+        cli::Command::Bench(args) => bench::main(args),
+        cli::Command::Audit(command) => audit::main(command),
+        cli::Command::Serve(args) => serve::main(*args),
+        cli::Command::Shell(args) => remote::shell::shell(args),
+        cli::Command::Attach(args) => remote::shell::attach(args),
+        cli::Command::Ls(args) => remote::ls(args),
+        cli::Command::Kill(args) => remote::kill(args),
+        cli::Command::Token(command) => remote::token(command),
+    };
+    std::process::exit(code);
+}
+
+/// Replaces this process with `mayfly-full` beside it, with the same
+/// arguments and environment, and `mayfly` as its name in messages.
+pub fn exec_full() -> ! {
+    let path = match std::env::current_exe() {
+        Ok(executable) => executable.with_file_name(FULL_PROGRAM),
+        Err(error) => {
+            eprintln!("mayfly: the path of this program is unknown, so {FULL_PROGRAM} cannot be found: {error}");
+            std::process::exit(ExitCode::SETUP_FAILED);
+        }
+    };
+    let error = std::process::Command::new(&path).arg0(FRONT_PROGRAM).args(std::env::args_os().skip(1)).exec();
+    eprintln!("mayfly: cannot run {}: {error}; install {FULL_PROGRAM} beside mayfly, from the same build", path.display());
+    std::process::exit(ExitCode::SETUP_FAILED);
+}
