@@ -95,16 +95,47 @@ pub fn main_full() -> ! {
 }
 
 /// Replaces this process with `mayfly-full` beside it, with the same
-/// arguments and environment, and `mayfly` as its name in messages.
+/// arguments and environment, and `mayfly` as its name in messages. Runs
+/// it only when it is a regular file that no one but its owner, who owns
+/// this program too, may change.
 pub fn exec_full() -> ! {
-    let path = match std::env::current_exe() {
-        Ok(executable) => executable.with_file_name(FULL_PROGRAM),
+    let executable = match std::env::current_exe() {
+        Ok(executable) => executable,
         Err(error) => {
             eprintln!("mayfly: the path of this program is unknown, so {FULL_PROGRAM} cannot be found: {error}");
             std::process::exit(ExitCode::SETUP_FAILED);
         }
     };
+    let path = executable.with_file_name(FULL_PROGRAM);
+    if let Some(problem) = unfit_full_program(&path, &executable) {
+        eprintln!("mayfly: {} {problem}", path.display());
+        std::process::exit(ExitCode::SETUP_FAILED);
+    }
     let error = std::process::Command::new(&path).arg0(FRONT_PROGRAM).args(std::env::args_os().skip(1)).exec();
     eprintln!("mayfly: cannot run {}: {error}; install {FULL_PROGRAM} beside mayfly, from the same build", path.display());
     std::process::exit(ExitCode::SETUP_FAILED);
+}
+
+/// Returns why the file at `path` may not run as `mayfly-full` for the
+/// program at `executable`, or `None` when it may.
+fn unfit_full_program(path: &std::path::Path, executable: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let full = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) => return Some(format!("cannot be checked: {error}; install {FULL_PROGRAM} beside mayfly, from the same build")),
+    };
+    let owner = match std::fs::metadata(executable) {
+        Ok(metadata) => metadata.uid(),
+        Err(error) => return Some(format!("cannot be compared with {}: {error}", executable.display())),
+    };
+    if !full.is_file() {
+        return Some("is not a regular file".into());
+    }
+    if full.mode() & 0o022 != 0 {
+        return Some(format!("is writable by its group or others (mode {:o}); run chmod go-w on it", full.mode() & 0o7777));
+    }
+    if full.uid() != owner {
+        return Some(format!("is owned by uid {}, not by uid {owner}, the owner of mayfly", full.uid()));
+    }
+    None
 }

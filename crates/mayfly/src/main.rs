@@ -6,7 +6,7 @@ fn main() {
     if mayfly::runs_here() {
         // SAFETY: first thing in `main`, as `prestart_for_run` requires.
         unsafe { mayfly::prestart_for_run() };
-        // Help and errors come from `mayfly-full`, whose parser knows every command.
+        // Help and errors come from `mayfly-full`, whose parser has every command.
         if let Some(args) = mayfly::cli::parse_run(std::env::args_os().skip(1)) {
             mayfly::init_logging();
             std::process::exit(mayfly::run::local(args));

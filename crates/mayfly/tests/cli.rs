@@ -260,9 +260,10 @@ fn output_of_copy(command: &mut Command) -> std::process::Output {
 }
 
 /// Runs `mayfly doctor --json` with the binary at `mayfly`, and a job
-/// `cat /proc/1/comm` on `mayfly serve` of that binary; returns the
-/// doctor's init program entry and what the job printed. A server starts
-/// each sandbox with the init program, while `mayfly run` forks itself.
+/// `cat /proc/1/comm` on `mayfly serve` of that binary. Returns the
+/// doctor's init program entry and what the job printed. The job runs on a
+/// server because a server starts each sandbox with the init program,
+/// while `mayfly run` forks itself.
 fn init_in_use(scratch: &Scratch, mayfly: &std::path::Path, label: &str) -> (serde_json::Value, String) {
     let doctor = output_of_copy(Command::new(mayfly).args(["doctor", "--json"]));
     let checks: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
@@ -497,6 +498,17 @@ fn missing_full_program_is_named() {
     assert_eq!(doctor.status.code(), Some(125), "{}", stderr(&doctor));
     assert!(stderr(&doctor).contains("mayfly-full"), "{}", stderr(&doctor));
     assert!(stderr(&doctor).contains("install mayfly-full beside mayfly"), "{}", stderr(&doctor));
+
+    // A `mayfly-full` that others may change is not run.
+    let full = front.join("mayfly-full");
+    std::fs::copy(std::path::Path::new(MAYFLY).with_file_name("mayfly-full"), &full).unwrap();
+    std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let doctor = output_of_copy(Command::new(front.join("mayfly")).arg("doctor"));
+    assert_eq!(doctor.status.code(), Some(125), "{}", stderr(&doctor));
+    assert!(stderr(&doctor).contains("run chmod go-w on it"), "{}", stderr(&doctor));
+    std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let doctor = output_of_copy(Command::new(front.join("mayfly")).arg("doctor"));
+    assert!(stdout(&doctor).contains("init program"), "{}", stdout(&doctor));
 
     // A local run needs `mayfly` alone.
     let run = output_of_copy(Command::new(front.join("mayfly")).arg("run").arg("--state-dir").arg(scratch.state_dir()).args(["--", "/bin/echo", "alone"]));
