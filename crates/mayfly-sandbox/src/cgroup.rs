@@ -168,9 +168,24 @@ fn create_dir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Creates the directory at `path`, and its parent first when that is
+/// missing. The parent exists after the first session, so this usually
+/// takes one `mkdir`.
+fn create_dir_and_parent(path: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            create_dir(path.parent().expect("session cgroup has a parent"))?;
+            create_dir(path)
+        }
+        Err(source) => Err(CgroupError::Create { path: path.into(), source }),
+    }
+}
+
 /// Reads a `key value` line from a flat-keyed cgroup file such as memory.events.
 fn read_key(path: &Path, key: &str) -> Option<u64> {
-    let text = fs::read_to_string(path).ok()?;
+    let text = crate::procfs::read(path).ok()?;
     text.lines().find_map(|line| {
         let (name, value) = line.split_once(' ')?;
         (name == key).then(|| value.trim().parse().ok()).flatten()
@@ -230,8 +245,7 @@ impl SessionCgroup {
             }
             Layout::V1 { controllers } => {
                 for path in &self.paths {
-                    create_dir(path.parent().expect("session cgroup has a parent"))?;
-                    create_dir(path)?;
+                    create_dir_and_parent(path)?;
                 }
                 let dir = |controller: &str| -> Option<PathBuf> {
                     controllers.get(controller).map(|root| root.join(PARENT).join(self.session_id()))
@@ -241,9 +255,13 @@ impl SessionCgroup {
                     // memory limit is written first. With both equal, swap adds nothing.
                     let bytes = limits.memory_bytes.to_string();
                     write(&memory.join("memory.limit_in_bytes"), &bytes)?;
+                    // The memsw file is missing when the kernel accounts no swap.
                     let memsw = memory.join("memory.memsw.limit_in_bytes");
-                    if memsw.exists() {
-                        write(&memsw, &bytes)?;
+                    match fs::File::options().write(true).open(&memsw).and_then(|mut file| io::Write::write_all(&mut file, bytes.as_bytes())) {
+                        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                            return Err(CgroupError::Write { path: memsw, value: bytes, source: error })
+                        }
+                        _ => {}
                     }
                     let _ = fs::write(memory.join("memory.swappiness"), "0");
                 }
@@ -312,7 +330,7 @@ impl SessionCgroup {
         let mut pids: Vec<i32> = self
             .paths
             .iter()
-            .filter_map(|path| fs::read_to_string(path.join("cgroup.procs")).ok())
+            .filter_map(|path| crate::procfs::read(path.join("cgroup.procs")).ok())
             .flat_map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
             .collect();
         pids.sort_unstable();
@@ -327,18 +345,18 @@ impl SessionCgroup {
             Layout::V2 { .. } => {
                 let path = &self.paths[0];
                 usage.cpu_time_us = read_key(&path.join("cpu.stat"), "usage_usec");
-                usage.peak_memory_bytes = fs::read_to_string(path.join("memory.peak")).ok().and_then(|t| t.trim().parse().ok());
+                usage.peak_memory_bytes = crate::procfs::read(path.join("memory.peak")).ok().and_then(|t| t.trim().parse().ok());
                 usage.oom_kills = read_key(&path.join("memory.events"), "oom_kill").unwrap_or(0);
             }
             Layout::V1 { .. } => {
                 if let Some(cpuacct) = self.controller_path("cpuacct") {
-                    usage.cpu_time_us = fs::read_to_string(cpuacct.join("cpuacct.usage"))
+                    usage.cpu_time_us = crate::procfs::read(cpuacct.join("cpuacct.usage"))
                         .ok()
                         .and_then(|t| t.trim().parse::<u64>().ok())
                         .map(|ns| ns / 1000);
                 }
                 if let Some(memory) = self.controller_path("memory") {
-                    usage.peak_memory_bytes = fs::read_to_string(memory.join("memory.max_usage_in_bytes"))
+                    usage.peak_memory_bytes = crate::procfs::read(memory.join("memory.max_usage_in_bytes"))
                         .ok()
                         .and_then(|t| t.trim().parse().ok());
                     usage.oom_kills = read_key(&memory.join("memory.oom_control"), "oom_kill").unwrap_or(0);
@@ -494,6 +512,23 @@ mod tests {
         let mut membership = cgroup.membership();
         membership.sort();
         assert_eq!(membership, ["cpu", "cpuacct", "freezer", "memory", "pids"]);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn v1_without_swap_accounting_skips_memsw() {
+        let root = fake_root("v1noswap");
+        let controllers: BTreeMap<String, PathBuf> =
+            V1_CONTROLLERS.iter().map(|(name, _)| (name.to_string(), root.join(name))).collect();
+        for path in controllers.values() {
+            fs::create_dir_all(path).unwrap();
+        }
+        let layout = Layout::V1 { controllers };
+
+        SessionCgroup::create(&layout, "s-test", LIMITS).unwrap();
+        let memory = root.join("memory").join(PARENT).join("s-test");
+        assert_eq!(fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap(), (256u64 << 20).to_string());
+        assert!(!memory.join("memory.memsw.limit_in_bytes").exists());
         fs::remove_dir_all(root).unwrap();
     }
 

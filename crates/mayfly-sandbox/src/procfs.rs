@@ -1,10 +1,11 @@
-//! Reading the small text files of /proc.
+//! Reading the small text files of /proc and of the cgroup filesystems.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-/// Reads a text file of /proc, usually with two reads.
+/// Reads a text file of /proc or of a cgroup filesystem, usually with two
+/// reads.
 ///
 /// /proc reports a size of 0 for its files, so `fs::read_to_string` calls
 /// statx for the metadata, then starts with a 32-byte read and doubles the
