@@ -156,7 +156,7 @@ fn confine_and_exec(spec: &InitSpec, claim_pipe: std::fs::File, pipe: &mut std::
         Err(error) => return fail("build the seccomp filter", error.to_string()),
     };
     send(pipe, &ChildMessage::Confined { landlock });
-    if let Err(error) = seccomp::install(&filter) {
+    if let Err(error) = seccomp::install(filter) {
         return fail("install the seccomp filter", error.to_string());
     }
 

@@ -36,6 +36,9 @@ struct Clone {
 pub fn main() -> ! {
     // SAFETY: the supervisor placed the socket at this descriptor.
     let socket = unsafe { OwnedFd::from_raw_fd(STARTER_SOCKET) };
+    // Init and the command's child inherit the compiled filter. On another
+    // architecture this fails, and the command's child reports the failure.
+    let _ = crate::seccomp::command_filter();
     let early = clones_early().then(|| clone_init(None));
     // The supervisor learns of the clone now, so that it can reap it even
     // when no request comes. A clone that is not released exits by itself.

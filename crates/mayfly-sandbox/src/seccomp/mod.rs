@@ -164,10 +164,14 @@ fn policy() -> Vec<(u32, Action)> {
     policy
 }
 
-/// Compiles the command's filter for this machine's architecture.
-pub fn command_filter() -> Result<Filter, SeccompError> {
+/// Returns the command's filter for this machine's architecture, compiled
+/// once per process. Init's starter compiles it before it clones init, so
+/// init and the command's child, which are copies of the starter, find it
+/// compiled.
+pub fn command_filter() -> Result<&'static Filter, SeccompError> {
+    static COMPILED: std::sync::OnceLock<Filter> = std::sync::OnceLock::new();
     match std::env::consts::ARCH {
-        "x86_64" => Ok(Filter(bpf::compile(AUDIT_ARCH_X86_64, &policy(), libc::EPERM as u32))),
+        "x86_64" => Ok(COMPILED.get_or_init(|| Filter(bpf::compile(AUDIT_ARCH_X86_64, &policy(), libc::EPERM as u32)))),
         other => Err(SeccompError::UnsupportedArch(other)),
     }
 }
