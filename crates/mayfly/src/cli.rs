@@ -46,7 +46,7 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Destroy what crashed sessions left behind (cgroups, ledger records).
     Reap(StateArgs),
-    /// Measure cold start against bubblewrap and runc, the control plane, or shell sessions.
+    /// Measure cold start against bubblewrap and runc, the control plane, shell or browser sessions, or warm pools.
     Bench(BenchArgs),
     /// Check or export the hash-chained audit log.
     #[command(subcommand)]
@@ -105,7 +105,7 @@ pub struct StateArgs {
     /// State directory: the audit log, the crash ledger and the id-range locks.
     #[arg(long, env = "MAYFLY_STATE_DIR", default_value = "/var/lib/mayfly")]
     pub state_dir: PathBuf,
-    /// Print machine-readable JSON instead of text.
+    /// Print machine-readable JSON: `run` adds its session report as one JSON line on standard error.
     #[arg(long)]
     pub json: bool,
 }

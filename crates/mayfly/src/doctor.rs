@@ -57,7 +57,7 @@ pub fn main(args: DoctorArgs) -> i32 {
 
     let init = match mayfly_sandbox::init_program::init_program() {
         InitProgram::Separate { path, .. } => Check { available: true, detail: format!("{} (build {})", path.display(), mayfly_sandbox::init_program::BUILD_ID) },
-        InitProgram::SameBinary { reason } => Check { available: false, detail: format!("the mayfly binary runs as init, about half a millisecond slower per sandbox: {reason}") },
+        InitProgram::SameBinary { reason } => Check { available: false, detail: format!("this binary runs as the init of a server's sandboxes, about half a millisecond slower per sandbox: {reason}") },
     };
 
     if args.json {

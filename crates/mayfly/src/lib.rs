@@ -122,6 +122,9 @@ fn unfit_full_program(path: &std::path::Path, executable: &std::path::Path) -> O
     use std::os::unix::fs::MetadataExt;
     let full = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("is missing: every command but a local `mayfly run` needs it; install {FULL_PROGRAM} beside mayfly, from the same build"))
+        }
         Err(error) => return Some(format!("cannot be checked: {error}; install {FULL_PROGRAM} beside mayfly, from the same build")),
     };
     let owner = match std::fs::metadata(executable) {
@@ -129,13 +132,16 @@ fn unfit_full_program(path: &std::path::Path, executable: &std::path::Path) -> O
         Err(error) => return Some(format!("cannot be compared with {}: {error}", executable.display())),
     };
     if !full.is_file() {
-        return Some("is not a regular file".into());
+        return Some(format!("is not a regular file; install {FULL_PROGRAM} beside mayfly, from the same build"));
+    }
+    if full.mode() & 0o100 == 0 {
+        return Some(format!("is not executable (mode {:o}); run chmod 0755 on it", full.mode() & 0o7777));
     }
     if full.mode() & 0o022 != 0 {
         return Some(format!("is writable by its group or others (mode {:o}); run chmod go-w on it", full.mode() & 0o7777));
     }
     if full.uid() != owner {
-        return Some(format!("is owned by uid {}, not by uid {owner}, the owner of mayfly", full.uid()));
+        return Some(format!("is owned by uid {}, not by uid {owner}, the owner of mayfly; run chown {owner} on it", full.uid()));
     }
     None
 }

@@ -283,7 +283,7 @@ fn init_program_is_chosen_safely() {
     assert_eq!(doctor["separate"], true, "{doctor}");
     assert_eq!(comm, "mayfly-init\n");
 
-    // Alone, the mayfly binary runs as init itself.
+    // Without mayfly-init, mayfly-full runs as the server's init itself.
     let alone = scratch.path.join("alone");
     std::fs::create_dir(&alone).unwrap();
     std::fs::copy(MAYFLY, alone.join("mayfly")).unwrap();
@@ -292,7 +292,7 @@ fn init_program_is_chosen_safely() {
     let (doctor, comm) = init_in_use(&scratch, &alone.join("mayfly"), "alone");
     assert_eq!(doctor["separate"], false, "{doctor}");
     assert!(doctor["detail"].as_str().unwrap().contains("mayfly-init cannot be opened"), "{doctor}");
-    assert_eq!(comm, "exe\n", "the mayfly binary runs as init through /proc/self/exe");
+    assert_eq!(comm, "exe\n", "mayfly-full runs as init through /proc/self/exe");
 
     // A mayfly-init that others may change is not used.
     let init = std::path::Path::new(MAYFLY).with_file_name("mayfly-init");
@@ -496,7 +496,7 @@ fn missing_full_program_is_named() {
     // Every command but a local run needs `mayfly-full` beside `mayfly`.
     let doctor = output_of_copy(Command::new(front.join("mayfly")).arg("doctor"));
     assert_eq!(doctor.status.code(), Some(125), "{}", stderr(&doctor));
-    assert!(stderr(&doctor).contains("mayfly-full"), "{}", stderr(&doctor));
+    assert!(stderr(&doctor).contains("mayfly-full is missing"), "{}", stderr(&doctor));
     assert!(stderr(&doctor).contains("install mayfly-full beside mayfly"), "{}", stderr(&doctor));
 
     // A `mayfly-full` that others may change is not run.
@@ -506,6 +506,12 @@ fn missing_full_program_is_named() {
     let doctor = output_of_copy(Command::new(front.join("mayfly")).arg("doctor"));
     assert_eq!(doctor.status.code(), Some(125), "{}", stderr(&doctor));
     assert!(stderr(&doctor).contains("run chmod go-w on it"), "{}", stderr(&doctor));
+
+    // Nor does one that is not executable.
+    std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let doctor = output_of_copy(Command::new(front.join("mayfly")).arg("doctor"));
+    assert_eq!(doctor.status.code(), Some(125), "{}", stderr(&doctor));
+    assert!(stderr(&doctor).contains("is not executable (mode 644); run chmod 0755 on it"), "{}", stderr(&doctor));
     std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o755)).unwrap();
     let doctor = output_of_copy(Command::new(front.join("mayfly")).arg("doctor"));
     assert!(stdout(&doctor).contains("init program"), "{}", stdout(&doctor));
