@@ -466,6 +466,17 @@ mod tests {
         root
     }
 
+    /// Creates a fake root with a directory for each v1 controller, and its layout.
+    fn fake_v1_layout(label: &str) -> (PathBuf, Layout) {
+        let root = fake_root(label);
+        let controllers: BTreeMap<String, PathBuf> =
+            V1_CONTROLLERS.iter().map(|(name, _)| (name.to_string(), root.join(name))).collect();
+        for path in controllers.values() {
+            fs::create_dir_all(path).unwrap();
+        }
+        (root, Layout::V1 { controllers })
+    }
+
     const LIMITS: CgroupLimits = CgroupLimits { memory_bytes: 256 << 20, cpu_millis: 1500, pids: 64 };
 
     #[test]
@@ -491,13 +502,7 @@ mod tests {
 
     #[test]
     fn v1_limits_are_written() {
-        let root = fake_root("v1");
-        let controllers: BTreeMap<String, PathBuf> =
-            V1_CONTROLLERS.iter().map(|(name, _)| (name.to_string(), root.join(name))).collect();
-        for path in controllers.values() {
-            fs::create_dir_all(path).unwrap();
-        }
-        let layout = Layout::V1 { controllers };
+        let (root, layout) = fake_v1_layout("v1");
         fs::create_dir_all(root.join("memory").join(PARENT).join("s-test")).unwrap();
         fs::write(root.join("memory").join(PARENT).join("s-test/memory.memsw.limit_in_bytes"), "").unwrap();
 
@@ -517,13 +522,7 @@ mod tests {
 
     #[test]
     fn v1_without_swap_accounting_skips_memsw() {
-        let root = fake_root("v1noswap");
-        let controllers: BTreeMap<String, PathBuf> =
-            V1_CONTROLLERS.iter().map(|(name, _)| (name.to_string(), root.join(name))).collect();
-        for path in controllers.values() {
-            fs::create_dir_all(path).unwrap();
-        }
-        let layout = Layout::V1 { controllers };
+        let (root, layout) = fake_v1_layout("v1noswap");
 
         SessionCgroup::create(&layout, "s-test", LIMITS).unwrap();
         let memory = root.join("memory").join(PARENT).join("s-test");
