@@ -578,16 +578,27 @@ impl App {
     /// oldest idle pool members, whose reservations make the room, until the
     /// session fits or no member is left.
     fn admit_making_room(self: &Arc<Self>, id: &str, reservation: Reservation) -> Result<(), String> {
-        loop {
-            let refused = match self.admission.lock().unwrap_or_else(|e| e.into_inner()).admit(id, reservation) {
-                Ok(()) => return Ok(()),
-                Err(reason) => reason,
+        let mut refused = match self.admission.lock().unwrap_or_else(|e| e.into_inner()).admit(id, reservation) {
+            Ok(()) => return Ok(()),
+            Err(reason) => reason,
+        };
+        while let Some(member) = self.pools.evict_one() {
+            // The member's reservation passes to the session under one lock,
+            // because the pool's refill, which the eviction wakes, would
+            // otherwise take the freed room first. The sandbox goes on a
+            // blocking thread.
+            let admitted = {
+                let mut admission = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+                admission.release(member.id());
+                admission.admit(id, reservation)
             };
-            let Some(member) = self.pools.evict_one() else { return Err(refused) };
-            // The reservation goes now; the sandbox follows on a blocking thread.
-            self.admission.lock().unwrap_or_else(|e| e.into_inner()).release(member.id());
             pool::destroy_member(self, member, "a session needed its share of the host's capacity");
+            match admitted {
+                Ok(()) => return Ok(()),
+                Err(reason) => refused = reason,
+            }
         }
+        Err(refused)
     }
 
     /// Destroys a session in whatever state it is in. Idempotent: an ended
