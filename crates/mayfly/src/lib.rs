@@ -26,7 +26,7 @@ pub const FRONT_PROGRAM: &str = "mayfly";
 
 /// Returns whether the command line is a `mayfly run` on this host, not
 /// on a server (`--server` or MAYFLY_URL).
-pub fn runs_here() -> bool {
+fn runs_here() -> bool {
     let mut args = std::env::args_os().skip(1);
     args.next().is_some_and(|a| a == "run")
         && std::env::var_os("MAYFLY_URL").is_none()
@@ -35,7 +35,7 @@ pub fn runs_here() -> bool {
 
 /// Runs the sandbox's init when this process was started as one, with the
 /// hidden argument. It must come before anything else touches the process.
-pub fn run_init_if_asked() {
+pub fn run_init_if_requested() {
     if std::env::args_os().nth(1).is_some_and(|a| a == mayfly_sandbox::INIT_ARGUMENT) {
         mayfly_sandbox::init::main();
     }
@@ -44,15 +44,18 @@ pub fn run_init_if_asked() {
 /// Forks the starter of the sandbox's init for a `mayfly run` on this
 /// host, so that the starter and the sandbox's namespaces get ready while
 /// this process parses and checks. A run that never launches leaves them
-/// waiting, and they exit with this process.
+/// waiting, and they exit with this process. Returns whether the command
+/// line is such a run.
 ///
 /// # Safety
 /// Call first thing in `main`: no thread may have started, and the process
 /// may have read nothing but its command line.
-pub unsafe fn prestart_for_run() {
-    if runs_here() {
+pub unsafe fn prestart_for_run() -> bool {
+    let runs_here = runs_here();
+    if runs_here {
         mayfly_sandbox::launch::prestart_forked();
     }
+    runs_here
 }
 
 /// Logs to standard error, at the level that MAYFLY_LOG sets (warn by default).
@@ -64,7 +67,7 @@ pub fn init_logging() {
 
 /// Runs the command line with every command, and exits with its status.
 pub fn main_full() -> ! {
-    run_init_if_asked();
+    run_init_if_requested();
     // SAFETY: first thing in `main`, as `prestart_for_run` requires.
     unsafe { prestart_for_run() };
 

@@ -2,10 +2,9 @@
 //! command line goes to `mayfly-full` (see the crate's documentation).
 
 fn main() {
-    mayfly::run_init_if_asked();
-    if mayfly::runs_here() {
-        // SAFETY: first thing in `main`, as `prestart_for_run` requires.
-        unsafe { mayfly::prestart_for_run() };
+    mayfly::run_init_if_requested();
+    // SAFETY: first thing in `main`, as `prestart_for_run` requires.
+    if unsafe { mayfly::prestart_for_run() } {
         // Help and errors come from `mayfly-full`, whose parser has every command.
         if let Some(args) = mayfly::cli::parse_run(std::env::args_os().skip(1)) {
             mayfly::init_logging();

@@ -79,24 +79,20 @@ fn clones_early() -> bool {
 /// Returns the reply and, when init is ready for its release, the clone.
 fn start_init(request: &Request, fds: &[OwnedFd], early: Option<io::Result<Clone>>) -> (Reply, Option<Clone>) {
     let failed = |step, error: io::Error, pid| Reply::Failed { step, errno: error.raw_os_error().unwrap_or(libc::EIO), pid };
-    let clone = match (early, request.cgroup) {
-        (Some(Ok(clone)), CgroupJoin::V1) => clone,
-        (Some(Err(error)), CgroupJoin::V1) => return (failed(FailedStep::Clone, error, None), None),
-        (None, CgroupJoin::V1) => match clone_init(None) {
-            Ok(clone) => clone,
-            Err(error) => return (failed(FailedStep::Clone, error, None), None),
-        },
+    let cloned = match (early, request.cgroup) {
+        (Some(early), CgroupJoin::V1) => early,
+        (None, CgroupJoin::V1) => clone_init(None),
         (early, CgroupJoin::V2) => {
             // An early clone is outside the cgroup. It ends once its release
             // pipe closes, before the next clone could inherit that pipe, and
             // the supervisor reaps it.
             drop(early);
-            let directory = fds.first().map_or(-1, |fd| fd.as_raw_fd());
-            match clone_init(Some(directory)) {
-                Ok(clone) => clone,
-                Err(error) => return (failed(FailedStep::Clone, error, None), None),
-            }
+            clone_init(Some(fds.first().map_or(-1, |fd| fd.as_raw_fd())))
         }
+    };
+    let clone = match cloned {
+        Ok(clone) => clone,
+        Err(error) => return (failed(FailedStep::Clone, error, None), None),
     };
 
     // The setgroups file stays "allow" so init can clear the groups it

@@ -4,8 +4,8 @@
 //! and with an empty environment. It clones init into the session's new
 //! namespaces as a sibling (`CLONE_PARENT`, so init is the supervisor's
 //! child), writes init's id maps, replies with init's pidfd and exits.
-//! Init runs the starter's code on in the clone, without an exec; see
-//! [`crate::init::start`].
+//! Init runs the starter's code on in the clone, without an exec (see
+//! [`crate::init::start`]).
 //!
 //! A starter is made before the session is known, so that its start and
 //! the new namespaces overlap the supervisor's own preparation. A server
