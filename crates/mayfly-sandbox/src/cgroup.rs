@@ -109,6 +109,16 @@ impl Layout {
         }
     }
 
+    /// Returns the `/proc/PID/cgroup` lines, by controller list, that a
+    /// member of a session must have: `memory`, `pids` and so on on v1, and
+    /// the empty string for the single v2 line.
+    pub fn membership(&self) -> Vec<String> {
+        match self {
+            Layout::V2 { .. } => vec![String::new()],
+            Layout::V1 { controllers } => controllers.keys().cloned().collect(),
+        }
+    }
+
     /// Returns the directories of a session cgroup under every hierarchy it uses.
     pub fn session_paths(&self, session_id: &str) -> Vec<PathBuf> {
         match self {
@@ -123,10 +133,10 @@ impl Layout {
     }
 }
 
-/// The means by which a new process joins the session's cgroups; see [`SessionCgroup::open_join`].
+/// The means by which a running process joins the session's cgroups; see [`SessionCgroup::open_join`].
 #[derive(Debug)]
 pub enum Join {
-    V2 { directory: std::fs::File },
+    V2,
     V1 { tasks: Vec<std::fs::File> },
 }
 
@@ -289,39 +299,38 @@ impl SessionCgroup {
         }
     }
 
-    /// Opens what a new process needs to join the session's cgroups as it
-    /// starts: on v2 the cgroup directory, for clone3's CLONE_INTO_CGROUP; on
+    /// Opens the session's v2 cgroup directory, into which clone3's
+    /// `CLONE_INTO_CGROUP` starts a process.
+    pub fn open_directory(&self) -> Result<std::fs::File, CgroupError> {
+        let path = self.paths[0].clone();
+        std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_PATH | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| CgroupError::Read { path, source })
+    }
+
+    /// Opens what a running process needs to join the session's cgroups: on
     /// v1 each hierarchy's `tasks` file, to which the process writes "0" to
-    /// move itself.
+    /// move itself. A v2 process started in its cgroup needs nothing.
     ///
     /// A v1 process that moves itself, one thread at a time, skips the global
     /// lock that moving another process's thread group takes. That lock can
     /// wait for an RCU grace period, about 10 ms on an otherwise idle host.
     pub fn open_join(&self) -> Result<Join, CgroupError> {
-        let open = |path: PathBuf, flags: i32, write: bool| {
-            std::fs::File::options()
-                .read(!write)
-                .write(write)
-                .custom_flags(flags | libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(|source| CgroupError::Read { path, source })
-        };
         match &self.layout {
-            Layout::V2 { .. } => Ok(Join::V2 { directory: open(self.paths[0].clone(), libc::O_DIRECTORY | libc::O_PATH, false)? }),
+            Layout::V2 { .. } => Ok(Join::V2),
             Layout::V1 { .. } => {
-                let tasks = self.paths.iter().map(|p| open(p.join("tasks"), 0, true)).collect::<Result<_, _>>()?;
+                let open = |path: PathBuf| {
+                    std::fs::File::options()
+                        .write(true)
+                        .custom_flags(libc::O_CLOEXEC)
+                        .open(&path)
+                        .map_err(|source| CgroupError::Read { path, source })
+                };
+                let tasks = self.paths.iter().map(|p| open(p.join("tasks"))).collect::<Result<_, _>>()?;
                 Ok(Join::V1 { tasks })
             }
-        }
-    }
-
-    /// Returns the `/proc/PID/cgroup` lines, by controller list, that a
-    /// member of this session must have: `memory`, `pids` and so on on v1, and
-    /// the empty string for the single v2 line.
-    pub fn membership(&self) -> Vec<String> {
-        match &self.layout {
-            Layout::V2 { .. } => vec![String::new()],
-            Layout::V1 { controllers } => controllers.keys().cloned().collect(),
         }
     }
 

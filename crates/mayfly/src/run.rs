@@ -198,7 +198,7 @@ pub fn local(args: RunArgs) -> i32 {
         return ExitCode::USAGE;
     }
 
-    let (mut config, layout, network) = match prepare(&args) {
+    let (config, layout, network) = match prepare(&args) {
         Ok(prepared) => prepared,
         Err(refusal) => {
             eprintln!("mayfly: {}", refusal.message);
@@ -208,7 +208,17 @@ pub fn local(args: RunArgs) -> i32 {
             return refusal.code;
         }
     };
-    // Fail closed: a session that cannot be audited does not start.
+    // The sandbox is built first: init builds its root filesystem while the
+    // audit log is opened and written below. Its command starts only after
+    // the start record is on disk.
+    let session_id = config.session_id.clone();
+    let ttl = Ttl::from_duration(config.ttl).to_string();
+    let started_entry = audit::started(&config, &args.profile, &ttl);
+    let (prepare_config, mut claim_config) = config.split();
+    let prepared = session::prepare(prepare_config, &layout);
+
+    // Fail closed: a session that cannot be audited does not start. Dropping
+    // the prepared sandbox destroys it.
     let audit_log = match AuditLog::open(&args.state.state_dir) {
         Ok(log) => Arc::new(log),
         Err(error) => {
@@ -224,10 +234,22 @@ pub fn local(args: RunArgs) -> i32 {
         eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
         return ExitCode::SETUP_FAILED;
     }
+    let failed = |error: &dyn std::fmt::Display, entries: Vec<Entry>| {
+        eprintln!("mayfly: session {session_id} could not start: {error}");
+        let mut entries = entries;
+        entries.push(Entry::new("session.failed", &audit::actor()).session(&session_id).field("error", error.to_string()));
+        if let Err(audit_error) = audit_log.append(entries, true) {
+            eprintln!("mayfly: failed to record the failure in the audit log: {audit_error}");
+        }
+        ExitCode::SETUP_FAILED
+    };
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return failed(&error, vec![started_entry]),
+    };
     // The start record must be on disk before the command starts. The hook
-    // below waits for the flush while init builds the sandbox.
-    let ttl = Ttl::from_duration(config.ttl).to_string();
-    let started = match audit_log.append_unsynced(vec![audit::started(&config, &args.profile, &ttl)]) {
+    // below waits for the flush while init finishes its setup.
+    let started = match audit_log.append_unsynced(vec![started_entry]) {
         Ok(started) => started,
         Err(error) => {
             eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
@@ -235,10 +257,9 @@ pub fn local(args: RunArgs) -> i32 {
         }
     };
 
-    let session_id = config.session_id.clone();
     let egress_log = LocalEgressLog { log: Arc::clone(&audit_log), actor: audit::actor(), session_id: session_id.clone() };
     let egress_hook = egress::before_start(&network, Arc::new(egress_log));
-    config.before_start = Some(BeforeStart(Box::new(move |context| {
+    claim_config.before_start = Some(BeforeStart(Box::new(move |context| {
         started.sync().map_err(|e| format!("the audit log cannot be written, so the command does not start: {e}"))?;
         match egress_hook {
             Some(hook) => (hook.0)(context),
@@ -246,22 +267,9 @@ pub fn local(args: RunArgs) -> i32 {
         }
     })));
     tracing::info!(session_id = %session_id, profile = %args.profile, "starting session");
-    let outcome = match session::run(
-        config,
-        &layout,
-        Box::new(std::io::stdin()),
-        Box::new(std::io::stdout()),
-        Box::new(std::io::stderr()),
-    ) {
+    let outcome = match prepared.claim(claim_config, Box::new(std::io::stdin()), Box::new(std::io::stdout()), Box::new(std::io::stderr())) {
         Ok(outcome) => outcome,
-        Err(error) => {
-            eprintln!("mayfly: session {session_id} could not start: {error}");
-            let entry = Entry::new("session.failed", &audit::actor()).session(&session_id).field("error", error.to_string());
-            if let Err(audit_error) = audit_log.append(vec![entry], true) {
-                eprintln!("mayfly: failed to record the failure in the audit log: {audit_error}");
-            }
-            return ExitCode::SETUP_FAILED;
-        }
+        Err(error) => return failed(&error, Vec::new()),
     };
 
     print_outcome(&outcome);

@@ -15,7 +15,7 @@ mod start;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
+use crate::launch::handoff::{self, Join};
 use crate::spec::{fd, monotonic_now_ns, Claim, InitReport, InitSpec, LandlockStatus, ARTIFACTS_DIR, SANDBOX_GID, SANDBOX_UID};
 use crate::transfer;
 use crate::terminal::WindowSize;
@@ -134,8 +135,23 @@ fn wait_for_claim(pipe: &mut BufReader<File>, until: u64, prestarted: Option<&Ow
     Ok(claim)
 }
 
+/// Waits on the starter's socket for the supervisor's [`Join`], which comes
+/// once the session's cgroups exist, and moves init into them. On cgroup v1
+/// the `tasks` files come with it: writing "0" to one moves the writing
+/// thread, and init has one. The supervisor opened the files, so the
+/// write needs no permission of init's own. On v2 init started in its cgroup.
+fn join_cgroups(socket: OwnedFd) -> Result<(), SetupError> {
+    let step = "join the session cgroup";
+    let (_, tasks) = handoff::receive::<Join>(socket.as_fd(), Join::fd_count).map_err(|e| SetupError::new(step, e.to_string()))?;
+    drop(socket);
+    for file in tasks {
+        File::from(file).write_all(b"0").map_err(|e| SetupError::new(step, e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Checks that init is in the session's cgroup in every hierarchy the
-/// session uses, as the launcher arranged before exec.
+/// session uses.
 fn check_cgroup(spec: &InitSpec) -> Result<(), SetupError> {
     let step = "check the session cgroup";
     let text = crate::procfs::read("/proc/self/cgroup").map_err(|e| SetupError::new(step, e.to_string()))?;
@@ -198,7 +214,7 @@ fn chown_tree(top: &Path, dir: &Path) {
 }
 
 /// Runs every setup step in order, stopping at the first failure.
-fn setup(spec: &InitSpec) -> Result<(), SetupError> {
+fn setup(spec: &InitSpec, join: OwnedFd) -> Result<(), SetupError> {
     // 1. Stop mount events from reaching the host, then build the new root.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| SetupError::new("make the mount tree private", e.to_string()))?;
@@ -208,8 +224,10 @@ fn setup(spec: &InitSpec) -> Result<(), SetupError> {
     nix::unistd::sethostname(&spec.hostname).map_err(|e| SetupError::new("set the hostname", e.to_string()))?;
     network::bring_up_loopback().map_err(|e| SetupError::new("bring up the loopback interface", e.to_string()))?;
 
-    // 3. Nothing below may run outside the session's limits: check that init
-    //    is in the session cgroup, then create a cgroup namespace rooted there.
+    // 3. Nothing below may run outside the session's limits: join the
+    //    session cgroup, check that init is in it, then create a cgroup
+    //    namespace rooted there.
+    join_cgroups(join)?;
     check_cgroup(spec)?;
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::new("create the cgroup namespace", e.to_string()))?;
 
@@ -477,9 +495,10 @@ pub fn main() -> ! {
     start::main()
 }
 
-/// Init itself. Never returns: the exit status carries no meaning, because
-/// the end reason travels on the report pipe.
-fn run() -> ! {
+/// Init itself, with its copy of the starter's socket, on which the
+/// supervisor's [`Join`] comes. Never returns: the exit status carries no
+/// meaning, because the end reason travels on the report pipe.
+fn run(join: OwnedFd) -> ! {
     let started = Instant::now();
     let started_ns = monotonic_now_ns();
     // SAFETY: the launcher placed the report pipe at this descriptor.
@@ -509,7 +528,7 @@ fn run() -> ! {
         }
     };
     let mut drained = None;
-    let end = match setup(&spec) {
+    let end = match setup(&spec, join) {
         Ok(()) => {
             match start_command(&spec, &mut drained) {
                 Err(end) => end,

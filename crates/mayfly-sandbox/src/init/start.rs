@@ -144,11 +144,12 @@ fn clone_init(cgroup_directory: Option<RawFd>) -> io::Result<Clone> {
 }
 
 /// Runs the clone until it becomes init. The clone waits for its release,
-/// which comes after its id maps, and reads the session's descriptors. It
-/// joins the session's v1 cgroups and becomes root of its user namespace.
-/// Then it moves the descriptors to their fixed numbers, closes every other
-/// one and runs init. Any failure ends it with status 125, which the
-/// supervisor reports as init's missing reports.
+/// which comes after its id maps, reads the session's descriptors and
+/// becomes root of its user namespace. Then it moves the descriptors to
+/// their fixed numbers, with its copy of the starter's socket right after
+/// them, closes every other one and runs init, which joins its cgroups
+/// later. Any failure ends it with status 125, which the supervisor reports
+/// as init's missing reports.
 fn become_init(release: OwnedFd) -> ! {
     let mut byte = 0u8;
     // SAFETY: reads one byte into a local from a descriptor this process owns.
@@ -158,25 +159,16 @@ fn become_init(release: OwnedFd) -> ! {
     }
     // The session's message follows the request on the starter's socket,
     // whose descriptor this clone inherited.
-    // SAFETY: the descriptor stays open until `place` below closes it.
+    // SAFETY: the descriptor stays open until `place` below moves it.
     let socket = unsafe { BorrowedFd::borrow_raw(STARTER_SOCKET) };
-    let Ok((session, fds)) = handoff::receive::<Session>(socket, Session::fd_count) else {
+    let Ok((_, session_fds)) = handoff::receive::<Session>(socket, Session::fd_count) else {
         // SAFETY: as above.
         unsafe { libc::_exit(125) }
     };
-    let (session_fds, tasks) = fds.split_at(session.session_fds);
 
     // SAFETY: plain system calls on descriptors this process owns. Nothing
     // below returns, so no Rust object closes a descriptor a second time.
     unsafe {
-        // Writing "0" to a v1 `tasks` file moves the writing thread. The
-        // supervisor opened the files, so its credentials allow the write.
-        for file in tasks {
-            if libc::write(file.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                libc::_exit(125);
-            }
-        }
-
         // The cloning uid (host root) is not mapped, so the clone starts as
         // the overflow uid. Uid 0 of the new namespace is an unprivileged
         // host uid, and it keeps the capabilities of the namespace.
@@ -193,13 +185,15 @@ fn become_init(release: OwnedFd) -> ! {
             libc::_exit(125);
         }
 
-        // The session's descriptors go to their fixed numbers, and every
-        // other one closes now.
-        let fds: Vec<RawFd> = session_fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        // The session's descriptors go to their fixed numbers and the
+        // socket, which brings the cgroups later, right after them. Every
+        // other descriptor closes now.
+        let mut fds: Vec<RawFd> = session_fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        fds.push(STARTER_SOCKET);
         let mut scratch = vec![0; fds.len()];
         if !descriptors::place(&fds, &mut scratch, 0) {
             libc::_exit(125);
         }
+        super::run(OwnedFd::from_raw_fd(session_fds.len() as RawFd))
     }
-    super::run()
 }

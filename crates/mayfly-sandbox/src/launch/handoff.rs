@@ -8,9 +8,10 @@
 //!
 //! The supervisor sends a [`Request`], which the starter reads, then a
 //! [`Session`], which init reads from its copy of the starter's socket once
-//! the starter has released it. The starter sends [`Reply::Cloned`] when it
-//! cloned init before the request, then [`Reply::Started`] or
-//! [`Reply::Failed`].
+//! the starter has released it. A [`Join`] follows once the session's
+//! cgroups exist, which on cgroup v1 may be while init builds its root. The
+//! starter sends [`Reply::Cloned`] when it cloned init before the request,
+//! then [`Reply::Started`] or [`Reply::Failed`].
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -36,7 +37,7 @@ pub(crate) struct Request {
 /// The way init joins the session cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum CgroupJoin {
-    /// cgroup v1: init writes to each `tasks` file that comes with [`Session`].
+    /// cgroup v1: init writes to each `tasks` file that comes with [`Join`].
     V1,
     /// cgroup v2: clone3 starts init in the directory that comes with the request.
     V2,
@@ -52,19 +53,31 @@ impl Request {
 }
 
 /// The message for init itself, which follows the request and which init
-/// reads once released: the session's descriptors, in init's fixed order,
-/// followed by the v1 `tasks` files it joins.
+/// reads once released: the session's descriptors, in init's fixed order.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Session {
     /// How many descriptors init gets, at numbers 0 and up.
     pub session_fds: usize,
-    /// How many `tasks` files follow them.
-    pub tasks: usize,
 }
 
 impl Session {
     pub(crate) fn fd_count(&self) -> usize {
-        self.session_fds + self.tasks
+        self.session_fds
+    }
+}
+
+/// The last message for init: its cgroups exist and have their limits.
+/// On cgroup v1 the `tasks` files init writes itself into come with it. On
+/// v2 none do, because init started in its cgroup.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Join {
+    /// How many `tasks` files come with the message.
+    pub tasks: usize,
+}
+
+impl Join {
+    pub(crate) fn fd_count(&self) -> usize {
+        self.tasks
     }
 }
 
@@ -177,11 +190,11 @@ mod tests {
         let (left, right) = pair();
         let files: Vec<std::fs::File> = (0..300).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
         let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
-        let session = Session { session_fds: 297, tasks: 3 };
+        let session = Session { session_fds: 300 };
         let sender = std::thread::spawn(move || send(left.as_fd(), &session, &fds).unwrap());
         let (received, fds) = receive::<Session>(right.as_fd(), Session::fd_count).unwrap();
         sender.join().unwrap();
-        assert_eq!((received.session_fds, received.tasks), (297, 3));
+        assert_eq!(received.session_fds, 300);
         assert_eq!(fds.len(), 300);
     }
 
@@ -191,11 +204,14 @@ mod tests {
         let files: Vec<std::fs::File> = (0..3).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
         let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
         send(left.as_fd(), &Request { id_base: 100_000, cgroup: CgroupJoin::V1 }, &[]).unwrap();
-        send(left.as_fd(), &Session { session_fds: 2, tasks: 1 }, &fds).unwrap();
+        send(left.as_fd(), &Session { session_fds: 2 }, &fds[..2]).unwrap();
+        send(left.as_fd(), &Join { tasks: 1 }, &fds[2..]).unwrap();
         let (request, none) = receive::<Request>(right.as_fd(), Request::fd_count).unwrap();
         assert_eq!((request.id_base, request.cgroup, none.len()), (100_000, CgroupJoin::V1, 0));
         let (session, fds) = receive::<Session>(right.as_fd(), Session::fd_count).unwrap();
-        assert_eq!((session.session_fds, session.tasks, fds.len()), (2, 1, 3));
+        assert_eq!((session.session_fds, fds.len()), (2, 2));
+        let (join, tasks) = receive::<Join>(right.as_fd(), Join::fd_count).unwrap();
+        assert_eq!((join.tasks, tasks.len()), (1, 1));
     }
 
     #[test]

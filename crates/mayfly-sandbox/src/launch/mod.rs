@@ -64,6 +64,20 @@ pub struct Launched {
     pub starter: Starter,
 }
 
+impl Launched {
+    /// Tells init that the session's cgroups exist and have their limits,
+    /// and on cgroup v1 passes it the `tasks` files it writes itself into.
+    /// Init starts nothing of the session before this.
+    pub fn join(&self, cgroup: &SessionCgroup) -> Result<(), LaunchError> {
+        let tasks = match cgroup.open_join()? {
+            Join::V1 { tasks } => tasks,
+            Join::V2 => Vec::new(),
+        };
+        let fds: Vec<RawFd> = tasks.iter().map(|f| f.as_raw_fd()).collect();
+        self.starter.join(&handoff::Join { tasks: fds.len() }, &fds)
+    }
+}
+
 /// The supervisor's ends of the command pipes: `to_command` carries what
 /// the command reads at descriptor 3, `from_command` what it writes at 4.
 #[derive(Debug)]
@@ -76,18 +90,23 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.into()))
 }
 
-/// Clones init into new user, PID, mount, network, IPC and UTS namespaces
-/// and into `cgroup`, maps its ids onto `id_base`, lets it run and sends it
-/// `spec`. The spec pipe stays open for the claim. With `command_pipes`, the
-/// command gets two pipes whose other ends are returned. Uses the starter
-/// that [`prestart`] spawned when there is one. On failure the child is
-/// killed and reaped.
+/// Clones init into new user, PID, mount, network, IPC and UTS namespaces,
+/// maps its ids onto `id_base`, lets it run and sends it `spec`. The spec
+/// pipe stays open for the claim. With `command_pipes`, the command gets
+/// two pipes whose other ends are returned. Uses the starter that
+/// [`prestart`] spawned when there is one. On failure the child is killed
+/// and reaped.
+///
+/// On cgroup v2, init starts in `into_cgroup`, which must be the session's
+/// cgroup. On v1 it is `None`: init builds its root while the supervisor
+/// creates the cgroups, and waits for [`Launched::join`] before it starts
+/// anything of the session.
 pub fn launch(
     spec: &InitSpec,
     inputs: Vec<File>,
     uid_lock: &File,
     id_base: u32,
-    cgroup: &SessionCgroup,
+    into_cgroup: Option<&SessionCgroup>,
     command_pipes: bool,
 ) -> Result<Launched, LaunchError> {
     const MAX_INPUTS: usize = 256;
@@ -123,18 +142,14 @@ pub fn launch(
     } else {
         None
     };
-    let session_fds = fds.len();
 
-    let join = cgroup.open_join()?;
-    let (cgroup_join, request_fds, tasks) = match &join {
-        Join::V1 { tasks } => {
-            fds.extend(tasks.iter().map(|f| f.as_raw_fd()));
-            (handoff::CgroupJoin::V1, vec![], tasks.len())
-        }
-        Join::V2 { directory } => (handoff::CgroupJoin::V2, vec![directory.as_raw_fd()], 0),
+    let directory = into_cgroup.map(SessionCgroup::open_directory).transpose()?;
+    let (cgroup_join, request_fds) = match &directory {
+        Some(directory) => (handoff::CgroupJoin::V2, vec![directory.as_raw_fd()]),
+        None => (handoff::CgroupJoin::V1, vec![]),
     };
     let request = handoff::Request { id_base, cgroup: cgroup_join };
-    let session = handoff::Session { session_fds, tasks };
+    let session = handoff::Session { session_fds: fds.len() };
 
     // A prestarted starter may have ended since, for example when a test
     // killed it, so a failed handoff to one is retried with a new starter.
@@ -146,7 +161,7 @@ pub fn launch(
         },
         None => start(starter::Starter::spawn()?)?,
     };
-    drop((stdin_read, stdout_write, stderr_write, spec_read, reports_write, artifacts_write, join));
+    drop((stdin_read, stdout_write, stderr_write, spec_read, reports_write, artifacts_write, directory));
     let command_pipes = pipes.map(|(child_read, to_command, from_command, child_write)| {
         drop((child_read, child_write));
         CommandPipes { to_command: File::from(to_command), from_command: File::from(from_command) }

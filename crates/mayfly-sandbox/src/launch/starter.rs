@@ -26,7 +26,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::clone::{clone3_with_stack, CloneArgs};
 use super::descriptors;
-use super::handoff::{self, FailedStep, Reply, Request, Session};
+use super::handoff::{self, FailedStep, Join, Reply, Request, Session};
 use super::{LaunchError, INIT_ARGUMENT};
 
 /// The starter's socket, at this descriptor of the starter.
@@ -279,6 +279,12 @@ impl Starter {
         }
         started.map(|(pid, pidfd)| (pid, pidfd, self))
     }
+
+    /// Sends init its [`Join`] with the `tasks` files in `fds`, once the
+    /// session's cgroups exist. Init reads it from its copy of the socket.
+    pub(crate) fn join(&self, join: &Join, fds: &[RawFd]) -> Result<(), LaunchError> {
+        handoff::send(self.socket.as_fd(), join, fds).map_err(LaunchError::Starter)
+    }
 }
 
 impl std::fmt::Debug for Starter {
@@ -392,7 +398,7 @@ mod tests {
         // SAFETY: kill on the starter just spawned, a child of this process.
         assert_eq!(unsafe { libc::kill(starter.pid, libc::SIGKILL) }, 0);
         let request = Request { id_base: 1_000_000_000, cgroup: CgroupJoin::V1 };
-        let error = starter.start(&request, &[], &Session { session_fds: 0, tasks: 0 }, &[]).unwrap_err();
+        let error = starter.start(&request, &[], &Session { session_fds: 0 }, &[]).unwrap_err();
         assert!(matches!(error, LaunchError::Starter(_)), "{error}");
         assert!(error.to_string().starts_with("failed to hand the session to the init program"), "{error}");
     }

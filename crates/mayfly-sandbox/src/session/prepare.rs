@@ -129,6 +129,13 @@ impl Drop for Prepared {
 /// cgroups and starts init, which builds the root filesystem and then waits
 /// for the claim. Returns without waiting for init's setup; see
 /// [`Prepared::wait_ready`].
+///
+/// On cgroup v1, init starts first and builds its root while the ledger
+/// record and the cgroups are made, and joins the cgroups before it starts
+/// anything of the session. Until then it holds nothing that outlives it:
+/// its namespaces and mounts end with it, and it ends when this process
+/// does, because its socket to this process then reads end of file. On
+/// v2, init starts in its cgroup, so the record and the cgroups come first.
 pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, SessionError> {
     let started_wall = SystemTime::now();
     let started = Instant::now();
@@ -138,8 +145,6 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
     // 1. A host id range of its own, held until every session process is gone.
     let id_range = ids::claim(&config.state_dir)?;
 
-    // 2. The ledger record comes before any host resource, so a crash at any
-    //    later point leaves something that `reap` can find.
     let supervisor_pid = std::process::id() as i32;
     let mut record = ledger::Record {
         session_id: config.sandbox_id.clone(),
@@ -151,18 +156,6 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
         pool_member: config.pool_member,
         claimed_by: None,
     };
-    ledger::write(&config.state_dir, &record)?;
-
-    // 3. The cgroups, with limits in place before any process joins.
-    let cgroup = match SessionCgroup::create(layout, &config.sandbox_id, config.limits) {
-        Ok(cgroup) => cgroup,
-        Err(error) => {
-            let _ = ledger::remove(&config.state_dir, &config.sandbox_id);
-            return Err(error.into());
-        }
-    };
-
-    // 4. Init, in its namespaces and cgroups.
     let spec = InitSpec {
         build_id: crate::init_program::BUILD_ID.to_string(),
         session_id: config.sandbox_id.clone(),
@@ -178,21 +171,44 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
         artifacts_max_bytes: config.artifacts.as_ref().map(|(_, limit)| *limit),
         mounts: config.mounts.clone(),
         landlock: config.landlock,
-        cgroup_membership: cgroup.membership(),
+        cgroup_membership: layout.membership(),
         terminal: config.terminal,
         prestart: config.prestart.clone(),
         command_pipes: None,
     };
     let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
-    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, &cgroup, config.command_pipes) {
+
+    // 2. Init, in its namespaces, and the ledger record and cgroups, in the
+    //    order the cgroup version allows.
+    let starts_in_cgroup = matches!(layout, Layout::V2 { .. });
+    let early_cgroup = match starts_in_cgroup {
+        true => Some(record_and_create_cgroup(&config, &record, layout)?),
+        false => None,
+    };
+    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, early_cgroup.as_ref(), config.command_pipes) {
         Ok(launched) => launched,
         Err(error) => {
-            let _ = cgroup.kill_all(KILL_TIMEOUT);
-            let _ = cgroup.remove(KILL_TIMEOUT);
-            let _ = ledger::remove(&config.state_dir, &config.sandbox_id);
+            if let Some(cgroup) = &early_cgroup {
+                remove_cgroup_and_record(cgroup, &config);
+            }
             return Err(error.into());
         }
     };
+    let cgroup = match early_cgroup {
+        Some(cgroup) => cgroup,
+        None => match record_and_create_cgroup(&config, &record, layout) {
+            Ok(cgroup) => cgroup,
+            Err(error) => {
+                abandon(launched);
+                return Err(error);
+            }
+        },
+    };
+    if let Err(error) = launched.join(&cgroup) {
+        abandon(launched);
+        remove_cgroup_and_record(&cgroup, &config);
+        return Err(error.into());
+    }
     drop(id_range);
     timings.launch_us = started.elapsed().as_micros() as u64;
     let init_pid = launched.pid;
@@ -226,6 +242,34 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
         started_wall,
         timings,
     })))
+}
+
+/// Writes the ledger record, which comes before any host resource that
+/// outlives this process, so that `reap` finds whatever a crash leaves;
+/// then creates the cgroups, with their limits in place before any process
+/// joins them.
+fn record_and_create_cgroup(config: &PrepareConfig, record: &ledger::Record, layout: &Layout) -> Result<SessionCgroup, SessionError> {
+    ledger::write(&config.state_dir, record)?;
+    SessionCgroup::create(layout, &config.sandbox_id, config.limits).map_err(|error| {
+        let _ = ledger::remove(&config.state_dir, &config.sandbox_id);
+        error.into()
+    })
+}
+
+fn remove_cgroup_and_record(cgroup: &SessionCgroup, config: &PrepareConfig) {
+    let _ = cgroup.kill_all(KILL_TIMEOUT);
+    let _ = cgroup.remove(KILL_TIMEOUT);
+    let _ = ledger::remove(&config.state_dir, &config.sandbox_id);
+}
+
+/// Kills and reaps an init that will not be joined to its cgroups.
+fn abandon(launched: launch::Launched) {
+    // SAFETY: kill and waitpid on init, a child of this process that is not
+    // reaped yet, so its pid cannot name another process.
+    unsafe {
+        libc::kill(launched.pid, libc::SIGKILL);
+        libc::waitpid(launched.pid, std::ptr::null_mut(), 0);
+    }
 }
 
 pub(super) const TAKEN: &str = "a prepared sandbox keeps its parts until it is claimed or destroyed";
