@@ -505,7 +505,7 @@ mod tests {
         assert_eq!(read("pids.max"), "64");
         assert_eq!(read("cpu.max"), "150000 100000");
         assert_eq!(fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
-        assert_eq!(cgroup.membership(), vec![String::new()]);
+        assert_eq!(layout.membership(), vec![String::new()]);
         fs::remove_dir_all(root).unwrap();
     }
 
@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(read("pids", "pids.max"), "64");
         assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
         assert_eq!(read("cpu", "cpu.cfs_quota_us"), "150000");
-        let mut membership = cgroup.membership();
+        let mut membership = layout.membership();
         membership.sort();
         assert_eq!(membership, ["cpu", "cpuacct", "freezer", "memory", "pids"]);
         fs::remove_dir_all(root).unwrap();
