@@ -1,9 +1,16 @@
 //! The audit log on disk: `STATE/audit/log.jsonl`, the signing key beside it,
 //! and `head.json`, the signed position of the last checkpoint.
+//!
+//! `head.json` holds the newest two heads in two slots of [`HEAD_SLOT_BYTES`]
+//! each, a JSON object padded with spaces. A checkpoint overwrites the slot
+//! of the older head in place, so a crash in the middle of the write leaves
+//! the newer one whole, and once the file has both slots a flush writes no
+//! file system metadata. A file from an older build, with one unpadded
+//! head, reads as its first slot.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,6 +28,10 @@ const MAX_RECORD_BYTES: usize = 60 * 1024;
 /// The first, usual size of the tail read to find the last record. A longer
 /// last line makes the read grow to twice [`MAX_RECORD_BYTES`].
 const TAIL_GUESS_BYTES: usize = 8 * 1024;
+
+/// Size of each of the two slots in `head.json`: one disk sector, which a
+/// disk writes whole or not at all.
+const HEAD_SLOT_BYTES: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -75,6 +86,18 @@ pub struct AuditLog {
 
 fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Parses the two slots of `head.json`. A slot that is empty, or that a
+/// crash left half written, is `None`.
+fn head_slots(bytes: &[u8]) -> [Option<Head>; 2] {
+    let slot = |index: usize| {
+        let slot = &bytes[(index * HEAD_SLOT_BYTES).min(bytes.len())..((index + 1) * HEAD_SLOT_BYTES).min(bytes.len())];
+        // Padding is spaces, and a slot skipped by an older file's first write is zeros.
+        let end = slot.iter().rposition(|b| !b.is_ascii_whitespace() && *b != 0).map_or(0, |last| last + 1);
+        serde_json::from_slice::<Head>(&slot[..end]).ok()
+    };
+    [slot(0), slot(1)]
 }
 
 impl AuditLog {
@@ -265,21 +288,41 @@ impl AuditLog {
         Ok((file, records, head))
     }
 
+    /// Writes `head` over the slot of the older head and flushes it. The
+    /// caller holds the log's lock, so no other writer races for the slot.
     fn write_head(&self, head: &Head) -> Result<(), AuditError> {
         let write_error = |source| AuditError::Write { path: self.head.clone(), source };
-        let temporary = self.head.with_extension("json.tmp");
-        let mut file = File::options().write(true).create(true).truncate(true).mode(0o600).open(&temporary).map_err(write_error)?;
-        file.write_all(&serde_json::to_vec(head).expect("heads serialize")).and_then(|()| file.sync_data()).map_err(write_error)?;
-        fs::rename(&temporary, &self.head).map_err(write_error)
+        let mut file = File::options().read(true).write(true).create(true).truncate(false).mode(0o600).open(&self.head).map_err(write_error)?;
+        let mut current = Vec::new();
+        file.read_to_end(&mut current).map_err(|source| AuditError::Read { path: self.head.clone(), source })?;
+        let seqs = head_slots(&current).map(|slot| slot.map(|head| head.seq));
+        // An empty or unreadable slot goes first, then the older one.
+        let slot = match seqs {
+            [None, _] => 0,
+            [_, None] => 1,
+            [Some(first), Some(second)] => usize::from(second < first),
+        };
+        let mut bytes = serde_json::to_vec(head).expect("heads serialize");
+        assert!(bytes.len() < HEAD_SLOT_BYTES, "a head of {} bytes does not fit its slot", bytes.len());
+        bytes.resize(HEAD_SLOT_BYTES - 1, b' ');
+        bytes.push(b'\n');
+        file.write_all_at(&bytes, (slot * HEAD_SLOT_BYTES) as u64).and_then(|()| file.sync_data()).map_err(write_error)
     }
 
+    /// Reads the newest head that parses. `None` means the file is missing.
     fn read_head(&self) -> Result<Option<Head>, AuditError> {
-        match fs::read(&self.head) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| AuditError::Broken(Break { line: 0, reason: format!("the signed head {} is not valid JSON ({e})", self.head.display()) })),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(AuditError::Read { path: self.head.clone(), source }),
+        let bytes = match fs::read(&self.head) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(AuditError::Read { path: self.head.clone(), source }),
+        };
+        let newest = head_slots(&bytes).into_iter().flatten().max_by_key(|head| head.seq);
+        match newest {
+            Some(head) => Ok(Some(head)),
+            None => Err(AuditError::Broken(Break {
+                line: 0,
+                reason: format!("the signed head {} holds no valid JSON head", self.head.display()),
+            })),
         }
     }
 
@@ -434,6 +477,67 @@ mod tests {
         let reopened = AuditLog::open(&scratch.0).unwrap();
         assert_eq!(reopened.verify().unwrap().records, 9);
         assert!(!reopened.records(1).unwrap().iter().any(|r| r.entry.kind == "audit.tail_repaired"));
+    }
+
+    #[test]
+    fn checkpoints_alternate_between_head_slots() {
+        let (scratch, log) = filled("slots");
+        let path = scratch.0.join("audit/head.json");
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 2 * HEAD_SLOT_BYTES, "the file has both slots and keeps its size");
+        let seqs = head_slots(&bytes).map(|head| head.unwrap().seq);
+        assert_eq!(seqs.iter().max(), Some(&8), "the newest head names the last checkpoint");
+        assert_eq!(seqs.iter().min(), Some(&5), "the other slot keeps the checkpoint before it");
+        log.append(vec![Entry::new("session.ended", "cli").session("s-4")], true).unwrap();
+        let seqs = head_slots(&fs::read(&path).unwrap()).map(|head| head.unwrap().seq);
+        assert_eq!((seqs.iter().min(), seqs.iter().max()), (Some(&8), Some(&10)), "the older slot was overwritten");
+        assert_eq!(log.verify().unwrap().signed_head_seq, Some(10));
+    }
+
+    #[test]
+    fn a_head_slot_torn_by_a_crash_leaves_the_other() {
+        let (scratch, log) = filled("tornhead");
+        let path = scratch.0.join("audit/head.json");
+        let mut bytes = fs::read(&path).unwrap();
+        let newest = if head_slots(&bytes)[0].as_ref().unwrap().seq == 8 { 0 } else { 1 };
+        bytes[newest * HEAD_SLOT_BYTES..newest * HEAD_SLOT_BYTES + 40].fill(b'#');
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(log.verify().unwrap().signed_head_seq, Some(5), "the older head is used");
+
+        bytes.fill(b'#');
+        fs::write(&path, &bytes).unwrap();
+        let error = log.verify().unwrap_err().to_string();
+        assert!(error.contains("holds no valid JSON head"), "{error}");
+    }
+
+    #[test]
+    fn a_head_file_of_an_older_build_is_read_and_extended() {
+        let (scratch, log) = filled("oldhead");
+        let path = scratch.0.join("audit/head.json");
+        let newest = head_slots(&fs::read(&path).unwrap()).into_iter().flatten().max_by_key(|head| head.seq).unwrap();
+        // Older builds wrote one head, unpadded, through a renamed file.
+        fs::write(&path, serde_json::to_vec(&newest).unwrap()).unwrap();
+        assert_eq!(log.verify().unwrap().signed_head_seq, Some(8));
+        log.append(vec![Entry::new("session.ended", "cli").session("s-4")], true).unwrap();
+        let seqs = head_slots(&fs::read(&path).unwrap()).map(|head| head.map(|h| h.seq));
+        assert_eq!(seqs, [Some(8), Some(10)]);
+        assert_eq!(log.verify().unwrap().signed_head_seq, Some(10));
+    }
+
+    #[test]
+    fn a_tampered_newest_head_is_not_skipped() {
+        let (scratch, log) = filled("forgedhead");
+        let path = scratch.0.join("audit/head.json");
+        let bytes = fs::read(&path).unwrap();
+        let mut forged = head_slots(&bytes).into_iter().flatten().max_by_key(|head| head.seq).unwrap();
+        forged.seq = 9;
+        let mut slot = serde_json::to_vec(&forged).unwrap();
+        slot.resize(HEAD_SLOT_BYTES, b' ');
+        let newest = if head_slots(&bytes)[0].as_ref().unwrap().seq == 8 { 0 } else { 1 };
+        let mut bytes = bytes;
+        bytes[newest * HEAD_SLOT_BYTES..(newest + 1) * HEAD_SLOT_BYTES].copy_from_slice(&slot);
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(log.verify(), Err(AuditError::Broken(_))), "a head that parses but fails its check is damage");
     }
 
     #[test]
