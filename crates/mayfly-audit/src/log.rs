@@ -4,9 +4,8 @@
 //! `head.json` holds the newest two heads in two slots of [`HEAD_SLOT_BYTES`]
 //! each, a JSON object padded with spaces. A checkpoint overwrites the slot
 //! of the older head in place, so a crash in the middle of the write leaves
-//! the newer one whole, and once the file has both slots a flush writes no
-//! file system metadata. A file from an older build, with one unpadded
-//! head, reads as its first slot.
+//! the newer one whole. A file from an older build, with one unpadded head,
+//! reads as its first slot.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -288,8 +287,15 @@ impl AuditLog {
         Ok((file, records, head))
     }
 
-    /// Writes `head` over the slot of the older head and flushes it. The
-    /// caller holds the log's lock, so no other writer races for the slot.
+    /// Writes `head` over the slot of the older head. The caller holds the
+    /// log's lock, so no other writer races for the slot, and has flushed
+    /// the records the head vouches for, so the head never reaches the disk
+    /// before them.
+    ///
+    /// The head is not flushed: the kernel writes it back with other dirty
+    /// pages, within about half a minute by default. A power loss before
+    /// then leaves the older head, which still verifies. Flushing it would
+    /// cost every session a second wait for the disk.
     fn write_head(&self, head: &Head) -> Result<(), AuditError> {
         let write_error = |source| AuditError::Write { path: self.head.clone(), source };
         let mut file = File::options().read(true).write(true).create(true).truncate(false).mode(0o600).open(&self.head).map_err(write_error)?;
@@ -306,7 +312,7 @@ impl AuditLog {
         assert!(bytes.len() < HEAD_SLOT_BYTES, "a head of {} bytes does not fit its slot", bytes.len());
         bytes.resize(HEAD_SLOT_BYTES - 1, b' ');
         bytes.push(b'\n');
-        file.write_all_at(&bytes, (slot * HEAD_SLOT_BYTES) as u64).and_then(|()| file.sync_data()).map_err(write_error)
+        file.write_all_at(&bytes, (slot * HEAD_SLOT_BYTES) as u64).map_err(write_error)
     }
 
     /// Reads the newest head that parses. `None` means the file is missing.
