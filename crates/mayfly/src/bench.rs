@@ -90,7 +90,7 @@ pub fn main(args: BenchArgs) -> i32 {
         eprintln!("mayfly: warning: not running as root. `mayfly run` needs root, so its runs will fail.");
     }
 
-    let mut slots = vec![set_up_mayfly(&args.state_dir), set_up_bubblewrap(), set_up_runc()];
+    let mut slots = vec![set_up_mayfly(&args.state_dir, args.front.as_deref()), set_up_bubblewrap(), set_up_runc()];
     let mut ready: Vec<&mut Runtime> = slots
         .iter_mut()
         .filter_map(|slot| match slot {

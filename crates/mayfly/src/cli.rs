@@ -196,6 +196,9 @@ pub struct BenchArgs {
     /// Also write the results as a Markdown section to this file, replacing its contents.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// The `mayfly` program that the `start` suite measures, such as one built for musl. Default: the `mayfly` beside this program.
+    #[arg(long, value_name = "FILE")]
+    pub front: Option<PathBuf>,
 }
 
 #[cfg(test)]

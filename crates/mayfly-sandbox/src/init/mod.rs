@@ -278,7 +278,7 @@ fn kill_and_reap_all() {
 
 /// Waits for one of the blocked signals until `timeout`, or returns `None`.
 fn wait_signal(set: &SigSet, timeout: Duration) -> Option<i32> {
-    let spec = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    let spec = libc::timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: sigtimedwait reads the signal set and timeout, both valid for
     // the duration of the call, and ignores the null info pointer.
     let signal = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &spec) };

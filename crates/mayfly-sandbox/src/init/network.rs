@@ -16,11 +16,11 @@ pub fn bring_up_loopback() -> io::Result<()> {
     }
     // SAFETY: both ioctls read and write the ifreq above, which outlives them.
     let result = unsafe {
-        if libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) < 0 {
+        if libc::ioctl(socket, libc::SIOCGIFFLAGS as _, &mut request) < 0 {
             -1
         } else {
             request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(socket, libc::SIOCSIFFLAGS, &request)
+            libc::ioctl(socket, libc::SIOCSIFFLAGS as _, &request)
         }
     };
     let error = io::Error::last_os_error();

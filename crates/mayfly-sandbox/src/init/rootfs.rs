@@ -68,11 +68,15 @@ fn locked_flags(path: &Path) -> MsFlags {
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
         (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
     ] {
         if flags.contains(fs_flag) {
             result |= ms_flag;
         }
+    }
+    // Linux's ST_RELATIME, which musl's headers and so nix leave out there.
+    const ST_RELATIME: libc::c_ulong = 0x1000;
+    if flags.bits() & ST_RELATIME != 0 {
+        result |= MsFlags::MS_RELATIME;
     }
     result
 }

@@ -346,6 +346,12 @@ unsafe fn move_off_cpu(pid: libc::pid_t, cpu: i32) {
 /// The command line a spawned starter gets, which a forked one takes on.
 const STARTER_COMMAND_LINE: &[u8] = b"mayfly-init\0__mayfly-sandbox-init\0";
 
+extern "C" {
+    /// The C library's environment array, which the libc crate does not
+    /// declare for every C library.
+    static mut environ: *mut *mut libc::c_char;
+}
+
 /// Overwrites this process's command line and environment, whose strings
 /// lie together on the stack that a fork copies, gives it the command line
 /// of a spawned starter and empties its environment. Init inherits both,
@@ -365,7 +371,7 @@ unsafe fn forget_command_line_and_environment() -> bool {
     if !(arg_start < arg_end && arg_end <= env_start && env_start <= env_end) {
         return false;
     }
-    let mut entry = libc::environ;
+    let mut entry = environ;
     while !entry.is_null() && !(*entry).is_null() {
         *entry = std::ptr::null_mut();
         entry = entry.add(1);

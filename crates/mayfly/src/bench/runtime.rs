@@ -186,9 +186,18 @@ pub(super) enum Slot {
     Skipped(RuntimeResult),
 }
 
-pub(super) fn set_up_mayfly(state_dir: &Path) -> Slot {
+/// Prepares the measured `mayfly`: `front`, or the front program beside this one.
+pub(super) fn set_up_mayfly(state_dir: &Path, front: Option<&Path>) -> Slot {
     // Users start `mayfly`, which runs a local `mayfly run` itself.
-    match std::env::current_exe().map(|path| path.with_file_name(crate::FRONT_PROGRAM)) {
+    let executable = match front {
+        Some(front) if !front.is_file() => {
+            let message = format!("--front {}: no such program; build it first, or leave --front out to measure the mayfly beside this program", front.display());
+            return Slot::Skipped(RuntimeResult::skipped("mayfly", Status::SetupFailed, message));
+        }
+        Some(front) => std::path::absolute(front),
+        None => std::env::current_exe().map(|path| path.with_file_name(crate::FRONT_PROGRAM)),
+    };
+    match executable {
         Ok(executable) => {
             let command_line = format!(
                 "{} run --state-dir {} --report {} -- {PROGRAM}",

@@ -13,6 +13,13 @@ use std::process::{Command, Output, Stdio};
 pub const MAYFLY: &str = env!("CARGO_BIN_EXE_mayfly");
 pub const PROBE: &str = env!("CARGO_BIN_EXE_mayfly-probe");
 
+/// Returns the `mayfly` program that [`Scratch::run`] starts:
+/// `MAYFLY_TEST_FRONT` when set, such as a `mayfly` built for musl with
+/// `mayfly-full` beside it, else the one this build made.
+pub fn front() -> String {
+    std::env::var("MAYFLY_TEST_FRONT").unwrap_or_else(|_| MAYFLY.to_string())
+}
+
 /// A scratch directory removed when the test ends.
 pub struct Scratch {
     pub path: PathBuf,
@@ -34,7 +41,7 @@ impl Scratch {
 
     /// Returns a `mayfly run` command with this scratch state directory.
     pub fn run(&self) -> Command {
-        let mut command = Command::new(MAYFLY);
+        let mut command = Command::new(front());
         command.arg("run").arg("--state-dir").arg(self.state_dir()).stdin(Stdio::null());
         command
     }
