@@ -13,21 +13,39 @@ use std::path::Path;
 /// launch, init and teardown read about a dozen of these files.
 pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     let mut file = File::open(path)?;
-    let mut bytes = vec![0u8; 4096];
+    // Most of these files fit the first read, which needs no allocation
+    // beyond the returned string.
+    // A read may return less than the file holds, so only end of file ends.
+    let mut first = [0u8; 4096];
     let mut length = 0;
+    while length < first.len() {
+        match read_some(&mut file, &mut first[length..])? {
+            0 => return String::from_utf8(first[..length].to_vec()).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error)),
+            read => length += read,
+        }
+    }
+    let mut bytes = first.to_vec();
     loop {
         if length == bytes.len() {
             bytes.resize(bytes.len() * 2, 0);
         }
-        match file.read(&mut bytes[length..]) {
-            Ok(0) => break,
-            Ok(read) => length += read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
+        match read_some(&mut file, &mut bytes[length..])? {
+            0 => break,
+            read => length += read,
         }
     }
     bytes.truncate(length);
     String::from_utf8(bytes).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
+}
+
+/// Reads once into `buffer`, again when a signal interrupted the read.
+fn read_some(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match file.read(buffer) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -115,6 +115,7 @@ fn kernel_threads() -> HashSet<i32> {
 fn scan_processes(pids: &[i32], wanted: &[&[u8]]) -> Vec<String> {
     let mut found = Vec::new();
     let mut buffer = [0u8; 64];
+    let mut path = [0u8; 32];
     let kernel_threads = kernel_threads();
     for pid in pids {
         if kernel_threads.contains(pid) {
@@ -123,12 +124,24 @@ fn scan_processes(pids: &[i32], wanted: &[&[u8]]) -> Vec<String> {
         // Zombies and kernel threads the set above missed have no
         // executable, and neither can hold a session namespace: zombies
         // have dropped theirs. One readlink skips the calls below for them.
-        if let Err(error) = fs::read_link(format!("/proc/{pid}/exe")) {
-            if error.kind() == std::io::ErrorKind::NotFound {
-                continue;
-            }
+        // The paths are built on the stack and opened with openat, because
+        // the scan visits every process of the host for each session.
+        let Some(exe) = proc_path(&mut path, *pid, "exe") else { continue };
+        // SAFETY: readlinkat reads the NUL-terminated path and writes at
+        // most buffer.len() bytes into the buffer.
+        let length = unsafe { libc::readlinkat(libc::AT_FDCWD, exe.as_ptr(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        if length < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::NotFound {
+            continue;
         }
-        let Ok(directory) = fs::File::open(format!("/proc/{pid}/ns")) else { continue };
+        let Some(ns) = proc_path(&mut path, *pid, "ns") else { continue };
+        // SAFETY: openat reads the NUL-terminated path. The descriptor it
+        // returns is owned by the OwnedFd alone.
+        let directory = unsafe { libc::openat(libc::AT_FDCWD, ns.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if directory < 0 {
+            continue;
+        }
+        // SAFETY: as above.
+        let directory = unsafe { std::os::fd::OwnedFd::from_raw_fd(directory) };
         for kind in SCANNED_KINDS {
             // SAFETY: readlinkat writes at most buffer.len() bytes into the buffer.
             let length = unsafe {
@@ -144,6 +157,13 @@ fn scan_processes(pids: &[i32], wanted: &[&[u8]]) -> Vec<String> {
         }
     }
     found
+}
+
+/// Writes `/proc/PID/NAME` with its closing NUL into `buffer`.
+fn proc_path<'a>(buffer: &'a mut [u8; 32], pid: i32, name: &str) -> Option<&'a std::ffi::CStr> {
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    std::io::Write::write_fmt(&mut cursor, format_args!("/proc/{pid}/{name}\0")).ok()?;
+    std::ffi::CStr::from_bytes_until_nul(buffer).ok()
 }
 
 /// Finds every holder of any of `ids` among the [`SCANNED_KINDS`]: a process
