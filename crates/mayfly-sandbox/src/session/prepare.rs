@@ -204,10 +204,18 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
             }
         },
     };
-    if let Err(error) = launched.join(&cgroup) {
-        abandon(launched);
-        remove_cgroup_and_record(&cgroup, &config);
-        return Err(error.into());
+    match launched.join(&cgroup) {
+        Ok(()) => {}
+        // Init ended before the join, such as when a step of its root
+        // failed. Its end report names the step, and the session reports
+        // it like any other setup failure.
+        Err(launch::LaunchError::Starter(error))
+            if matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => {}
+        Err(error) => {
+            abandon(launched);
+            remove_cgroup_and_record(&cgroup, &config);
+            return Err(error.into());
+        }
     }
     drop(id_range);
     timings.launch_us = started.elapsed().as_micros() as u64;
