@@ -1,7 +1,7 @@
 //! The audit log on disk: `STATE/audit/log.jsonl`, the signing key beside it,
 //! and `head.json`, the signed position of the last checkpoint.
 //!
-//! `head.json` holds the newest two heads in two slots of [`HEAD_SLOT_BYTES`]
+//! `head.json` contains the newest two heads in two slots of [`HEAD_SLOT_BYTES`]
 //! each, a JSON object padded with spaces. A checkpoint overwrites the slot
 //! of the older head in place, so a crash in the middle of the write leaves
 //! the newer one whole. A file from an older build, with one unpadded head,
@@ -501,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn a_head_slot_torn_by_a_crash_leaves_the_other() {
+    fn head_slot_torn_by_crash_leaves_other() {
         let (scratch, log) = filled("tornhead");
         let path = scratch.0.join("audit/head.json");
         let mut bytes = fs::read(&path).unwrap();
@@ -517,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn a_head_file_of_an_older_build_is_read_and_extended() {
+    fn head_file_of_older_build_is_read() {
         let (scratch, log) = filled("oldhead");
         let path = scratch.0.join("audit/head.json");
         let newest = head_slots(&fs::read(&path).unwrap()).into_iter().flatten().max_by_key(|head| head.seq).unwrap();
@@ -531,7 +531,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tampered_newest_head_is_not_skipped() {
+    fn head_tampered_newest_is_reported() {
         let (scratch, log) = filled("forgedhead");
         let path = scratch.0.join("audit/head.json");
         let bytes = fs::read(&path).unwrap();

@@ -15,7 +15,8 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     let mut file = File::open(path)?;
     // Most of these files fit the first read, which needs no allocation
     // beyond the returned string.
-    // A read may return less than the file holds, so only end of file ends.
+    // A read may return less than the file contains, so the loop stops only
+    // at end of file.
     let mut first = [0u8; 4096];
     let mut length = 0;
     while length < first.len() {

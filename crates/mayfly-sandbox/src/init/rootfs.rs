@@ -73,7 +73,7 @@ fn locked_flags(path: &Path) -> MsFlags {
             result |= ms_flag;
         }
     }
-    // Linux's ST_RELATIME, which musl's headers and so nix leave out there.
+    // Linux's ST_RELATIME. The libc crate and nix leave it out for musl.
     const ST_RELATIME: libc::c_ulong = 0x1000;
     if flags.bits() & ST_RELATIME != 0 {
         result |= MsFlags::MS_RELATIME;

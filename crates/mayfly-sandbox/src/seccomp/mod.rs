@@ -130,7 +130,7 @@ const ALLOWED: &[(&str, &[i64])] = &[
 
 /// Terminal ioctls that push bytes into a terminal's input queue or control
 /// the console. Blocked so that a session can never type into a terminal.
-pub const BLOCKED_IOCTLS: &[(u64, &str)] = &[(libc::TIOCSTI as u64, "TIOCSTI"), (libc::TIOCLINUX as u64, "TIOCLINUX")];
+pub const BLOCKED_IOCTLS: &[(u64, &str)] = &[(libc::TIOCSTI as _, "TIOCSTI"), (libc::TIOCLINUX as _, "TIOCLINUX")];
 
 /// Socket families a command may create: local sockets, IP inside its own
 /// network namespace, and netlink, which glibc's getaddrinfo uses.

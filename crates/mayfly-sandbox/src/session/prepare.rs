@@ -132,7 +132,7 @@ impl Drop for Prepared {
 ///
 /// On cgroup v1, init starts first and builds its root while the ledger
 /// record and the cgroups are made, and joins the cgroups before it starts
-/// anything of the session. Until then it holds nothing that outlives it:
+/// anything of the session. Until then it has nothing that outlives it:
 /// its namespaces and mounts end with it, and it ends when this process
 /// does, because its socket to this process then reads end of file. On
 /// v2, init starts in its cgroup, so the record and the cgroups come first.
@@ -252,10 +252,10 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
     })))
 }
 
-/// Writes the ledger record, which comes before any host resource that
-/// outlives this process, so that `reap` finds whatever a crash leaves;
-/// then creates the cgroups, with their limits in place before any process
-/// joins them.
+/// Writes the ledger record, then creates the cgroups. The record comes
+/// before any host resource that outlives this process, so that `reap`
+/// finds whatever a crash leaves. The limits are in place before any
+/// process joins the cgroups.
 fn record_and_create_cgroup(config: &PrepareConfig, record: &ledger::Record, layout: &Layout) -> Result<SessionCgroup, SessionError> {
     ledger::write(&config.state_dir, record)?;
     SessionCgroup::create(layout, &config.sandbox_id, config.limits).map_err(|error| {
