@@ -2,7 +2,7 @@
 //! without TLS, background duties and graceful shutdown.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +115,36 @@ fn restrict(path: &std::path::Path, mode: u32) -> Result<(), String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("cannot restrict {}: {e}", path.display()))
 }
 
+/// Creates the SQLite database file with mode 0600 when it is missing.
+/// SQLite gives the `-wal` and `-shm` files it creates the database's mode,
+/// so they are private from the start too.
+fn create_private(path: &std::path::Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot create the database {}: {e}", path.display()))
+}
+
+/// Narrows the database and its `-wal` and `-shm` files to mode 0600. The
+/// write-ahead log contains the same rows as the database, and older builds
+/// left both side files readable by everyone.
+fn restrict_sqlite_files(path: &std::path::Path) -> Result<(), String> {
+    restrict(path, 0o600)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = std::path::PathBuf::from(side);
+        if side.exists() {
+            restrict(&side, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates the state directory, or narrows an existing one, to root only,
 /// because it contains the database, the audit signing key and the TLS key.
 fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
@@ -195,9 +225,12 @@ pub async fn start(config: ServerConfig, bootstrap: Bootstrap) -> Result<(Starte
     prepare_state_dir(&config.state_dir)?;
     let lock = lock_state_dir(&config.state_dir)?;
     let audit = Auditor::open(&config.state_dir).map_err(|e| format!("the audit log cannot be opened, so the server does not start: {e}"))?;
+    if config.database_url.is_none() {
+        create_private(&config.sqlite_path())?;
+    }
     let store = open_store(&config).await?;
     if config.database_url.is_none() {
-        restrict(&config.sqlite_path(), 0o600)?;
+        restrict_sqlite_files(&config.sqlite_path())?;
     }
     let host = tokio::task::spawn_blocking(HostSupport::inspect).await.map_err(|e| e.to_string())?;
     let identity = match &config.tls {

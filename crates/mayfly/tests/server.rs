@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::server::{self, output_text, raw_http, Server};
@@ -202,6 +203,11 @@ fn a_supplied_bootstrap_token_is_stored_only_as_a_hash() {
     assert_eq!(me["groups"], json!(["admins"]));
     let db = std::fs::read(scratch.state_dir().join("mayfly.db")).unwrap();
     assert!(!String::from_utf8_lossy(&db).contains(&token[13..]));
+    // The write-ahead log contains the same rows, so it is as private as the database.
+    for name in ["mayfly.db", "mayfly.db-wal", "mayfly.db-shm"] {
+        let mode = std::fs::metadata(scratch.state_dir().join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+    }
 
     let bad = std::process::Command::new(common::MAYFLY)
         .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
