@@ -99,6 +99,11 @@ fn head_slots(bytes: &[u8]) -> [Option<Head>; 2] {
     [slot(0), slot(1)]
 }
 
+/// Returns the newest head among the slots of `head.json` that parse.
+fn newest_head(bytes: &[u8]) -> Option<Head> {
+    head_slots(bytes).into_iter().flatten().max_by_key(|head| head.seq)
+}
+
 impl AuditLog {
     /// Opens the log under `state_dir/audit` for appending, creating the
     /// directory, the signing key and a signed empty head on first use.
@@ -322,12 +327,11 @@ impl AuditLog {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(AuditError::Read { path: self.head.clone(), source }),
         };
-        let newest = head_slots(&bytes).into_iter().flatten().max_by_key(|head| head.seq);
-        match newest {
+        match newest_head(&bytes) {
             Some(head) => Ok(Some(head)),
             None => Err(AuditError::Broken(Break {
                 line: 0,
-                reason: format!("the signed head {} holds no valid JSON head", self.head.display()),
+                reason: format!("the signed head {} contains no valid JSON head", self.head.display()),
             })),
         }
     }
@@ -485,6 +489,12 @@ mod tests {
         assert!(!reopened.records(1).unwrap().iter().any(|r| r.entry.kind == "audit.tail_repaired"));
     }
 
+    /// Returns the index of the slot that contains the head of seq 8, the
+    /// newest one in a log from `filled`.
+    fn newest_slot(bytes: &[u8]) -> usize {
+        if head_slots(bytes)[0].as_ref().unwrap().seq == 8 { 0 } else { 1 }
+    }
+
     #[test]
     fn checkpoints_alternate_between_head_slots() {
         let (scratch, log) = filled("slots");
@@ -505,7 +515,7 @@ mod tests {
         let (scratch, log) = filled("tornhead");
         let path = scratch.0.join("audit/head.json");
         let mut bytes = fs::read(&path).unwrap();
-        let newest = if head_slots(&bytes)[0].as_ref().unwrap().seq == 8 { 0 } else { 1 };
+        let newest = newest_slot(&bytes);
         bytes[newest * HEAD_SLOT_BYTES..newest * HEAD_SLOT_BYTES + 40].fill(b'#');
         fs::write(&path, &bytes).unwrap();
         assert_eq!(log.verify().unwrap().signed_head_seq, Some(5), "the older head is used");
@@ -513,14 +523,14 @@ mod tests {
         bytes.fill(b'#');
         fs::write(&path, &bytes).unwrap();
         let error = log.verify().unwrap_err().to_string();
-        assert!(error.contains("holds no valid JSON head"), "{error}");
+        assert!(error.contains("contains no valid JSON head"), "{error}");
     }
 
     #[test]
     fn head_file_of_older_build_is_read() {
         let (scratch, log) = filled("oldhead");
         let path = scratch.0.join("audit/head.json");
-        let newest = head_slots(&fs::read(&path).unwrap()).into_iter().flatten().max_by_key(|head| head.seq).unwrap();
+        let newest = newest_head(&fs::read(&path).unwrap()).unwrap();
         // Older builds wrote one head, unpadded, through a renamed file.
         fs::write(&path, serde_json::to_vec(&newest).unwrap()).unwrap();
         assert_eq!(log.verify().unwrap().signed_head_seq, Some(8));
@@ -535,11 +545,11 @@ mod tests {
         let (scratch, log) = filled("forgedhead");
         let path = scratch.0.join("audit/head.json");
         let bytes = fs::read(&path).unwrap();
-        let mut forged = head_slots(&bytes).into_iter().flatten().max_by_key(|head| head.seq).unwrap();
+        let mut forged = newest_head(&bytes).unwrap();
         forged.seq = 9;
         let mut slot = serde_json::to_vec(&forged).unwrap();
         slot.resize(HEAD_SLOT_BYTES, b' ');
-        let newest = if head_slots(&bytes)[0].as_ref().unwrap().seq == 8 { 0 } else { 1 };
+        let newest = newest_slot(&bytes);
         let mut bytes = bytes;
         bytes[newest * HEAD_SLOT_BYTES..(newest + 1) * HEAD_SLOT_BYTES].copy_from_slice(&slot);
         fs::write(&path, &bytes).unwrap();

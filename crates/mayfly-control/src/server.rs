@@ -126,7 +126,7 @@ fn create_private(path: &std::path::Path) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map(drop)
-        .map_err(|e| format!("cannot create the database {}: {e}", path.display()))
+        .map_err(|e| format!("failed to create the database {}: {e}; check that the state directory is writable by root", path.display()))
 }
 
 /// Narrows the database and its `-wal` and `-shm` files to mode 0600. The

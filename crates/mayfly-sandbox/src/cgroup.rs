@@ -322,11 +322,7 @@ impl SessionCgroup {
             Layout::V2 { .. } => Ok(Join::V2),
             Layout::V1 { .. } => {
                 let open = |path: PathBuf| {
-                    std::fs::File::options()
-                        .write(true)
-                        .custom_flags(libc::O_CLOEXEC)
-                        .open(&path)
-                        .map_err(|source| CgroupError::Read { path, source })
+                    std::fs::File::options().write(true).custom_flags(libc::O_CLOEXEC).open(&path).map_err(|source| CgroupError::Read { path, source })
                 };
                 let tasks = self.paths.iter().map(|p| open(p.join("tasks"))).collect::<Result<_, _>>()?;
                 Ok(Join::V1 { tasks })

@@ -234,9 +234,8 @@ pub fn local(args: RunArgs) -> i32 {
         eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
         return ExitCode::SETUP_FAILED;
     }
-    let failed = |error: &dyn std::fmt::Display, entries: Vec<Entry>| {
+    let failed = |error: &dyn std::fmt::Display, mut entries: Vec<Entry>| {
         eprintln!("mayfly: session {session_id} could not start: {error}");
-        let mut entries = entries;
         entries.push(Entry::new("session.failed", &audit::actor()).session(&session_id).field("error", error.to_string()));
         if let Err(audit_error) = audit_log.append(entries, true) {
             eprintln!("mayfly: failed to record the failure in the audit log: {audit_error}");

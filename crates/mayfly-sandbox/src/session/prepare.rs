@@ -180,11 +180,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
 
     // 2. Init, in its namespaces, and the ledger record and cgroups, in the
     //    order the cgroup version allows.
-    let starts_in_cgroup = matches!(layout, Layout::V2 { .. });
-    let early_cgroup = match starts_in_cgroup {
-        true => Some(record_and_create_cgroup(&config, &record, layout)?),
-        false => None,
-    };
+    let early_cgroup = if matches!(layout, Layout::V2 { .. }) { Some(record_and_create_cgroup(&config, &record, layout)?) } else { None };
     let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, early_cgroup.as_ref(), config.command_pipes) {
         Ok(launched) => launched,
         Err(error) => {
