@@ -4,6 +4,7 @@
 //! what a local run needs, so the dynamic loader relocates a tenth of the
 //! other's data and a cold start begins sooner.
 
+pub mod allocator;
 pub mod audit;
 pub mod bench;
 pub mod cli;
