@@ -123,7 +123,7 @@ fn member_env_comes_from_claim() {
 
     let stdout = Captured::default();
     let config = claim_config("s-env", &["/usr/bin/env"], &[("PATH", "/usr/bin:/bin"), ("INJECTED_SECRET", "claim-only")], Duration::from_secs(30));
-    let outcome = member.claim(config, Box::new(std::io::empty()), Box::new(stdout.clone()), Box::new(std::io::sink())).unwrap();
+    let outcome = member.claim(config, None, Box::new(stdout.clone()), Box::new(std::io::sink())).unwrap();
     assert_eq!(outcome.end, EndReason::Exited { code: 0 }, "{outcome:?}");
     assert_eq!(outcome.session_id, "s-env");
     assert_eq!(outcome.sandbox_id, id);
@@ -143,7 +143,7 @@ fn claim_gives_the_terminal() {
     let stdout = Captured::default();
     let mut config = claim_config("s-tty", &["/bin/sh", "-c", "tty; stty size"], &[("PATH", "/usr/bin:/bin")], Duration::from_secs(30));
     config.terminal = Some(WindowSize { rows: 33, cols: 111 });
-    let outcome = member.claim(config, Box::new(std::io::empty()), Box::new(stdout.clone()), Box::new(std::io::sink())).unwrap();
+    let outcome = member.claim(config, None, Box::new(stdout.clone()), Box::new(std::io::sink())).unwrap();
     assert_eq!(outcome.end, EndReason::Exited { code: 0 }, "{outcome:?}");
     let text = stdout.text();
     assert!(text.contains("/dev/pts/0"), "{text:?}");
@@ -162,7 +162,7 @@ fn deadline_counts_from_the_claim() {
     let claimed_unix_ms = unix_ms();
     let stdout = Captured::default();
     let config = claim_config("s-deadline", &["/bin/sh", "-c", "echo running; trap '' TERM; sleep 100"], &[("PATH", "/usr/bin:/bin")], ttl);
-    let outcome = member.claim(config, Box::new(std::io::empty()), Box::new(stdout.clone()), Box::new(std::io::sink())).unwrap();
+    let outcome = member.claim(config, None, Box::new(stdout.clone()), Box::new(std::io::sink())).unwrap();
     let elapsed = claimed_at.elapsed();
 
     assert_eq!(stdout.text(), "running\n", "the command ran before the deadline");
@@ -261,7 +261,7 @@ fn prestarted_command_runs_before_claim() {
     let claimed_at = Instant::now();
     let stdout = Captured::default();
     let config = claim_config("s-prestart", &argv, &env, Duration::from_secs(2));
-    let outcome = member.claim(config, Box::new(std::io::empty()), Box::new(stdout.clone()), Box::new(std::io::sink())).unwrap();
+    let outcome = member.claim(config, None, Box::new(stdout.clone()), Box::new(std::io::sink())).unwrap();
     assert_eq!(stdout.text(), "started profile\n", "the output written before the claim reaches the session");
     assert_eq!(outcome.end, EndReason::Deadline, "{outcome:?}");
     assert!(claimed_at.elapsed() >= Duration::from_secs(2), "the deadline counted from before the claim");
@@ -276,7 +276,7 @@ fn prestarted_member_rejects_other_command() {
     let mut member = prepare(config, &fixture.layout).unwrap();
     member.wait_ready(Duration::from_secs(10)).unwrap();
     let config = claim_config("s-other", &["/bin/echo", "other"], &[("PATH", "/usr/bin:/bin")], Duration::from_secs(10));
-    let error = member.claim(config, Box::new(std::io::empty()), Box::new(std::io::sink()), Box::new(std::io::sink())).unwrap_err();
+    let error = member.claim(config, None, Box::new(std::io::sink()), Box::new(std::io::sink())).unwrap_err();
     assert!(error.to_string().contains("another command"), "{error}");
     assert!(!fixture.ledger_record(&id).exists(), "the rejected member was not destroyed");
     for path in fixture.layout.session_paths(&id) {

@@ -188,7 +188,8 @@ pub fn main(args: RunArgs) -> i32 {
 
 /// Runs `mayfly run` on this host.
 pub fn local(args: RunArgs) -> i32 {
-    // Before any thread starts, so that only the forwarding thread gets them.
+    // Before any thread starts, so that signals wait until the session's
+    // init can receive them.
     if let Err(error) = session::block_forwarded_signals() {
         eprintln!("mayfly: failed to block signals for forwarding: {error}");
         return ExitCode::SETUP_FAILED;
@@ -266,7 +267,8 @@ pub fn local(args: RunArgs) -> i32 {
         }
     })));
     tracing::info!(session_id = %session_id, profile = %args.profile, "starting session");
-    let outcome = match prepared.claim(claim_config, Box::new(std::io::stdin()), Box::new(std::io::stdout()), Box::new(std::io::stderr())) {
+    let stdin = (!stdin_is_empty()).then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
+    let outcome = match prepared.claim(claim_config, stdin, Box::new(std::io::stdout()), Box::new(std::io::stderr())) {
         Ok(outcome) => outcome,
         Err(error) => return failed(&error, Vec::new()),
     };
@@ -293,4 +295,13 @@ pub fn local(args: RunArgs) -> i32 {
     }
 
     outcome.exit_code
+}
+
+/// Returns whether standard input is closed or `/dev/null`, from which the
+/// command would read end-of-file at once.
+fn stdin_is_empty() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stdin) = nix::sys::stat::fstat(std::io::stdin()) else { return true };
+    let Ok(null) = std::fs::metadata("/dev/null") else { return false };
+    stdin.st_mode & libc::S_IFMT == libc::S_IFCHR && stdin.st_rdev == null.rdev()
 }

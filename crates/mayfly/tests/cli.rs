@@ -53,6 +53,33 @@ fn stdin_reaches_command() {
 }
 
 #[test]
+fn null_or_closed_stdin_reads_eof() {
+    let scratch = Scratch::new("stdin-null");
+    // /dev/null, which `run` does not relay, and a regular file, which it does.
+    let output = scratch.run().args(["--", "/bin/sh", "-c", "cat; echo end"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "end\n");
+    let file = scratch.path.join("stdin-file");
+    std::fs::write(&file, "from a file\n").unwrap();
+    let output = scratch.run().args(["--", "/bin/cat"]).stdin(std::fs::File::open(&file).unwrap()).output().unwrap();
+    assert_eq!(stdout(&output), "from a file\n");
+
+    // A closed standard input, which Rust's runtime replaces with /dev/null.
+    let mut command = scratch.run();
+    command.args(["--", "/bin/sh", "-c", "cat; echo end"]);
+    // SAFETY: closes descriptor 0 in the child before its exec, and calls nothing else.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::close(0);
+            Ok(())
+        })
+    };
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "end\n");
+}
+
+#[test]
 fn missing_command_exits_127() {
     let scratch = Scratch::new("notfound");
     let output = scratch.run().args(["--json", "--", "no-such-command"]).output().unwrap();

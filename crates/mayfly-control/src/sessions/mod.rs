@@ -515,15 +515,15 @@ impl App {
         };
         // A shell's input reaches the sandbox through a pipe fed by the
         // attached writer; a job reads an empty standard input.
-        let (stdin, input): (Box<dyn std::io::Read + Send>, _) = match terminal {
+        let (stdin, input): (Option<Box<dyn std::io::Read + Send>>, _) = match terminal {
             Some(_) => match std::io::pipe() {
-                Ok((reader, writer)) => (Box::new(reader), Some(terminal::TerminalInput::start(writer, recorder.clone()))),
+                Ok((reader, writer)) => (Some(Box::new(reader)), Some(terminal::TerminalInput::start(writer, recorder.clone()))),
                 Err(error) => {
                     release(self);
                     return Err(Problem::internal(format!("cannot create the terminal's input pipe: {error}")));
                 }
             },
-            None => (Box::new(std::io::empty()), None),
+            None => (None, None),
         };
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id.clone(),

@@ -186,7 +186,7 @@ pub(super) fn spawn(
     mut config: SessionConfig,
     deadline_unix_ms: i64,
     output: Arc<Output>,
-    stdin: Box<dyn std::io::Read + Send>,
+    stdin: Option<Box<dyn std::io::Read + Send>>,
     recording: Option<Recording>,
     member: Option<super::pool::Member>,
 ) {

@@ -2,13 +2,12 @@
 //! its verified teardown.
 
 use std::io::{Read, Write};
-use std::thread;
 use std::time::{Instant, SystemTime};
 
 use mayfly_core::EndReason;
 
 use crate::spec::{monotonic_now_ns, Claim};
-use crate::{ledger, teardown};
+use crate::ledger;
 
 use super::outcome::{apply_oom, end_reason};
 use super::prepare::{tear_down, ClaimConfig, Prepared, TAKEN};
@@ -22,13 +21,15 @@ impl Prepared {
     /// environment, deadline and terminal size. Then relays stdio, waits for
     /// the end, exports artifacts and tears everything down with evidence.
     ///
+    /// Without `stdin`, the command reads end-of-file at once.
+    ///
     /// A pool member's deadline counts from this call, and a cold start's
     /// from the start of [`super::prepare`]. When the hook fails, the
     /// sandbox is destroyed and the error returned.
     pub fn claim(
         mut self,
         config: ClaimConfig,
-        stdin: Box<dyn Read + Send>,
+        stdin: Option<Box<dyn Read + Send>>,
         stdout: Box<dyn Write + Send>,
         stderr: Box<dyn Write + Send>,
     ) -> Result<SessionOutcome, SessionError> {
@@ -115,12 +116,6 @@ impl Prepared {
         let mut received = this.received;
         let reported_end = wait_for_end_report(&reports.receiver, limit_at, &mut received);
 
-        // Init reports the end after it has killed and reaped every other session
-        // process, so the scan for namespace holders can run while init exits.
-        let early_scan = reported_end.then(|| {
-            let ids = namespaces.clone();
-            thread::spawn(move || teardown::find_namespace_holders(&ids, Some(init_pid)))
-        });
         let exit_wait = if reported_end { limit_at.saturating_duration_since(Instant::now()).max(EXIT_AFTER_REPORT) } else { limit_at.saturating_duration_since(Instant::now()) };
         let supervisor_killed = !wait_exit(&pidfd, exit_wait);
         if supervisor_killed {
@@ -132,7 +127,17 @@ impl Prepared {
         // Sockets the guard holds in the session's network keep that namespace
         // alive, so they close before the teardown looks for what is left.
         drop(start_guard);
-        let (mut end, landlock, mut enforcer) = end_reason(reports, received, supervisor_killed, started_ns, &mut timings);
+        // After the end report, the reports thread scans for namespace
+        // holders, and teardown joins it only when it needs the result.
+        // Without that report, init's exit has closed the pipe, so the
+        // thread passes on any reports still unread and ends.
+        let early_scan = if reported_end {
+            Some(reports.thread)
+        } else {
+            let _ = reports.thread.join();
+            None
+        };
+        let (mut end, landlock, mut enforcer) = end_reason(&reports.receiver, received, supervisor_killed, started_ns, &mut timings);
         if let Some(control) = &config.control {
             control.finished();
             // A destroy that came before init's own end report is why it ended.

@@ -184,11 +184,12 @@ impl SessionConfig {
 
 /// Runs one session started cold: prepares its sandbox and claims it at
 /// once, then relays stdio, waits for the end, exports artifacts and tears
-/// everything down with evidence.
+/// everything down with evidence. Without `stdin`, the command reads
+/// end-of-file at once.
 pub fn run(
     config: SessionConfig,
     layout: &Layout,
-    stdin: Box<dyn Read + Send>,
+    stdin: Option<Box<dyn Read + Send>>,
     stdout: Box<dyn Write + Send>,
     stderr: Box<dyn Write + Send>,
 ) -> Result<SessionOutcome, SessionError> {

@@ -1,11 +1,11 @@
 //! The end of a session: its reason, its usage and where its time went.
 
 use std::collections::BTreeMap;
+use std::sync::mpsc;
 
 use mayfly_core::EndReason;
 use serde::Serialize;
 
-use super::relay::Reports;
 use super::INIT_STEP;
 use crate::cgroup::Usage;
 use crate::spec::{InitReport, LandlockStatus};
@@ -88,15 +88,14 @@ pub(super) fn apply_oom(end: EndReason, usage: &Usage) -> EndReason {
 
 /// Reads init's reports once it has exited and decides how the session ended.
 pub(super) fn end_reason(
-    reports: Reports,
+    reports: &mpsc::Receiver<InitReport>,
     mut received: Vec<InitReport>,
     supervisor_killed: bool,
     started_ns: u64,
     timings: &mut Timings,
 ) -> (EndReason, Option<LandlockStatus>, Option<DeadlineEnforcer>) {
     let since_start = |ns: u64| ns.saturating_sub(started_ns) / 1000;
-    let _ = reports.thread.join();
-    received.extend(reports.receiver.try_iter());
+    received.extend(reports.try_iter());
     let mut landlock = None;
     let mut end = None;
     for report in received {

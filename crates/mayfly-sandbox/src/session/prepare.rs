@@ -221,7 +221,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
     record.init_pid = Some(init_pid);
     let held_namespaces = teardown::hold_namespaces(init_pid);
     let namespaces = teardown::namespace_ids(init_pid);
-    let reports = start_reports(launched.reports, launched.starter);
+    let reports = start_reports(launched.reports, launched.starter, namespaces.clone(), init_pid);
 
     Ok(Prepared(Some(Parts {
         sandbox_id: config.sandbox_id,
@@ -393,7 +393,7 @@ pub(super) fn tear_down(
     cgroup: &SessionCgroup,
     relays: Option<Relays>,
     namespaces: &BTreeMap<String, String>,
-    early_scan: Option<thread::JoinHandle<Vec<String>>>,
+    early_scan: Option<thread::JoinHandle<Option<Vec<String>>>>,
     state_dir: &std::path::Path,
     sandbox_id: &str,
     timings: &mut Timings,
@@ -405,8 +405,7 @@ pub(super) fn tear_down(
     }
     let (mut artifacts, mut artifacts_error, mut stderr_ended_mid_line) = (None, None, false);
     if let Some(relays) = relays {
-        let _ = relays.stdout.join();
-        stderr_ended_mid_line = relays.stderr.join().unwrap_or(false);
+        stderr_ended_mid_line = relays.outputs.join().unwrap_or(false);
         match relays.artifacts.map(|t| t.join()) {
             None => {}
             Some(Ok(Ok(summary))) => artifacts = Some(summary),
@@ -431,7 +430,7 @@ pub(super) fn tear_down(
     }
     evidence.ledger_record_removed = !ledger::exists(state_dir, sandbox_id);
     evidence.namespaces_remaining = match early_scan.map(|scan| scan.join()) {
-        Some(Ok(found)) => found,
+        Some(Ok(Some(found))) => found,
         _ => teardown::find_namespace_holders(namespaces, None),
     };
     timings.verify_us = verify_started.elapsed().as_micros() as u64;

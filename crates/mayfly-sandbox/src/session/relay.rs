@@ -1,51 +1,95 @@
 //! The threads that move a running session's data: stdio, init's reports
 //! and the artifact stream.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
 use crate::launch::Starter;
 use crate::spec::InitReport;
+use crate::teardown;
 use crate::transfer::{self, ExportSummary};
 
-/// Copies a stream until end-of-file. Returns whether the last byte copied
-/// was something other than a newline.
-fn copy_thread(mut from: File, mut to: Box<dyn Write + Send>) -> thread::JoinHandle<bool> {
+/// The caller's end of one of the command's output streams.
+struct Output {
+    from: File,
+    to: Box<dyn Write + Send>,
+    open: bool,
+    /// Whether the last byte copied was something other than a newline.
+    mid_line: bool,
+}
+
+impl Output {
+    /// Copies what one read returns. Closes the stream at end-of-file or
+    /// on a read error.
+    fn copy_once(&mut self, buffer: &mut [u8]) {
+        match self.from.read(buffer) {
+            Ok(0) => self.open = false,
+            Ok(n) => {
+                self.mid_line = buffer[n - 1] != b'\n';
+                if self.to.write_all(&buffer[..n]).and_then(|()| self.to.flush()).is_err() {
+                    // The reader is gone. Draining goes on, so that the command does not block.
+                    self.to = Box::new(io::sink());
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => self.open = false,
+        }
+    }
+}
+
+/// Copies the command's standard output and error on one thread until both
+/// reach end-of-file. Returns whether standard error's last byte was
+/// something other than a newline.
+fn copy_outputs(stdout: Output, stderr: Output) -> thread::JoinHandle<bool> {
     thread::spawn(move || {
+        let mut outputs = [stdout, stderr];
         let mut buffer = [0u8; 16 * 1024];
-        let mut mid_line = false;
         loop {
-            match from.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => {
-                    mid_line = buffer[n - 1] != b'\n';
-                    if to.write_all(&buffer[..n]).and_then(|()| to.flush()).is_err() {
-                        // The reader is gone; keep draining so the command is not blocked.
-                        to = Box::new(io::sink());
+            let ready = match (outputs[0].open, outputs[1].open) {
+                (false, false) => break,
+                // With one stream left, a blocking read waits for it alone.
+                (true, false) => [true, false],
+                (false, true) => [false, true],
+                (true, true) => {
+                    let mut fds = [PollFd::new(outputs[0].from.as_fd(), PollFlags::POLLIN), PollFd::new(outputs[1].from.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, PollTimeout::NONE) {
+                        Ok(_) => fds.map(|fd| fd.revents().is_some_and(|events| !events.is_empty())),
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        // Without poll, blocking reads in turn still copy everything.
+                        Err(_) => [true, true],
                     }
                 }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+            };
+            for (output, ready) in outputs.iter_mut().zip(ready) {
+                if ready {
+                    output.copy_once(&mut buffer);
+                }
             }
         }
-        mid_line
+        let [_, stderr] = outputs;
+        stderr.mid_line
     })
 }
 
 /// The threads that move a running session's data: stdio and the artifact stream.
 pub(super) struct Relays {
-    pub(super) stdout: thread::JoinHandle<bool>,
-    pub(super) stderr: thread::JoinHandle<bool>,
+    /// Returns whether standard error ended mid-line.
+    pub(super) outputs: thread::JoinHandle<bool>,
     pub(super) artifacts: Option<thread::JoinHandle<Result<ExportSummary, transfer::TransferError>>>,
 }
 
 /// The thread that reads init's reports, and the channel it passes them on.
 pub(super) struct Reports {
-    pub(super) thread: thread::JoinHandle<()>,
+    /// Returns the scan for namespace holders that follows an end report.
+    pub(super) thread: thread::JoinHandle<Option<Vec<String>>>,
     pub(super) receiver: mpsc::Receiver<InitReport>,
 }
 
@@ -58,7 +102,11 @@ pub(super) struct Pipes {
 }
 
 /// Starts the thread that reads init's reports.
-pub(super) fn start_reports(reports: File, starter: Starter) -> Reports {
+///
+/// Init reports the end after it has killed and reaped every other session
+/// process. So after that report, this thread scans the host for processes
+/// in the session's `namespaces` other than init, while init exits.
+pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMap<String, String>, init_pid: i32) -> Reports {
     let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
     let report_thread = thread::spawn(move || {
         // The starter exits right after the launch. Reaping it here keeps
@@ -66,30 +114,36 @@ pub(super) fn start_reports(reports: File, starter: Starter) -> Reports {
         drop(starter);
         for line in io::BufReader::new(reports).lines() {
             let Ok(line) = line else { break };
-            if let Ok(report) = serde_json::from_str::<InitReport>(&line) {
-                let _ = report_sender.send(report);
+            let Ok(report) = serde_json::from_str::<InitReport>(&line) else { continue };
+            let is_end = matches!(report, InitReport::Ended { .. });
+            let _ = report_sender.send(report);
+            if is_end {
+                return Some(teardown::find_namespace_holders(&namespaces, Some(init_pid)));
             }
         }
+        None
     });
     Reports { thread: report_thread, receiver: report_receiver }
 }
 
 /// Starts the relay threads. The stdin thread is detached: it may block on
-/// the caller's input after the session has ended.
+/// the caller's input after the session has ended. Without input, the
+/// command reads end-of-file at once and no stdin thread starts.
 pub(super) fn start_relays(
     pipes: Pipes,
-    stdin: Box<dyn Read + Send>,
+    stdin: Option<Box<dyn Read + Send>>,
     stdout: Box<dyn Write + Send>,
     stderr: Box<dyn Write + Send>,
     artifacts: Option<(PathBuf, u64)>,
 ) -> Relays {
-    let stdout_thread = copy_thread(pipes.stdout, stdout);
-    let stderr_thread = copy_thread(pipes.stderr, stderr);
-    let mut stdin = stdin;
+    let output = |from: File, to: Box<dyn Write + Send>| Output { from, to, open: true, mid_line: false };
+    let outputs = copy_outputs(output(pipes.stdout, stdout), output(pipes.stderr, stderr));
     let mut stdin_pipe = pipes.stdin;
-    thread::spawn(move || {
-        let _ = io::copy(&mut stdin, &mut stdin_pipe);
-    });
+    if let Some(mut stdin) = stdin {
+        thread::spawn(move || {
+            let _ = io::copy(&mut stdin, &mut stdin_pipe);
+        });
+    }
     let artifacts_pipe = pipes.artifacts;
     let artifacts_thread = artifacts.map(|(dir, limit)| {
         thread::spawn(move || {
@@ -100,7 +154,7 @@ pub(super) fn start_relays(
             result
         })
     });
-    Relays { stdout: stdout_thread, stderr: stderr_thread, artifacts: artifacts_thread }
+    Relays { outputs, artifacts: artifacts_thread }
 }
 
 /// Collects init's reports until the end report arrives, `until` passes or

@@ -145,7 +145,7 @@ fn cold(runtime: &tokio::runtime::Runtime, layout: &'static Layout, profile: &Pr
     let hook = first_frame_hook(runtime.handle().clone(), profile, sender);
     let (profile, state_dir) = (profile.clone(), state_dir.to_path_buf());
     time_first_frame(
-        move |control| session::run(config(&profile, &id, &state_dir, control, hook), layout, Box::new(std::io::empty()), Box::new(std::io::sink()), Box::new(std::io::sink())),
+        move |control| session::run(config(&profile, &id, &state_dir, control, hook), layout, None, Box::new(std::io::sink()), Box::new(std::io::sink())),
         receiver,
     )
 }
@@ -173,7 +173,7 @@ fn warm(runtime: &tokio::runtime::Runtime, layout: &'static Layout, profile: &Pr
         move |control| {
             let mut claim_config = claim_config;
             claim_config.control = Some(control);
-            member.claim(claim_config, Box::new(std::io::empty()), Box::new(std::io::sink()), Box::new(std::io::sink()))
+            member.claim(claim_config, None, Box::new(std::io::sink()), Box::new(std::io::sink()))
         },
         receiver,
     )

@@ -158,7 +158,7 @@ fn started_after(outcome: session::SessionOutcome) -> Result<Duration, String> {
 }
 
 fn cold_start(kind: &Kind, profile: &Profile, id: &str, state_dir: &std::path::Path) -> Result<Duration, String> {
-    let outcome = session::run(config(kind, profile, id, state_dir), layout()?, Box::new(std::io::empty()), Box::new(std::io::sink()), Box::new(std::io::sink()))
+    let outcome = session::run(config(kind, profile, id, state_dir), layout()?, None, Box::new(std::io::sink()), Box::new(std::io::sink()))
         .map_err(|e| e.to_string())?;
     started_after(outcome)
 }
@@ -166,7 +166,7 @@ fn cold_start(kind: &Kind, profile: &Profile, id: &str, state_dir: &std::path::P
 fn warm_start(kind: &Kind, profile: &Profile, id: &str, state_dir: &std::path::Path) -> Result<Duration, String> {
     let member = ready_member(kind, profile, id, state_dir)?;
     let (_, claim) = config(kind, profile, id, state_dir).split();
-    let outcome = member.claim(claim, Box::new(std::io::empty()), Box::new(std::io::sink()), Box::new(std::io::sink())).map_err(|e| e.to_string())?;
+    let outcome = member.claim(claim, None, Box::new(std::io::sink()), Box::new(std::io::sink())).map_err(|e| e.to_string())?;
     started_after(outcome)
 }
 
