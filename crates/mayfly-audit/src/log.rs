@@ -11,6 +11,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +82,30 @@ pub struct AuditLog {
     log: PathBuf,
     head: PathBuf,
     key: SigningKeyFile,
+    /// The end of the log after this handle's last write.
+    written: Mutex<Option<LogEnd>>,
+}
+
+/// The length of the log, and its last record's sequence number, hash and
+/// line with the newline.
+#[derive(Clone)]
+struct LogEnd {
+    length: u64,
+    seq: u64,
+    hash: String,
+    line: Vec<u8>,
+}
+
+impl LogEnd {
+    /// Returns whether `file`, of `length` bytes, still ends as this handle
+    /// left it: the same length, and the same bytes in the last line.
+    fn matches(&self, file: &File, length: u64) -> bool {
+        if length != self.length {
+            return false;
+        }
+        let mut line = vec![0; self.line.len()];
+        file.read_exact_at(&mut line, length - self.line.len() as u64).is_ok() && line == self.line
+    }
 }
 
 fn now_unix_ms() -> u64 {
@@ -115,7 +140,7 @@ impl AuditLog {
             .create(&dir)
             .map_err(|source| AuditError::Directory { path: dir.clone(), source })?;
         let key = SigningKeyFile::load_or_create(&dir.join("signing.key"))?;
-        let log = AuditLog { log: dir.join("log.jsonl"), head: dir.join("head.json"), key };
+        let log = AuditLog { log: dir.join("log.jsonl"), head: dir.join("head.json"), key, written: Mutex::new(None) };
         // The head exists from the first use on, so deleting it is detected.
         // Only a new log gets one here, under the log's lock: a missing head
         // beside existing records is damage for `verify` to report.
@@ -177,7 +202,7 @@ impl AuditLog {
             return Err(AuditError::Missing { dir });
         }
         let key = SigningKeyFile::load(&dir.join("signing.key"))?;
-        Ok(AuditLog { log: dir.join("log.jsonl"), head: dir.join("head.json"), key })
+        Ok(AuditLog { log: dir.join("log.jsonl"), head: dir.join("head.json"), key, written: Mutex::new(None) })
     }
 
     pub fn path(&self) -> &Path {
@@ -260,7 +285,15 @@ impl AuditLog {
     fn write_records(&self, entries: Vec<Entry>, checkpoint: bool) -> Result<(File, Vec<Record>, Option<Head>), AuditError> {
         let write_error = |source| AuditError::Write { path: self.log.clone(), source };
         let mut file = self.open_for_append()?;
-        let (mut seq, mut prev) = self.last(&mut file)?;
+        // When the log still ends with the line this handle wrote last,
+        // that line's record is the last one, and the tail need not be read
+        // and parsed. The lock keeps other writers out until the file closes.
+        let length = file.metadata().map_err(write_error)?.len();
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (mut seq, mut prev) = match written {
+            Some(end) if end.matches(&file, length) => (end.seq, end.hash),
+            _ => self.last(&mut file)?,
+        };
 
         let time = now_unix_ms();
         let mut records = Vec::new();
@@ -289,6 +322,11 @@ impl AuditLog {
             bytes.push(b'\n');
         }
         file.write_all(&bytes).map_err(write_error)?;
+        if let Some(last) = records.last() {
+            let line_start = bytes[..bytes.len() - 1].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let end = LogEnd { length: length + bytes.len() as u64, seq, hash: last.hash.clone(), line: bytes[line_start..].to_vec() };
+            *self.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
+        }
         Ok((file, records, head))
     }
 
@@ -567,6 +605,20 @@ mod tests {
         assert_eq!(records[0].seq, 10);
         let verified = log.verify().unwrap();
         assert_eq!(verified.records, 12);
+    }
+
+    #[test]
+    fn interleaved_writers_keep_chain() {
+        let (scratch, first) = filled("interleaved");
+        let second = AuditLog::open(&scratch.0).unwrap();
+        // Each handle remembers where its last write ended, and must see
+        // that the other one wrote since.
+        first.append(vec![Entry::new("session.started", "cli").session("s-4")], false).unwrap();
+        second.append(vec![Entry::new("session.started", "cli").session("s-5")], true).unwrap();
+        let records = first.append(vec![Entry::new("session.ended", "cli").session("s-4")], true).unwrap();
+        assert_eq!(records[0].seq, 13);
+        let verified = first.verify().unwrap();
+        assert_eq!(verified.records, 14);
     }
 
     #[test]

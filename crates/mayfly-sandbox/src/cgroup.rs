@@ -436,6 +436,18 @@ impl SessionCgroup {
         Ok(())
     }
 
+    /// Removes the directories of the session cgroup in order until one
+    /// cannot be, and returns whether none remains. A directory with a
+    /// process in it, or a zombie that is not reaped yet, cannot be removed.
+    /// A process is in every hierarchy, so the first directory already
+    /// fails and the freezer stays for [`Self::kill_all`].
+    pub fn remove_if_empty(&self) -> bool {
+        self.paths.iter().all(|path| match fs::remove_dir(path) {
+            Ok(()) => true,
+            Err(error) => error.kind() == io::ErrorKind::NotFound,
+        })
+    }
+
     /// Returns the session cgroup directories that still exist.
     pub fn remaining_paths(&self) -> Vec<PathBuf> {
         self.paths.iter().filter(|p| p.exists()).cloned().collect()
@@ -534,6 +546,30 @@ mod tests {
         assert_eq!(fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap(), (256u64 << 20).to_string());
         assert!(!memory.join("memory.memsw.limit_in_bytes").exists());
         fs::remove_dir_all(root).unwrap();
+    }
+
+    /// Runs on the host's real cgroups, as root.
+    #[test]
+    fn removal_waits_for_the_last_process() {
+        let layout = Layout::detect().unwrap();
+        let id = format!("s-remove-test-{}", std::process::id());
+        let cgroup = SessionCgroup::create(&layout, &id, LIMITS).unwrap();
+        let mut sleeper = std::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        for path in cgroup.paths() {
+            fs::write(path.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        }
+
+        let removed = cgroup.remove_if_empty();
+        let left = cgroup.remaining_paths();
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        let removed_after_exit = cgroup.remove_if_empty();
+        let left_after_exit = cgroup.remaining_paths();
+        let _ = cgroup.remove(Duration::from_secs(1));
+        assert!(!removed, "a cgroup with a process in it was removed");
+        assert_eq!(left, cgroup.paths(), "a directory went while the process was in it");
+        assert!(removed_after_exit);
+        assert!(left_after_exit.is_empty(), "{left_after_exit:?}");
     }
 
     #[test]

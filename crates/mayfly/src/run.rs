@@ -3,13 +3,13 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use mayfly_audit::{AuditLog, Entry};
+use mayfly_audit::{AuditLog, Entry, Unsynced};
 use mayfly_core::limits::cpus_to_millis;
 use mayfly_core::egress::NetworkSettings;
 use mayfly_core::profile::valid_env_name;
 use mayfly_core::{ByteSize, ExitCode, Landlock, LimitOverrides, Profile, Ttl};
 use mayfly_sandbox::cgroup::{CgroupLimits, Layout};
-use mayfly_sandbox::session::{self, BeforeStart, SessionConfig, SessionOutcome, StartGuard};
+use mayfly_sandbox::session::{self, BeforeStart, SessionConfig, SessionError, SessionOutcome, StartGuard};
 use mayfly_sandbox::spec::{BindMount, LandlockMode};
 use mayfly_sandbox::{host, ledger, transfer};
 
@@ -209,33 +209,22 @@ pub fn local(args: RunArgs) -> i32 {
             return refusal.code;
         }
     };
-    // The sandbox is built first: init builds its root filesystem while the
-    // audit log is opened and written below. Its command starts only after
-    // the start record is on disk.
     let session_id = config.session_id.clone();
     let ttl = Ttl::from_duration(config.ttl).to_string();
     let started_entry = audit::started(&config, &args.profile, &ttl);
     let (prepare_config, mut claim_config) = config.split();
-    let prepared = session::prepare(prepare_config, &layout);
 
-    // Fail closed: a session that cannot be audited does not start. Dropping
-    // the prepared sandbox destroys it.
-    let audit_log = match AuditLog::open(&args.state.state_dir) {
-        Ok(log) => Arc::new(log),
-        Err(error) => {
-            eprintln!("mayfly: the audit log cannot be opened, so no session starts: {error}");
-            return ExitCode::SETUP_FAILED;
-        }
-    };
-    let reaped = ledger::reap_records(&args.state.state_dir, &layout);
-    for entry in &reaped {
-        tracing::info!(session_id = %entry.session_id, killed = entry.killed_processes, error = ?entry.error, "reaped a session left by a crashed supervisor");
-    }
-    if let Err(error) = audit::record_reaped(&audit_log, &reaped) {
-        eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
-        return ExitCode::SETUP_FAILED;
-    }
-    let failed = |error: &dyn std::fmt::Display, mut entries: Vec<Entry>| {
+    // Fail closed: a session that cannot be audited does not start. The
+    // audit log is opened and the start record written while the kernel
+    // creates the sandbox's namespaces, after the ledger record that a reap
+    // would find. The record is flushed while init builds its root, and
+    // the command starts only after that.
+    let mut opened: Option<(Arc<AuditLog>, Unsynced)> = None;
+    let prepared = session::prepare_with(prepare_config, &layout, || {
+        opened = Some(open_audit_and_start(&args.state.state_dir, &layout, started_entry.clone())?);
+        Ok(())
+    });
+    let failed = |audit_log: &AuditLog, error: &dyn std::fmt::Display, mut entries: Vec<Entry>| {
         eprintln!("mayfly: session {session_id} could not start: {error}");
         entries.push(Entry::new("session.failed", &audit::actor()).session(&session_id).field("error", error.to_string()));
         if let Err(audit_error) = audit_log.append(entries, true) {
@@ -243,18 +232,26 @@ pub fn local(args: RunArgs) -> i32 {
         }
         ExitCode::SETUP_FAILED
     };
-    let prepared = match prepared {
-        Ok(prepared) => prepared,
-        Err(error) => return failed(&error, vec![started_entry]),
-    };
-    // The start record must be on disk before the command starts. The hook
-    // below waits for the flush while init finishes its setup.
-    let started = match audit_log.append_unsynced(vec![started_entry]) {
-        Ok(started) => started,
-        Err(error) => {
-            eprintln!("mayfly: the audit log cannot be written, so no session starts: {error}");
+    let (prepared, audit_log, started) = match (prepared, opened) {
+        (Ok(prepared), Some((audit_log, started))) => (prepared, audit_log, started),
+        (Ok(_), None) => unreachable!("prepare_with runs the hook before it succeeds"),
+        // The start record is written but not flushed. The failure's
+        // append flushes both.
+        (Err(error), Some((audit_log, _))) => return failed(&audit_log, &error, Vec::new()),
+        // The hook failed, and its message gives the reason.
+        (Err(SessionError::BeforeStart(message)), None) => {
+            eprintln!("mayfly: {message}");
             return ExitCode::SETUP_FAILED;
         }
+        // Preparing failed before the hook ran.
+        (Err(error), None) => match open_audit_and_start(&args.state.state_dir, &layout, started_entry) {
+            Ok((audit_log, _)) => return failed(&audit_log, &error, Vec::new()),
+            Err(message) => {
+                eprintln!("mayfly: session {session_id} could not start: {error}");
+                eprintln!("mayfly: {message}");
+                return ExitCode::SETUP_FAILED;
+            }
+        },
     };
 
     let egress_log = LocalEgressLog { log: Arc::clone(&audit_log), actor: audit::actor(), session_id: session_id.clone() };
@@ -270,7 +267,7 @@ pub fn local(args: RunArgs) -> i32 {
     let stdin = (!stdin_is_empty()).then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
     let outcome = match prepared.claim(claim_config, stdin, Box::new(std::io::stdout()), Box::new(std::io::stderr())) {
         Ok(outcome) => outcome,
-        Err(error) => return failed(&error, Vec::new()),
+        Err(error) => return failed(&audit_log, &error, Vec::new()),
     };
 
     print_outcome(&outcome);
@@ -295,6 +292,20 @@ pub fn local(args: RunArgs) -> i32 {
     }
 
     outcome.exit_code
+}
+
+/// Opens the audit log, reaps sessions that crashed supervisors left and
+/// records them, then writes `started` without flushing it. Returns the
+/// message for `mayfly run` when any step fails.
+fn open_audit_and_start(state_dir: &std::path::Path, layout: &Layout, started: Entry) -> Result<(Arc<AuditLog>, Unsynced), String> {
+    let audit_log = AuditLog::open(state_dir).map_err(|e| format!("the audit log cannot be opened, so no session starts: {e}"))?;
+    let reaped = ledger::reap_records(state_dir, layout);
+    for entry in &reaped {
+        tracing::info!(session_id = %entry.session_id, killed = entry.killed_processes, error = ?entry.error, "reaped a session left by a crashed supervisor");
+    }
+    audit::record_reaped(&audit_log, &reaped).map_err(|e| format!("the audit log cannot be written, so no session starts: {e}"))?;
+    let started = audit_log.append_unsynced(vec![started]).map_err(|e| format!("the audit log cannot be written, so no session starts: {e}"))?;
+    Ok((Arc::new(audit_log), started))
 }
 
 /// Returns whether standard input is closed or `/dev/null`, from which the

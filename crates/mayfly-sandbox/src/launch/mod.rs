@@ -90,25 +90,26 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.into()))
 }
 
-/// Clones init into new user, PID, mount, network, IPC and UTS namespaces,
-/// maps its ids onto `id_base`, lets it run and sends it `spec`. The spec
-/// pipe stays open for the claim. With `command_pipes`, the command gets
-/// two pipes whose other ends are returned. Uses the starter that
-/// [`prestart`] spawned when there is one. On failure the child is killed
-/// and reaped.
+/// Starts init: the starter clones it into new user, PID, mount, network,
+/// IPC and UTS namespaces and maps its ids onto `id_base`. Returns while
+/// that runs, so that the caller can work meanwhile; [`Launching::finish`]
+/// waits for init, lets it run and sends it `spec`. The spec pipe stays
+/// open for the claim. With `command_pipes`, the command gets two pipes
+/// whose other ends are returned. Uses the starter that [`prestart`]
+/// spawned when there is one. On failure the child is killed and reaped.
 ///
 /// On cgroup v2, init starts in `into_cgroup`, which must be the session's
 /// cgroup. On v1 it is `None`: init builds its root while the supervisor
 /// creates the cgroups, and waits for [`Launched::join`] before it starts
 /// anything of the session.
-pub fn launch(
+pub fn begin(
     spec: &InitSpec,
     inputs: Vec<File>,
     uid_lock: &File,
     id_base: u32,
     into_cgroup: Option<&SessionCgroup>,
     command_pipes: bool,
-) -> Result<Launched, LaunchError> {
+) -> Result<Launching, LaunchError> {
     const MAX_INPUTS: usize = 256;
     if inputs.len() > MAX_INPUTS {
         return Err(LaunchError::TooManyInputs { max: MAX_INPUTS });
@@ -144,53 +145,155 @@ pub fn launch(
     };
 
     let directory = into_cgroup.map(SessionCgroup::open_directory).transpose()?;
-    let (cgroup_join, request_fds) = match &directory {
-        Some(directory) => (handoff::CgroupJoin::V2, vec![directory.as_raw_fd()]),
-        None => (handoff::CgroupJoin::V1, vec![]),
+    let cgroup = match &directory {
+        Some(_) => handoff::CgroupJoin::V2,
+        None => handoff::CgroupJoin::V1,
     };
-    let request = handoff::Request { id_base, cgroup: cgroup_join };
-    let session = handoff::Session { session_fds: fds.len() };
-
-    // A prestarted starter may have ended since, for example when a test
-    // killed it, so a failed handoff to one is retried with a new starter.
-    let start = |starter: starter::Starter| starter.start(&request, &request_fds, &session, &fds);
-    let (pid, pidfd, starter) = match starter::take_prestarted() {
-        Some(prestarted) => match start(prestarted) {
-            Err(LaunchError::Starter(_)) => start(starter::Starter::spawn()?)?,
-            result => result?,
-        },
-        None => start(starter::Starter::spawn()?)?,
-    };
-    drop((stdin_read, stdout_write, stderr_write, spec_read, reports_write, artifacts_write, directory));
-    let command_pipes = pipes.map(|(child_read, to_command, from_command, child_write)| {
-        drop((child_read, child_write));
-        CommandPipes { to_command: File::from(to_command), from_command: File::from(from_command) }
-    });
-
     // The spec is one line of JSON; the claim follows on the same pipe.
     let mut spec_json = serde_json::to_vec(&spec).expect("the spec serializes");
     spec_json.push(b'\n');
-    let mut spec_pipe = File::from(spec_write);
-    if let Err(error) = spec_pipe.write_all(&spec_json) {
-        // SAFETY: kill and waitpid on init, a child of this process.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-        return Err(LaunchError::Release(error));
+
+    let mut launching = Launching {
+        request: handoff::Request { id_base, cgroup },
+        session: handoff::Session { session_fds: fds.len() },
+        fds,
+        directory,
+        child_ends: vec![stdin_read, stdout_write, stderr_write, spec_read, reports_write, artifacts_write],
+        _inputs: inputs,
+        ends: Some(Ends {
+            pipes,
+            stdin: stdin_write,
+            stdout: stdout_read,
+            stderr: stderr_read,
+            reports: reports_read,
+            artifacts: artifacts_read,
+            spec: spec_write,
+        }),
+        spec_json,
+        starter: None,
+        prestarted: false,
+    };
+    // A prestarted starter may have ended since, for example when a test
+    // killed it, so a failed handoff to one is retried with a new starter.
+    let starter = match starter::take_prestarted() {
+        Some(prestarted) => match launching.send(&prestarted) {
+            Ok(()) => {
+                launching.prestarted = true;
+                prestarted
+            }
+            Err(LaunchError::Starter(_)) => launching.send_to_new()?,
+            Err(error) => return Err(error),
+        },
+        None => launching.send_to_new()?,
+    };
+    launching.starter = Some(starter);
+    Ok(launching)
+}
+
+/// A launch whose starter has the request and is cloning init. Dropping it
+/// kills and reaps init.
+pub struct Launching {
+    request: handoff::Request,
+    session: handoff::Session,
+    /// The session's descriptors in init's order. They belong to the fields below.
+    fds: Vec<RawFd>,
+    directory: Option<File>,
+    /// Init's ends of the pipes, closed here once init has them.
+    child_ends: Vec<OwnedFd>,
+    _inputs: Vec<File>,
+    ends: Option<Ends>,
+    spec_json: Vec<u8>,
+    starter: Option<Starter>,
+    /// Whether `starter` was prestarted. Such a starter may have ended since,
+    /// so a failure gets a second try with a new one.
+    prestarted: bool,
+}
+
+/// The supervisor's ends of a launching sandbox's pipes.
+struct Ends {
+    /// Init's and the supervisor's ends of the command pipes.
+    pipes: Option<(OwnedFd, OwnedFd, OwnedFd, OwnedFd)>,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    reports: OwnedFd,
+    artifacts: OwnedFd,
+    spec: OwnedFd,
+}
+
+impl Launching {
+    fn send(&self, starter: &Starter) -> Result<(), LaunchError> {
+        let request_fds: Vec<RawFd> = self.directory.iter().map(|d| d.as_raw_fd()).collect();
+        starter.send_start(&self.request, &request_fds, &self.session, &self.fds)
     }
 
-    starter::replenish();
-    Ok(Launched {
-        pid,
-        pidfd,
-        stdin: File::from(stdin_write),
-        stdout: File::from(stdout_read),
-        stderr: File::from(stderr_read),
-        reports: File::from(reports_read),
-        artifacts: File::from(artifacts_read),
-        claim: spec_pipe,
-        command_pipes,
-        starter,
-    })
+    fn send_to_new(&self) -> Result<Starter, LaunchError> {
+        let starter = Starter::spawn()?;
+        self.send(&starter)?;
+        Ok(starter)
+    }
+
+    /// Waits for init's pid from the starter, retrying once with a new
+    /// starter when a prestarted one failed.
+    fn wait(&mut self) -> Result<(i32, OwnedFd, Starter), LaunchError> {
+        let starter = self.starter.take().expect("a launching sandbox has a starter until it finishes");
+        match starter.wait_started() {
+            Err(LaunchError::Starter(_)) if self.prestarted => {
+                self.prestarted = false;
+                self.send_to_new()?.wait_started()
+            }
+            result => result,
+        }
+    }
+
+    /// Waits for init and sends it the spec. On failure init is killed and
+    /// reaped.
+    pub fn finish(mut self) -> Result<Launched, LaunchError> {
+        let (pid, pidfd, starter) = self.wait()?;
+        self.child_ends.clear();
+        self.directory = None;
+        let ends = self.ends.take().expect("a launching sandbox has its pipes until it finishes");
+        let command_pipes = ends.pipes.map(|(child_read, to_command, from_command, child_write)| {
+            drop((child_read, child_write));
+            CommandPipes { to_command: File::from(to_command), from_command: File::from(from_command) }
+        });
+        let mut spec_pipe = File::from(ends.spec);
+        if let Err(error) = spec_pipe.write_all(&self.spec_json) {
+            kill_and_reap(pid);
+            return Err(LaunchError::Release(error));
+        }
+
+        starter::replenish();
+        Ok(Launched {
+            pid,
+            pidfd,
+            stdin: File::from(ends.stdin),
+            stdout: File::from(ends.stdout),
+            stderr: File::from(ends.stderr),
+            reports: File::from(ends.reports),
+            artifacts: File::from(ends.artifacts),
+            claim: spec_pipe,
+            command_pipes,
+            starter,
+        })
+    }
+}
+
+impl Drop for Launching {
+    fn drop(&mut self) {
+        if self.starter.is_some() {
+            if let Ok((pid, _, _)) = self.wait() {
+                kill_and_reap(pid);
+            }
+        }
+    }
+}
+
+fn kill_and_reap(pid: i32) {
+    // SAFETY: kill and waitpid on init, a child of this process that is not
+    // reaped yet, so its pid cannot name another process.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
 }

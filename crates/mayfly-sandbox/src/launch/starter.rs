@@ -242,19 +242,19 @@ impl Starter {
     }
 
     /// Sends `request` with `request_fds` and `session` with `session_fds`,
-    /// and waits for the reply. Returns init's pid and pidfd, and the
-    /// starter, which is exiting: the caller drops it off the launch's
-    /// path, because reaping it waits for its exit. On an error, the
-    /// starter and its clones are reaped before this returns.
-    pub(crate) fn start(
-        mut self,
-        request: &Request,
-        request_fds: &[RawFd],
-        session: &Session,
-        session_fds: &[RawFd],
-    ) -> Result<(i32, OwnedFd, Starter), LaunchError> {
+    /// on which the starter clones init. [`Self::wait_started`] waits for
+    /// its reply.
+    pub(crate) fn send_start(&self, request: &Request, request_fds: &[RawFd], session: &Session, session_fds: &[RawFd]) -> Result<(), LaunchError> {
         handoff::send(self.socket.as_fd(), request, request_fds).map_err(LaunchError::Starter)?;
-        handoff::send(self.socket.as_fd(), session, session_fds).map_err(LaunchError::Starter)?;
+        handoff::send(self.socket.as_fd(), session, session_fds).map_err(LaunchError::Starter)
+    }
+
+    /// Waits for the starter's reply to [`Self::send_start`]. Returns
+    /// init's pid and pidfd, and the starter, which is exiting: the caller
+    /// drops it off the launch's path, because reaping it waits for its
+    /// exit. On an error, the starter and its clones are reaped before this
+    /// returns.
+    pub(crate) fn wait_started(mut self) -> Result<(i32, OwnedFd, Starter), LaunchError> {
         let started = loop {
             let (reply, mut received) = handoff::receive::<Reply>(self.socket.as_fd(), Reply::fd_count).map_err(LaunchError::Starter)?;
             match reply {
@@ -404,7 +404,10 @@ mod tests {
         // SAFETY: kill on the starter just spawned, a child of this process.
         assert_eq!(unsafe { libc::kill(starter.pid, libc::SIGKILL) }, 0);
         let request = Request { id_base: 1_000_000_000, cgroup: CgroupJoin::V1 };
-        let error = starter.start(&request, &[], &Session { session_fds: 0 }, &[]).unwrap_err();
+        let error = match starter.send_start(&request, &[], &Session { session_fds: 0 }, &[]) {
+            Ok(()) => starter.wait_started().unwrap_err(),
+            Err(error) => error,
+        };
         assert!(matches!(error, LaunchError::Starter(_)), "{error}");
         assert!(error.to_string().starts_with("failed to hand the session to the init program"), "{error}");
     }

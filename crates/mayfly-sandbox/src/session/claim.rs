@@ -128,15 +128,11 @@ impl Prepared {
         // alive, so they close before the teardown looks for what is left.
         drop(start_guard);
         // After the end report, the reports thread scans for namespace
-        // holders, and teardown joins it only when it needs the result.
-        // Without that report, init's exit has closed the pipe, so the
-        // thread passes on any reports still unread and ends.
-        let early_scan = if reported_end {
-            Some(reports.thread)
-        } else {
-            let _ = reports.thread.join();
-            None
-        };
+        // holders and releases the held namespaces, and teardown waits for
+        // the scan only when it needs the result. Without that report,
+        // init's exit has closed the pipe, so the thread passes on any
+        // reports still unread and returns the held namespaces.
+        let held_namespaces = if reported_end { None } else { reports.thread.join().ok().flatten() };
         let (mut end, landlock, mut enforcer) = end_reason(&reports.receiver, received, supervisor_killed, started_ns, &mut timings);
         if let Some(control) = &config.control {
             control.finished();
@@ -151,8 +147,10 @@ impl Prepared {
         let usage = cgroup.usage();
         let end = apply_oom(end, &usage);
         let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) =
-            tear_down(&cgroup, Some(relays), &namespaces, early_scan, &this.state_dir, &this.sandbox_id, &mut timings);
-        this.held_namespaces.release();
+            tear_down(&cgroup, Some(relays), &namespaces, &reports.scan, &this.state_dir, &this.sandbox_id, &mut timings);
+        if let Some(held) = held_namespaces {
+            held.release();
+        }
 
         // A failed export or an incomplete teardown overrides the command's status.
         let exit_code = if artifacts_error.is_some() || !evidence.clean { mayfly_core::ExitCode::SETUP_FAILED } else { end.exit_code() };

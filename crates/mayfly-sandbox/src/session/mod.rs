@@ -28,7 +28,7 @@ use crate::{ids, launch, ledger};
 
 pub use control::SessionControl;
 pub use outcome::{DeadlineEnforcer, SessionOutcome, Timings};
-pub use prepare::{prepare, ClaimConfig, PrepareConfig, Prepared};
+pub use prepare::{prepare, prepare_with, ClaimConfig, PrepareConfig, Prepared};
 pub use signals::block_forwarded_signals;
 pub use work_dir::{WorkDir, WorkDirError};
 

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::thread;
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cgroup::{CgroupLimits, Layout, SessionCgroup};
 use crate::spec::{monotonic_now_ns, BindMount, InitReport, InitSpec, InputFile, LandlockMode};
-use crate::teardown::{self, Evidence, HeldNamespaces};
+use crate::teardown::{self, Evidence};
 use crate::transfer::OpenedInput;
 use crate::{ids, launch, ledger};
 
@@ -102,7 +102,6 @@ pub(super) struct Parts {
     pub(super) reports: Reports,
     /// Reports already taken from `reports`.
     pub(super) received: Vec<InitReport>,
-    pub(super) held_namespaces: HeldNamespaces,
     pub(super) namespaces: BTreeMap<String, String>,
     pub(super) started: Instant,
     pub(super) started_ns: u64,
@@ -130,13 +129,21 @@ impl Drop for Prepared {
 /// for the claim. Returns without waiting for init's setup; see
 /// [`Prepared::wait_ready`].
 ///
-/// On cgroup v1, init starts first and builds its root while the ledger
-/// record and the cgroups are made, and joins the cgroups before it starts
-/// anything of the session. Until then it has nothing that outlives it:
-/// its namespaces and mounts end with it, and it ends when this process
-/// does, because its socket to this process then reads end of file. On
-/// v2, init starts in its cgroup, so the record and the cgroups come first.
-pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, SessionError> {
+/// On cgroup v1, init starts first and builds its root while the cgroups
+/// are made, and joins the cgroups before it starts anything of the
+/// session. Until then it has nothing that outlives it: its namespaces and
+/// mounts end with it, and it ends when this process does, because its
+/// socket to this process then reads end of file. On v2, init starts in
+/// its cgroup, so the cgroups come first.
+pub fn prepare(config: PrepareConfig, layout: &Layout) -> Result<Prepared, SessionError> {
+    prepare_with(config, layout, || Ok(()))
+}
+
+/// Runs [`prepare`], and `while_launching` after the ledger record is
+/// written, while the kernel creates init's namespaces. When it returns an
+/// error, the sandbox is destroyed and the error returned as
+/// [`SessionError::BeforeStart`].
+pub fn prepare_with(mut config: PrepareConfig, layout: &Layout, while_launching: impl FnOnce() -> Result<(), String>) -> Result<Prepared, SessionError> {
     let started_wall = SystemTime::now();
     let started = Instant::now();
     let started_ns = monotonic_now_ns();
@@ -178,11 +185,19 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
     };
     let input_files: Vec<File> = std::mem::take(&mut config.inputs).into_iter().map(|i| i.file).collect();
 
-    // 2. Init, in its namespaces, and the ledger record and cgroups, in the
-    //    order the cgroup version allows.
+    // 2. The ledger record and init, in its namespaces, with the cgroups
+    //    before init on v2 and after it on v1. The record comes before any
+    //    host resource that outlives this process, so that `reap` finds
+    //    whatever a crash leaves.
     let early_cgroup = if matches!(layout, Layout::V2 { .. }) { Some(record_and_create_cgroup(&config, &record, layout)?) } else { None };
-    let launched = match launch::launch(&spec, input_files, &id_range.lock, id_range.base, early_cgroup.as_ref(), config.command_pipes) {
-        Ok(launched) => launched,
+    let undo = |cgroup: Option<&SessionCgroup>| match cgroup {
+        Some(cgroup) => remove_cgroup_and_record(cgroup, &config),
+        None => {
+            let _ = ledger::remove(&config.state_dir, &config.sandbox_id);
+        }
+    };
+    let launching = match launch::begin(&spec, input_files, &id_range.lock, id_range.base, early_cgroup.as_ref(), config.command_pipes) {
+        Ok(launching) => launching,
         Err(error) => {
             if let Some(cgroup) = &early_cgroup {
                 remove_cgroup_and_record(cgroup, &config);
@@ -190,13 +205,32 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
             return Err(error.into());
         }
     };
+    if early_cgroup.is_none() {
+        if let Err(error) = ledger::write(&config.state_dir, &record) {
+            drop(launching);
+            return Err(error.into());
+        }
+    }
+    if let Err(error) = while_launching() {
+        drop(launching);
+        undo(early_cgroup.as_ref());
+        return Err(SessionError::BeforeStart(error));
+    }
+    let launched = match launching.finish() {
+        Ok(launched) => launched,
+        Err(error) => {
+            undo(early_cgroup.as_ref());
+            return Err(error.into());
+        }
+    };
     let cgroup = match early_cgroup {
         Some(cgroup) => cgroup,
-        None => match record_and_create_cgroup(&config, &record, layout) {
+        None => match SessionCgroup::create(layout, &config.sandbox_id, config.limits) {
             Ok(cgroup) => cgroup,
             Err(error) => {
                 abandon(launched);
-                return Err(error);
+                undo(None);
+                return Err(error.into());
             }
         },
     };
@@ -221,7 +255,7 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
     record.init_pid = Some(init_pid);
     let held_namespaces = teardown::hold_namespaces(init_pid);
     let namespaces = teardown::namespace_ids(init_pid);
-    let reports = start_reports(launched.reports, launched.starter, namespaces.clone(), init_pid);
+    let reports = start_reports(launched.reports, launched.starter, namespaces.clone(), init_pid, held_namespaces);
 
     Ok(Prepared(Some(Parts {
         sandbox_id: config.sandbox_id,
@@ -239,7 +273,6 @@ pub fn prepare(mut config: PrepareConfig, layout: &Layout) -> Result<Prepared, S
         command_pipes: launched.command_pipes,
         reports,
         received: Vec::new(),
-        held_namespaces,
         namespaces,
         started,
         started_ns,
@@ -378,10 +411,12 @@ impl Parts {
         // SAFETY: waitpid on the init process this supervisor started.
         unsafe { libc::waitpid(self.init_pid, std::ptr::null_mut(), 0) };
         drop((self.pipes, self.claim_pipe, self.command_pipes));
-        let _ = self.reports.thread.join();
+        let held_namespaces = self.reports.thread.join().ok().flatten();
         let mut timings = Timings::default();
-        let evidence = tear_down(&self.cgroup, None, &self.namespaces, None, &self.state_dir, &self.sandbox_id, &mut timings).0;
-        self.held_namespaces.release();
+        let evidence = tear_down(&self.cgroup, None, &self.namespaces, &self.reports.scan, &self.state_dir, &self.sandbox_id, &mut timings).0;
+        if let Some(held) = held_namespaces {
+            held.release();
+        }
         evidence
     }
 }
@@ -393,15 +428,20 @@ pub(super) fn tear_down(
     cgroup: &SessionCgroup,
     relays: Option<Relays>,
     namespaces: &BTreeMap<String, String>,
-    early_scan: Option<thread::JoinHandle<Option<Vec<String>>>>,
+    early_scan: &mpsc::Receiver<Vec<String>>,
     state_dir: &std::path::Path,
     sandbox_id: &str,
     timings: &mut Timings,
 ) -> (Evidence, Option<crate::transfer::ExportSummary>, Option<String>, bool) {
     let teardown_started = Instant::now();
     let mut evidence = Evidence::default();
-    if let Err(error) = cgroup.kill_all(KILL_TIMEOUT) {
-        evidence.errors.push(error.to_string());
+    // Init kills and reaps every other session process before it exits, so
+    // the cgroups are usually empty, and removing them is the whole check.
+    let removed = cgroup.remove_if_empty();
+    if !removed {
+        if let Err(error) = cgroup.kill_all(KILL_TIMEOUT) {
+            evidence.errors.push(error.to_string());
+        }
     }
     let (mut artifacts, mut artifacts_error, mut stderr_ended_mid_line) = (None, None, false);
     if let Some(relays) = relays {
@@ -413,11 +453,16 @@ pub(super) fn tear_down(
             Some(Err(_)) => artifacts_error = Some("the artifact reader panicked".to_string()),
         }
     }
-    if let Err(error) = cgroup.remove(KILL_TIMEOUT) {
-        evidence.errors.push(error.to_string());
+    if !removed {
+        if let Err(error) = cgroup.remove(KILL_TIMEOUT) {
+            evidence.errors.push(error.to_string());
+        }
     }
-    evidence.processes_remaining = cgroup.processes();
     evidence.cgroups_remaining = cgroup.remaining_paths();
+    // Only a directory that is left can hold a process.
+    if !evidence.cgroups_remaining.is_empty() {
+        evidence.processes_remaining = cgroup.processes();
+    }
     timings.teardown_us = teardown_started.elapsed().as_micros() as u64;
 
     // The record goes once no process or cgroup of the session is left. It
@@ -429,9 +474,11 @@ pub(super) fn tear_down(
         }
     }
     evidence.ledger_record_removed = !ledger::exists(state_dir, sandbox_id);
-    evidence.namespaces_remaining = match early_scan.map(|scan| scan.join()) {
-        Some(Ok(Some(found))) => found,
-        _ => teardown::find_namespace_holders(namespaces, None),
+    // The reports thread sends its scan after an end report, and closes
+    // the channel without one once it has ended.
+    evidence.namespaces_remaining = match early_scan.recv() {
+        Ok(found) => found,
+        Err(_) => teardown::find_namespace_holders(namespaces, None),
     };
     timings.verify_us = verify_started.elapsed().as_micros() as u64;
     (evidence.finish(), artifacts, artifacts_error, stderr_ended_mid_line)

@@ -14,7 +14,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::launch::Starter;
 use crate::spec::InitReport;
-use crate::teardown;
+use crate::teardown::{self, HeldNamespaces};
 use crate::transfer::{self, ExportSummary};
 
 /// The caller's end of one of the command's output streams.
@@ -86,11 +86,14 @@ pub(super) struct Relays {
     pub(super) artifacts: Option<thread::JoinHandle<Result<ExportSummary, transfer::TransferError>>>,
 }
 
-/// The thread that reads init's reports, and the channel it passes them on.
+/// The thread that reads init's reports, and the channels it passes them
+/// and its scan on.
 pub(super) struct Reports {
-    /// Returns the scan for namespace holders that follows an end report.
-    pub(super) thread: thread::JoinHandle<Option<Vec<String>>>,
+    /// Returns the held namespaces when init ended without an end report.
+    pub(super) thread: thread::JoinHandle<Option<HeldNamespaces>>,
     pub(super) receiver: mpsc::Receiver<InitReport>,
+    /// The scan for namespace holders that follows an end report.
+    pub(super) scan: mpsc::Receiver<Vec<String>>,
 }
 
 /// The supervisor's ends of a sandbox's stdio and artifact pipes.
@@ -105,9 +108,13 @@ pub(super) struct Pipes {
 ///
 /// Init reports the end after it has killed and reaped every other session
 /// process. So after that report, this thread scans the host for processes
-/// in the session's `namespaces` other than init, while init exits.
-pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMap<String, String>, init_pid: i32) -> Reports {
+/// in the session's `namespaces` other than init, while init exits. Then
+/// it releases the `held_namespaces`, which kept their numbers from being
+/// reused during the scan. Without an end report, it returns them for the
+/// teardown's own scan.
+pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMap<String, String>, init_pid: i32, held_namespaces: HeldNamespaces) -> Reports {
     let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
+    let (scan_sender, scan_receiver) = mpsc::channel();
     let report_thread = thread::spawn(move || {
         // The starter exits right after the launch. Reaping it here keeps
         // the wait off the launch's path.
@@ -118,12 +125,16 @@ pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMa
             let is_end = matches!(report, InitReport::Ended { .. });
             let _ = report_sender.send(report);
             if is_end {
-                return Some(teardown::find_namespace_holders(&namespaces, Some(init_pid)));
+                let _ = scan_sender.send(teardown::find_namespace_holders(&namespaces, Some(init_pid)));
+                // Closing the last reference to a mount namespace waits for
+                // an RCU grace period, and the teardown does not wait for it.
+                drop(held_namespaces);
+                return None;
             }
         }
-        None
+        Some(held_namespaces)
     });
-    Reports { thread: report_thread, receiver: report_receiver }
+    Reports { thread: report_thread, receiver: report_receiver, scan: scan_receiver }
 }
 
 /// Starts the relay threads. The stdin thread is detached: it may block on
