@@ -18,7 +18,6 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::cgroup::Layout;
 use crate::launch::descriptors;
 use crate::launch::handoff::{self, CgroupJoin, FailedStep, Reply, Request, Session};
 use crate::launch::{clone3_fork, CloneArgs, CLONE_INTO_CGROUP, ID_RANGE_SIZE, STARTER_SOCKET};
@@ -36,9 +35,6 @@ struct Clone {
 pub fn main() -> ! {
     // SAFETY: the supervisor placed the socket at this descriptor.
     let socket = unsafe { OwnedFd::from_raw_fd(STARTER_SOCKET) };
-    // Init and the command's child inherit the compiled filter. On another
-    // architecture this fails, and the command's child reports the failure.
-    let _ = crate::seccomp::command_filter();
     let early = clones_early().then(|| clone_init(None));
     // The supervisor learns of the clone now, so that it can reap it even
     // when no request comes. A clone that is not released exits by itself.
@@ -70,9 +66,14 @@ pub fn main() -> ! {
 }
 
 /// Returns whether init is cloned before the request: on every host but
-/// one whose sessions use cgroup v2.
+/// one whose sessions use cgroup v2, whose unified hierarchy at the usual
+/// place has every controller a session needs. This reads one file,
+/// where [`crate::cgroup::Layout::detect`] reads the mount table. When it guesses wrong, the
+/// request corrects it: a v2 session drops an early clone, and a v1
+/// session clones when the request comes.
 fn clones_early() -> bool {
-    !matches!(Layout::detect(), Ok(Layout::V2 { .. }))
+    let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    !crate::cgroup::V2_CONTROLLERS.iter().all(|needed| controllers.split_whitespace().any(|have| have == *needed))
 }
 
 /// Uses the early clone, or clones init now, and writes its id maps.
@@ -151,6 +152,10 @@ fn clone_init(cgroup_directory: Option<RawFd>) -> io::Result<Clone> {
 /// later. Any failure ends it with status 125, which the supervisor reports
 /// as init's missing reports.
 fn become_init(release: OwnedFd) -> ! {
+    // Init and the command's child use the compiled filter. The clone
+    // compiles it while it waits for its release. On another architecture
+    // this fails, and the command's child reports the failure.
+    let _ = crate::seccomp::command_filter();
     let mut byte = 0u8;
     // SAFETY: reads one byte into a local from a descriptor this process owns.
     if unsafe { libc::read(release.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) } != 1 {

@@ -91,9 +91,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
 }
 
 /// Starts init: the starter clones it into new user, PID, mount, network,
-/// IPC and UTS namespaces and maps its ids onto `id_base`. Returns while
-/// that runs, so that the caller can work meanwhile; [`Launching::finish`]
-/// waits for init, lets it run and sends it `spec`. The spec pipe stays
+/// IPC and UTS namespaces and maps its ids onto `id_base`, and init gets
+/// `spec`. Returns while that runs, so that the caller can work meanwhile;
+/// [`Launching::finish`] waits for init. The spec pipe stays
 /// open for the claim. With `command_pipes`, the command gets two pipes
 /// whose other ends are returned. Uses the starter that [`prestart`]
 /// spawned when there is one. On failure the child is killed and reaped.
@@ -170,6 +170,7 @@ pub fn begin(
             spec: spec_write,
         }),
         spec_json,
+        spec_sent: 0,
         starter: None,
         prestarted: false,
     };
@@ -187,7 +188,29 @@ pub fn begin(
         None => launching.send_to_new()?,
     };
     launching.starter = Some(starter);
+    // The spec goes into its pipe now, so that init reads it and builds its
+    // root as soon as it is released, while the caller works. The write
+    // does not block: what the pipe cannot take waits for `finish`, which
+    // knows whether init exists to read it.
+    let ends = launching.ends.as_ref().expect("a launching sandbox has its pipes until it finishes");
+    launching.spec_sent = write_without_blocking(&ends.spec, &launching.spec_json);
     Ok(launching)
+}
+
+/// Writes what `pipe` takes of `bytes` at once and returns how much that was.
+fn write_without_blocking(pipe: &OwnedFd, bytes: &[u8]) -> usize {
+    let fd = pipe.as_raw_fd();
+    // SAFETY: fcntl and write on a descriptor this process owns, from a
+    // buffer that outlives the call.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return 0;
+        }
+        let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        libc::fcntl(fd, libc::F_SETFL, flags);
+        written.max(0) as usize
+    }
 }
 
 /// A launch whose starter has the request and is cloning init. Dropping it
@@ -203,6 +226,8 @@ pub struct Launching {
     _inputs: Vec<File>,
     ends: Option<Ends>,
     spec_json: Vec<u8>,
+    /// How much of `spec_json` is in the spec pipe already.
+    spec_sent: usize,
     starter: Option<Starter>,
     /// Whether `starter` was prestarted. Such a starter may have ended since,
     /// so a failure gets a second try with a new one.
@@ -246,8 +271,8 @@ impl Launching {
         }
     }
 
-    /// Waits for init and sends it the spec. On failure init is killed and
-    /// reaped.
+    /// Waits for init and sends it the rest of the spec. On failure init
+    /// is killed and reaped.
     pub fn finish(mut self) -> Result<Launched, LaunchError> {
         let (pid, pidfd, starter) = self.wait()?;
         self.child_ends.clear();
@@ -258,7 +283,7 @@ impl Launching {
             CommandPipes { to_command: File::from(to_command), from_command: File::from(from_command) }
         });
         let mut spec_pipe = File::from(ends.spec);
-        if let Err(error) = spec_pipe.write_all(&self.spec_json) {
+        if let Err(error) = spec_pipe.write_all(&self.spec_json[self.spec_sent..]) {
             kill_and_reap(pid);
             return Err(LaunchError::Release(error));
         }
