@@ -5,8 +5,6 @@ use std::io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
-    #[error("failed to read the last capability number: {0}")]
-    LastCap(io::Error),
     #[error("failed to drop capability {cap} from the bounding set: {source}")]
     Bounding { cap: u32, source: io::Error },
     #[error("failed to clear the ambient capabilities: {0}")]
@@ -17,19 +15,23 @@ pub enum CapsError {
     Remaining(String),
 }
 
-fn last_cap() -> Result<u32, CapsError> {
-    let text = crate::procfs::read("/proc/sys/kernel/cap_last_cap").map_err(CapsError::LastCap)?;
-    text.trim().parse().map_err(|_| CapsError::LastCap(io::Error::other(format!("unexpected content {text:?}"))))
-}
+/// More capability numbers than any kernel has: 41 on Linux 6.18.
+const MAX_CAPS: u32 = 64;
 
 /// Drops every capability from the bounding set. Needs CAP_SETPCAP, so it runs
-/// before the switch to the unprivileged uid.
+/// before the switch to the unprivileged uid. The kernel rejects the first
+/// number past its last capability with EINVAL, which ends the loop without
+/// a read of `/proc/sys/kernel/cap_last_cap`.
 pub fn drop_bounding_set() -> Result<(), CapsError> {
-    for cap in 0..=last_cap()? {
+    for cap in 0..MAX_CAPS {
         // SAFETY: prctl with PR_CAPBSET_DROP takes integer arguments only.
         let result = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         if result != 0 {
-            return Err(CapsError::Bounding { cap, source: io::Error::last_os_error() });
+            let source = io::Error::last_os_error();
+            if cap > 0 && source.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(CapsError::Bounding { cap, source });
         }
     }
     // SAFETY: as above, integer arguments only.
