@@ -310,7 +310,7 @@ fn open_audit_and_start(state_dir: &std::path::Path, layout: &Layout, started: E
 
 /// Returns whether standard input is closed or `/dev/null`, from which the
 /// command would read end-of-file at once.
-fn stdin_is_empty() -> bool {
+pub(crate) fn stdin_is_empty() -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(stdin) = nix::sys::stat::fstat(std::io::stdin()) else { return true };
     let Ok(null) = std::fs::metadata("/dev/null") else { return false };

@@ -79,6 +79,16 @@ fn jobs_run_through_the_api_with_output_status_and_end_reason() {
     assert_eq!(report["detail"]["teardown"]["clean"], true, "{report}");
     let refused = server.cli(&token).args(["run", "--json", "--ttl", "2h", "--", "/bin/true"]).output().unwrap();
     assert_eq!(common::report(&refused)["exit_code"], 118);
+    // Input for a server's job is not sent, and the client says so.
+    let input = scratch.path.join("input");
+    std::fs::write(&input, "not sent\n").unwrap();
+    let output = server.cli(&token).args(["run", "--ttl", "10s", "--", "/bin/sh", "-c", "cat; echo end"]).stdin(std::fs::File::open(&input).unwrap()).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "end\n");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("standard input is not sent to a job on a server"), "{}", output_text(&output));
+    let quiet = server.cli(&token).args(["run", "--ttl", "10s", "--", "/bin/true"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("standard input"), "{}", output_text(&quiet));
+
     let verify = server.cli(&token).args(["audit", "verify", "--server", &server.url]).output().unwrap();
     assert_eq!(verify.status.code(), Some(0), "{}", output_text(&verify));
     assert!(server::ledger_records(&scratch.state_dir()).is_empty());

@@ -69,7 +69,13 @@ fn open_input(argument: &str, opened: &[OpenedInput], total: &mut u64, limit: u6
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(&path)
-        .map_err(|source| TransferError::InputOpen { path: path.clone(), source })?;
+        .map_err(|source| {
+            // A path with a colon in it, given without a name, was split wrongly.
+            if source.kind() == std::io::ErrorKind::NotFound && argument.contains(':') && std::path::Path::new(argument).is_file() {
+                return TransferError::InputColonInPath { path: path.clone(), whole: argument.to_string() };
+            }
+            TransferError::InputOpen { path: path.clone(), source }
+        })?;
     let metadata = file.metadata().map_err(|source| TransferError::InputOpen { path: path.clone(), source })?;
     if !metadata.is_file() {
         return Err(TransferError::InputNotFile { path });
@@ -99,6 +105,20 @@ mod tests {
     fn message(arguments: &[&str]) -> String {
         let arguments: Vec<String> = arguments.iter().map(|a| a.to_string()).collect();
         open_inputs(&arguments, 1 << 20).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn colon_in_path_suggests_name() {
+        let dir = std::env::temp_dir().join(format!("mayfly-input-colon-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a:b.txt");
+        std::fs::write(&file, "x").unwrap();
+        let text = message(&[file.to_str().unwrap()]);
+        let named = open_inputs(&[format!("{}:b.txt", file.display())], 1 << 20);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(text.contains("name the file too"), "{text}");
+        assert!(text.contains(&format!("--input '{}:NAME'", file.display())), "{text}");
+        assert_eq!(named.unwrap()[0].name, "b.txt");
     }
 
     #[test]

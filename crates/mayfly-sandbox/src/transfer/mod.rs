@@ -29,6 +29,8 @@ pub enum TransferError {
     InvalidInput { argument: String, source: Box<TransferError> },
     #[error("failed to open {path}: {source}")]
     InputOpen { path: PathBuf, source: io::Error },
+    #[error("{path} was not found, but {whole} exists: a ':' splits SOURCE:NAME at the last colon, so name the file too: --input '{whole}:NAME'")]
+    InputColonInPath { path: PathBuf, whole: String },
     #[error("{path} is not a regular file; copy a single file, or archive a directory first")]
     InputNotFile { path: PathBuf },
     #[error("inputs total {total}, above the profile's limit of {limit} (limits.inputs); copy less, or use a profile with a higher limit")]
