@@ -55,7 +55,7 @@ fn class_size(class: usize) -> usize {
         return (class + 1) * 16;
     }
     let power = 512usize << ((class - 16) / 2);
-    if (class - 16) % 2 == 0 {
+    if (class - 16).is_multiple_of(2) {
         power / 2 + power / 4
     } else {
         power
