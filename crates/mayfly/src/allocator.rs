@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const MIN_ALIGN: usize = 16;
 
 /// The largest block this allocator serves itself.
-const LARGEST_BLOCK: usize = 64 * 1024;
+const MAX_BLOCK_BYTES: usize = 64 * 1024;
 
 /// Classes of 16 to 256 bytes in steps of 16, then two per power of two:
 /// 384, 512, 768 and so on to 64 KiB.
@@ -39,7 +39,7 @@ const CLASSES: usize = 32;
 /// that blocks use ever get memory.
 const RESERVED_BYTES: usize = 64 << 20;
 
-/// Returns the class of a block of `size` bytes (1 to [`LARGEST_BLOCK`]).
+/// Returns the class of a block of `size` bytes (1 to [`MAX_BLOCK_BYTES`]).
 fn class_of(size: usize) -> usize {
     if size <= 256 {
         return size.max(1).div_ceil(16) - 1;
@@ -107,7 +107,7 @@ impl FrontAllocator {
 
     /// Returns whether `block` lies in the reserved range.
     fn owns(&self, block: *mut u8) -> bool {
-        self.lock().arena().holds(block)
+        self.lock().arena().contains(block)
     }
 
     /// Returns a block of class `class`, or null when the range is spent
@@ -141,7 +141,7 @@ impl FrontAllocator {
     fn give_back(&self, block: *mut u8, class: usize) -> bool {
         let mut guard = self.lock();
         let arena = guard.arena_mut();
-        if !arena.holds(block) {
+        if !arena.contains(block) {
             return false;
         }
         // SAFETY: the block is at least 16 bytes, aligned and no longer used.
@@ -158,7 +158,7 @@ impl Default for FrontAllocator {
 }
 
 impl Arena {
-    fn holds(&self, block: *mut u8) -> bool {
+    fn contains(&self, block: *mut u8) -> bool {
         let address = block as usize;
         self.start != 0 && address >= self.start && address < self.end
     }
@@ -210,7 +210,7 @@ impl Drop for Guard<'_> {
 
 /// Returns the class that serves `layout` here, or `None` for the C library.
 fn served_class(layout: Layout) -> Option<usize> {
-    (layout.align() <= MIN_ALIGN && layout.size() <= LARGEST_BLOCK).then(|| class_of(layout.size()))
+    (layout.align() <= MIN_ALIGN && layout.size() <= MAX_BLOCK_BYTES).then(|| class_of(layout.size()))
 }
 
 // SAFETY: blocks of a class never overlap, are aligned to 16 bytes, at
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn class_is_smallest_that_fits() {
-        for size in 1..=LARGEST_BLOCK {
+        for size in 1..=MAX_BLOCK_BYTES {
             let class = class_of(size);
             assert!(class < CLASSES, "size {size} has class {class}");
             assert!(class_size(class) >= size, "size {size} does not fit class {class} of {}", class_size(class));
@@ -279,7 +279,7 @@ mod tests {
                 assert!(class_size(class - 1) < size, "size {size} fits the smaller class {}", class - 1);
             }
         }
-        assert_eq!(class_size(CLASSES - 1), LARGEST_BLOCK);
+        assert_eq!(class_size(CLASSES - 1), MAX_BLOCK_BYTES);
     }
 
     #[test]
@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn large_and_aligned_go_to_libc() {
         let allocator = FrontAllocator::new();
-        let large = Layout::from_size_align(LARGEST_BLOCK + 1, 8).unwrap();
+        let large = Layout::from_size_align(MAX_BLOCK_BYTES + 1, 8).unwrap();
         let aligned = Layout::from_size_align(64, 4096).unwrap();
         unsafe {
             let large_block = allocator.alloc(large);
@@ -330,7 +330,7 @@ mod tests {
             for i in 0..10 {
                 block.add(i).write(i as u8);
             }
-            for new_size in [12, 300, 5000, LARGEST_BLOCK + 100, 200_000, 40] {
+            for new_size in [12, 300, 5000, MAX_BLOCK_BYTES + 100, 200_000, 40] {
                 let grown = allocator.realloc(block, layout, new_size);
                 assert!(!grown.is_null());
                 for i in 0..10 {
@@ -351,20 +351,20 @@ mod tests {
             .map(|t| {
                 std::thread::spawn(move || {
                     let layout = Layout::from_size_align(48, 8).unwrap();
-                    let mut kept = Vec::new();
+                    let mut live_blocks = Vec::new();
                     for round in 0..2000u32 {
                         let block = unsafe { SHARED.alloc(layout) };
                         unsafe { block.cast::<u32>().write(t * 1_000_000 + round) };
-                        kept.push((block as usize, t * 1_000_000 + round));
+                        live_blocks.push((block as usize, t * 1_000_000 + round));
                         if round % 3 == 0 {
-                            let (address, _) = kept.swap_remove(0);
+                            let (address, _) = live_blocks.swap_remove(0);
                             unsafe { SHARED.dealloc(address as *mut u8, layout) };
                         }
                     }
-                    for (address, value) in &kept {
+                    for (address, value) in &live_blocks {
                         assert_eq!(unsafe { (*address as *const u32).read() }, *value, "a block was handed out twice");
                     }
-                    for (address, _) in kept {
+                    for (address, _) in live_blocks {
                         unsafe { SHARED.dealloc(address as *mut u8, layout) };
                     }
                 })

@@ -150,8 +150,12 @@ pub fn begin(
         None => handoff::CgroupJoin::V1,
     };
     // The spec is one line of JSON; the claim follows on the same pipe.
+    // It goes into the pipe now, so that init reads it and builds its root
+    // as soon as the starter releases it, while the caller works. The write
+    // does not block: `finish` writes the rest once init exists to read it.
     let mut spec_json = serde_json::to_vec(&spec).expect("the spec serializes");
     spec_json.push(b'\n');
+    let spec_sent = write_without_blocking(&spec_write, &spec_json);
 
     let mut launching = Launching {
         request: handoff::Request { id_base, cgroup },
@@ -170,7 +174,7 @@ pub fn begin(
             spec: spec_write,
         }),
         spec_json,
-        spec_sent: 0,
+        spec_sent,
         starter: None,
         prestarted: false,
     };
@@ -188,12 +192,6 @@ pub fn begin(
         None => launching.send_to_new()?,
     };
     launching.starter = Some(starter);
-    // The spec goes into its pipe now, so that init reads it and builds its
-    // root as soon as it is released, while the caller works. The write
-    // does not block: what the pipe cannot take waits for `finish`, which
-    // knows whether init exists to read it.
-    let ends = launching.ends.as_ref().expect("a launching sandbox has its pipes until it finishes");
-    launching.spec_sent = write_without_blocking(&ends.spec, &launching.spec_json);
     Ok(launching)
 }
 

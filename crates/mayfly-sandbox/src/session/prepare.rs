@@ -189,6 +189,8 @@ pub fn prepare_with(mut config: PrepareConfig, layout: &Layout, while_launching:
     //    before init on v2 and after it on v1. The record comes before any
     //    host resource that outlives this process, so that `reap` finds
     //    whatever a crash leaves.
+    // NOTE: the v2 order below (record and cgroups, request, hook) has not
+    // run on a cgroup v2 host, only the v1 order.
     let early_cgroup = if matches!(layout, Layout::V2 { .. }) { Some(record_and_create_cgroup(&config, &record, layout)?) } else { None };
     let undo = |cgroup: Option<&SessionCgroup>| match cgroup {
         Some(cgroup) => remove_cgroup_and_record(cgroup, &config),

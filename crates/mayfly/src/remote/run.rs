@@ -93,7 +93,7 @@ async fn finish(client: &Client, args: &RunArgs, session_id: &str, end: &Value, 
 
 pub fn run(args: &RunArgs) -> i32 {
     // A server's job reads no standard input, so input from a pipe or a
-    // file would be lost silently. A warning says so.
+    // file would be lost silently. The warning tells the user.
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) && !crate::run::stdin_is_empty() {
         eprintln!("mayfly: standard input is not sent to a job on a server, which reads end-of-file; run it on this host (without --server and MAYFLY_URL) to give it input");
     }
