@@ -16,6 +16,7 @@ pub mod landlock_policy;
 pub mod launch;
 pub mod ledger;
 pub mod netns;
+pub mod ns_handles;
 pub mod procfs;
 pub mod seccomp;
 pub mod session;

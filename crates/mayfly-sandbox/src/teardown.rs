@@ -5,8 +5,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::ns_handles::NamespaceHandles;
 
 /// Namespace kinds whose identity is recorded when a session starts.
 pub const NAMESPACE_KINDS: &[&str] = &["user", "pid", "mnt", "net", "ipc", "uts"];
@@ -63,6 +67,66 @@ impl HeldNamespaces {
         let files = self.0;
         let _ = std::thread::Builder::new().name("mayfly-ns-release".into()).spawn(move || drop(files));
     }
+}
+
+/// How teardown learns that a session's namespaces are gone.
+pub enum NamespaceWatch {
+    /// File handles, checked once init has exited (Linux 6.18 and later).
+    Handles(NamespaceHandles),
+    /// References held open for a scan of the host's processes.
+    Held(HeldNamespaces),
+}
+
+static SCAN_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Makes the sessions started after this call find their namespaces'
+/// holders with the scan alone, as on kernels without handles for
+/// namespaces. For tests of the scan on kernels that have them.
+pub fn scan_only(on: bool) {
+    SCAN_ONLY.store(on, Ordering::Relaxed);
+}
+
+/// Takes handles to the [`SCANNED_KINDS`] namespaces of a process, or
+/// holds them open where the kernel has no handles for namespaces.
+pub fn watch_namespaces(pid: i32) -> NamespaceWatch {
+    let handles = if SCAN_ONLY.load(Ordering::Relaxed) { None } else { NamespaceHandles::take(pid, SCANNED_KINDS) };
+    match handles {
+        Some(handles) => NamespaceWatch::Handles(handles),
+        None => NamespaceWatch::Held(hold_namespaces(pid)),
+    }
+}
+
+/// Time a namespace gets to be freed after the session's last process,
+/// such as while a socket the supervisor opened in the session's network
+/// closes.
+const NAMESPACE_GRACE: Duration = Duration::from_millis(200);
+
+/// Returns what keeps any of the `handles`' namespaces alive, once every
+/// process of the session has exited. `ids` names the namespaces by kind,
+/// as [`namespace_ids`] reads them. A namespace that still exists after
+/// [`NAMESPACE_GRACE`] is reported with the holders a scan finds.
+pub fn remaining_namespaces(handles: &NamespaceHandles, ids: &BTreeMap<String, String>) -> Vec<String> {
+    let started = Instant::now();
+    let existing = loop {
+        match handles.existing() {
+            Ok(existing) if existing.is_empty() => return Vec::new(),
+            Ok(existing) if started.elapsed() >= NAMESPACE_GRACE => break existing,
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            Err(error) => return vec![format!("could not check whether the session's namespaces are gone: {error}")],
+        }
+    };
+    // The descriptors in `existing` keep the namespaces, and so their
+    // numbers, until the scan has named the holders.
+    let mut found = Vec::new();
+    let mut survivors = BTreeMap::new();
+    for (kind, _) in &existing {
+        let id = ids.get(*kind).cloned().unwrap_or_else(|| format!("{kind}:[?]"));
+        found.push(format!("{id} still exists {} ms after the session's last process", NAMESPACE_GRACE.as_millis()));
+        survivors.insert(kind.to_string(), id);
+    }
+    found.extend(find_namespace_holders(&survivors, None));
+    drop(existing);
+    found
 }
 
 /// Opens the [`SCANNED_KINDS`] namespaces of a process, close-on-exec.

@@ -200,6 +200,64 @@ fn destroyed_member_leaves_nothing() {
     assert!(!mountinfo.contains(namespace.to_string_lossy().as_ref()), "the member's mount namespace is still bound");
 }
 
+/// Holds the network namespace of a member's init from the host, with a
+/// process of the test's own.
+fn hold_network_of(init_pid: i32) -> std::process::Child {
+    let holder = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{init_pid}/ns/net"))
+        .args(["/bin/sleep", "30"])
+        .spawn()
+        .expect("nsenter runs");
+    // nsenter execs sleep once it is in the namespace.
+    let started = Instant::now();
+    while std::fs::read_link(format!("/proc/{}/exe", holder.id())).is_ok_and(|exe| !exe.ends_with("sleep")) {
+        assert!(started.elapsed() < Duration::from_secs(5), "nsenter never ran sleep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    holder
+}
+
+/// A host process in a member's network namespace is reported by its pid,
+/// whether teardown checks the namespaces by handle or finds holders with
+/// the scan, after a session's end and after a destroy.
+fn teardown_names_a_foreign_holder() {
+    let fixture = Fixture::new("holder");
+    for scan_only in [false, true] {
+        mayfly_sandbox::teardown::scan_only(scan_only);
+        for claimed in [true, false] {
+            let id = member_id(&format!("holder-{scan_only}-{claimed}"));
+            let member = fixture.ready_member(&id);
+            let mut holder = hold_network_of(member.init_pid());
+            let evidence = if claimed {
+                let config = claim_config("s-holder", &["/bin/true"], &[], Duration::from_secs(30));
+                member.claim(config, None, Box::new(std::io::sink()), Box::new(std::io::sink())).unwrap().teardown
+            } else {
+                member.destroy()
+            };
+            holder.kill().unwrap();
+            holder.wait().unwrap();
+            let mode = format!("scan only: {scan_only}, claimed: {claimed}");
+            assert!(!evidence.clean, "{mode}: {evidence:?}");
+            let remaining = evidence.namespaces_remaining.join("\n");
+            assert!(remaining.contains(&format!("pid {}", holder.id())), "{mode}: {remaining}");
+        }
+    }
+    mayfly_sandbox::teardown::scan_only(false);
+}
+
+/// Without a holder, both ways of checking find the namespaces gone.
+fn scan_only_teardown_is_clean() {
+    let fixture = Fixture::new("scan");
+    mayfly_sandbox::teardown::scan_only(true);
+    let claimed = fixture.ready_member(&member_id("scan-claimed"));
+    let config = claim_config("s-scan", &["/bin/true"], &[], Duration::from_secs(30));
+    let outcome = claimed.claim(config, None, Box::new(std::io::sink()), Box::new(std::io::sink())).unwrap();
+    let destroyed = fixture.ready_member(&member_id("scan-destroyed")).destroy();
+    mayfly_sandbox::teardown::scan_only(false);
+    assert!(outcome.teardown.clean, "{:?}", outcome.teardown);
+    assert!(destroyed.clean, "{destroyed:?}");
+}
+
 fn dropped_member_is_destroyed() {
     let fixture = Fixture::new("drop");
     let id = member_id("drop");
@@ -319,6 +377,8 @@ fn main() {
         ("deadline_counts_from_the_claim", deadline_counts_from_the_claim),
         ("destroyed_member_leaves_nothing", destroyed_member_leaves_nothing),
         ("dropped_member_is_destroyed", dropped_member_is_destroyed),
+        ("teardown_names_a_foreign_holder", teardown_names_a_foreign_holder),
+        ("scan_only_teardown_is_clean", scan_only_teardown_is_clean),
         ("unclaimed_member_ends_itself", unclaimed_member_ends_itself),
         ("prestarted_command_runs_before_claim", prestarted_command_runs_before_claim),
         ("prestarted_member_rejects_other_command", prestarted_member_rejects_other_command),

@@ -10,7 +10,7 @@ use crate::spec::{monotonic_now_ns, Claim};
 use crate::ledger;
 
 use super::outcome::{apply_oom, end_reason};
-use super::prepare::{tear_down, ClaimConfig, Prepared, TAKEN};
+use super::prepare::{tear_down, ClaimConfig, NamespaceCheck, Prepared, TAKEN};
 use super::relay::{start_relays, wait_for_end_report};
 use super::signals::forward_signals;
 use super::{wait_exit, SessionError, SessionOutcome, StartContext, StartGuard, EXIT_AFTER_REPORT, KILL_GRACE, KILL_TIMEOUT, SUPERVISOR_SLACK};
@@ -146,8 +146,9 @@ impl Prepared {
         // 6. Usage, then the kill and verified teardown.
         let usage = cgroup.usage();
         let end = apply_oom(end, &usage);
+        let check = NamespaceCheck { ids: &namespaces, handles: this.namespace_handles.as_ref(), scan: &reports.scan };
         let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) =
-            tear_down(&cgroup, Some(relays), &namespaces, &reports.scan, &this.state_dir, &this.sandbox_id, &mut timings);
+            tear_down(&cgroup, Some(relays), check, &this.state_dir, &this.sandbox_id, &mut timings);
         if let Some(held) = held_namespaces {
             held.release();
         }

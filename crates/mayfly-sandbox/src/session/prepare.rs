@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cgroup::{CgroupLimits, Layout, SessionCgroup};
 use crate::spec::{monotonic_now_ns, BindMount, InitReport, InitSpec, InputFile, LandlockMode};
-use crate::teardown::{self, Evidence};
+use crate::ns_handles::NamespaceHandles;
+use crate::teardown::{self, Evidence, NamespaceWatch};
 use crate::transfer::OpenedInput;
 use crate::{ids, launch, ledger};
 
@@ -103,6 +104,9 @@ pub(super) struct Parts {
     /// Reports already taken from `reports`.
     pub(super) received: Vec<InitReport>,
     pub(super) namespaces: BTreeMap<String, String>,
+    /// Tell teardown whether the namespaces are gone, where the kernel has
+    /// them; otherwise the reports thread holds the namespaces for a scan.
+    pub(super) namespace_handles: Option<NamespaceHandles>,
     pub(super) started: Instant,
     pub(super) started_ns: u64,
     pub(super) started_wall: SystemTime,
@@ -255,7 +259,10 @@ pub fn prepare_with(mut config: PrepareConfig, layout: &Layout, while_launching:
     // Written with a pool member's claim. A cold start's claim changes
     // nothing else in the record, so its record on disk never gets it.
     record.init_pid = Some(init_pid);
-    let held_namespaces = teardown::hold_namespaces(init_pid);
+    let (handles, held_namespaces) = match teardown::watch_namespaces(init_pid) {
+        NamespaceWatch::Handles(handles) => (Some(handles), None),
+        NamespaceWatch::Held(held) => (None, Some(held)),
+    };
     let namespaces = teardown::namespace_ids(init_pid);
     let reports = start_reports(launched.reports, launched.starter, namespaces.clone(), init_pid, held_namespaces);
 
@@ -276,6 +283,7 @@ pub fn prepare_with(mut config: PrepareConfig, layout: &Layout, while_launching:
         reports,
         received: Vec::new(),
         namespaces,
+        namespace_handles: handles,
         started,
         started_ns,
         started_wall,
@@ -415,12 +423,24 @@ impl Parts {
         drop((self.pipes, self.claim_pipe, self.command_pipes));
         let held_namespaces = self.reports.thread.join().ok().flatten();
         let mut timings = Timings::default();
-        let evidence = tear_down(&self.cgroup, None, &self.namespaces, &self.reports.scan, &self.state_dir, &self.sandbox_id, &mut timings).0;
+        let check = NamespaceCheck { ids: &self.namespaces, handles: self.namespace_handles.as_ref(), scan: &self.reports.scan };
+        let evidence = tear_down(&self.cgroup, None, check, &self.state_dir, &self.sandbox_id, &mut timings).0;
         if let Some(held) = held_namespaces {
             held.release();
         }
         evidence
     }
+}
+
+/// What teardown checks the session's namespaces with, once every session
+/// process has exited.
+pub(super) struct NamespaceCheck<'a> {
+    /// The namespaces' identities, such as `net:[4026532001]`, by kind.
+    pub(super) ids: &'a BTreeMap<String, String>,
+    /// Handles to them, where the kernel has handles for namespaces.
+    pub(super) handles: Option<&'a NamespaceHandles>,
+    /// Otherwise, the scan the reports thread sends after init's end report.
+    pub(super) scan: &'a mpsc::Receiver<Vec<String>>,
 }
 
 /// Kills what is left, joins the relays, removes the cgroups and the ledger
@@ -429,8 +449,7 @@ impl Parts {
 pub(super) fn tear_down(
     cgroup: &SessionCgroup,
     relays: Option<Relays>,
-    namespaces: &BTreeMap<String, String>,
-    early_scan: &mpsc::Receiver<Vec<String>>,
+    namespaces: NamespaceCheck<'_>,
     state_dir: &std::path::Path,
     sandbox_id: &str,
     timings: &mut Timings,
@@ -476,11 +495,14 @@ pub(super) fn tear_down(
         }
     }
     evidence.ledger_record_removed = !ledger::exists(state_dir, sandbox_id);
-    // The reports thread sends its scan after an end report, and closes
-    // the channel without one once it has ended.
-    evidence.namespaces_remaining = match early_scan.recv() {
-        Ok(found) => found,
-        Err(_) => teardown::find_namespace_holders(namespaces, None),
+    evidence.namespaces_remaining = match namespaces.handles {
+        Some(handles) => teardown::remaining_namespaces(handles, namespaces.ids),
+        // The reports thread sends its scan after an end report, and
+        // closes the channel without one once it has ended.
+        None => match namespaces.scan.recv() {
+            Ok(found) => found,
+            Err(_) => teardown::find_namespace_holders(namespaces.ids, None),
+        },
     };
     timings.verify_us = verify_started.elapsed().as_micros() as u64;
     (evidence.finish(), artifacts, artifacts_error, stderr_ended_mid_line)

@@ -112,7 +112,7 @@ pub(super) struct Pipes {
 /// it releases the `held_namespaces`, which kept their numbers from being
 /// reused during the scan. Without an end report, it returns them for the
 /// teardown's own scan.
-pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMap<String, String>, init_pid: i32, held_namespaces: HeldNamespaces) -> Reports {
+pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMap<String, String>, init_pid: i32, held_namespaces: Option<HeldNamespaces>) -> Reports {
     let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
     let (scan_sender, scan_receiver) = mpsc::channel();
     let report_thread = thread::spawn(move || {
@@ -125,14 +125,17 @@ pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMa
             let is_end = matches!(report, InitReport::Ended { .. });
             let _ = report_sender.send(report);
             if is_end {
-                let _ = scan_sender.send(teardown::find_namespace_holders(&namespaces, Some(init_pid)));
-                // Closing the last reference to a mount namespace waits for
-                // an RCU grace period, and the teardown does not wait for it.
-                drop(held_namespaces);
+                if let Some(held_namespaces) = held_namespaces {
+                    let _ = scan_sender.send(teardown::find_namespace_holders(&namespaces, Some(init_pid)));
+                    // Closing the last reference to a mount namespace waits
+                    // for an RCU grace period, and the teardown does not
+                    // wait for it.
+                    drop(held_namespaces);
+                }
                 return None;
             }
         }
-        Some(held_namespaces)
+        held_namespaces
     });
     Reports { thread: report_thread, receiver: report_receiver, scan: scan_receiver }
 }
