@@ -1,10 +1,13 @@
 //! The command's Landlock ruleset: read and execute on the read-only system
 //! paths, full access on its own tmpfs directories, nothing elsewhere.
 
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
+    Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr, RulesetCreated,
     RulesetCreatedAttr, RulesetStatus, ABI,
 };
 
@@ -31,10 +34,32 @@ const TARGET_ABI: ABI = ABI::V5;
 /// rights, so directory rights are dropped for them. Otherwise the crate
 /// would report the whole ruleset as only partially enforced.
 fn add(ruleset: RulesetCreated, path: &Path, access: BitFlags<AccessFs>) -> Result<RulesetCreated, LandlockError> {
-    let Ok(metadata) = std::fs::metadata(path) else { return Ok(ruleset) };
-    let Ok(fd) = PathFd::new(path) else { return Ok(ruleset) };
-    let access = if metadata.is_dir() { access } else { access & AccessFs::from_file(TARGET_ABI) };
+    let Some((fd, is_dir)) = open_path(path) else { return Ok(ruleset) };
+    let access = if is_dir { access } else { access & AccessFs::from_file(TARGET_ABI) };
     Ok(ruleset.add_rule(PathBeneath::new(fd, access))?)
+}
+
+/// Opens `path` with `O_PATH`, following symlinks, and returns whether it is
+/// a directory. Returns `None` when it cannot be opened, such as when it
+/// does not exist. Most rules name directories, so `O_DIRECTORY` comes first
+/// and a file costs a second call. The raw system call skips the `fcntl`
+/// that musl's `open` adds for `O_CLOEXEC`; this runs on every command's
+/// way to its exec.
+fn open_path(path: &Path) -> Option<(OwnedFd, bool)> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    for (flags, is_dir) in [(libc::O_DIRECTORY, true), (0, false)] {
+        // SAFETY: openat reads the NUL-terminated path. The descriptor it
+        // returns is owned by the OwnedFd alone.
+        let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | flags) };
+        if fd >= 0 {
+            // SAFETY: as above.
+            return Some((unsafe { OwnedFd::from_raw_fd(fd as i32) }, is_dir));
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOTDIR) {
+            return None;
+        }
+    }
+    None
 }
 
 /// Restricts the calling thread and its future children.
@@ -44,7 +69,7 @@ pub fn restrict(mode: LandlockMode, extra_read_only: &[std::path::PathBuf]) -> R
     let mut ruleset = Ruleset::default().set_compatibility(CompatLevel::BestEffort).handle_access(all)?.create()?;
 
     // Listing the root directory only; reading below it needs one of the rules after.
-    if let Ok(fd) = PathFd::new("/") {
+    if let Some((fd, _)) = open_path(Path::new("/")) {
         ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::ReadDir))?;
     }
     let read_only = READ_ONLY.iter().map(Path::new).chain(extra_read_only.iter().map(|p| p.as_path()));

@@ -115,6 +115,10 @@ impl Prepared {
         let limit_at = started + config.ttl + KILL_GRACE + SUPERVISOR_SLACK;
         let mut received = this.received;
         let reported_end = wait_for_end_report(&reports.receiver, limit_at, &mut received);
+        // After the end report only init is left, so the usage is final but
+        // for init's own exit, a fraction of a millisecond of CPU. Reading
+        // it now overlaps that exit, which frees the session's namespaces.
+        let usage_at_end = reported_end.then(|| cgroup.usage());
 
         let exit_wait = if reported_end { limit_at.saturating_duration_since(Instant::now()).max(EXIT_AFTER_REPORT) } else { limit_at.saturating_duration_since(Instant::now()) };
         let supervisor_killed = !wait_exit(&pidfd, exit_wait);
@@ -144,7 +148,7 @@ impl Prepared {
         }
 
         // 6. Usage, then the kill and verified teardown.
-        let usage = cgroup.usage();
+        let usage = usage_at_end.unwrap_or_else(|| cgroup.usage());
         let end = apply_oom(end, &usage);
         let check = NamespaceCheck { ids: &namespaces, handles: this.namespace_handles.as_ref(), scan: &reports.scan };
         let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) =
