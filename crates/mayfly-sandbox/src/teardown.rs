@@ -71,8 +71,13 @@ impl HeldNamespaces {
 
 /// How teardown learns that a session's namespaces are gone.
 pub enum NamespaceWatch {
-    /// File handles, checked once init has exited (Linux 6.18 and later).
-    Handles(NamespaceHandles),
+    /// File handles, checked once init has exited (Linux 6.18 and later),
+    /// and the mount namespace held open until then. Freeing a mount
+    /// namespace unmounts its tree and waits for an RCU grace period. With
+    /// the reference held, that happens when the supervisor closes it, at
+    /// the same time as its own teardown, instead of in init's exit, for
+    /// which the whole teardown waits.
+    Handles { handles: NamespaceHandles, mount: Option<fs::File> },
     /// References held open for a scan of the host's processes.
     Held(HeldNamespaces),
 }
@@ -91,7 +96,7 @@ pub fn scan_only(on: bool) {
 pub fn watch_namespaces(pid: i32) -> NamespaceWatch {
     let handles = if SCAN_ONLY.load(Ordering::Relaxed) { None } else { NamespaceHandles::take(pid, SCANNED_KINDS) };
     match handles {
-        Some(handles) => NamespaceWatch::Handles(handles),
+        Some(handles) => NamespaceWatch::Handles { handles, mount: fs::File::open(format!("/proc/{pid}/ns/mnt")).ok() },
         None => NamespaceWatch::Held(hold_namespaces(pid)),
     }
 }

@@ -150,7 +150,7 @@ impl Prepared {
         // 6. Usage, then the kill and verified teardown.
         let usage = usage_at_end.unwrap_or_else(|| cgroup.usage());
         let end = apply_oom(end, &usage);
-        let check = NamespaceCheck { ids: &namespaces, handles: this.namespace_handles.as_ref(), scan: &reports.scan };
+        let check = NamespaceCheck { ids: &namespaces, handles: this.namespace_handles.as_ref(), scan: &reports.scan, released: &reports.released };
         let (evidence, artifacts, artifacts_error, stderr_ended_mid_line) =
             tear_down(&cgroup, Some(relays), check, &this.state_dir, &this.sandbox_id, &mut timings);
         if let Some(held) = held_namespaces {

@@ -15,7 +15,7 @@ use crate::teardown::{self, Evidence, NamespaceWatch};
 use crate::transfer::OpenedInput;
 use crate::{ids, launch, ledger};
 
-use super::relay::{start_reports, Pipes, Relays, Reports};
+use super::relay::{start_reports, NamespaceRelease, Pipes, Relays, Reports};
 use super::{wait_exit, BeforeStart, SessionControl, SessionError, Timings, KILL_GRACE, KILL_TIMEOUT};
 
 /// The part of a session's configuration that a sandbox is built from
@@ -259,12 +259,15 @@ pub fn prepare_with(mut config: PrepareConfig, layout: &Layout, while_launching:
     // Written with a pool member's claim. A cold start's claim changes
     // nothing else in the record, so its record on disk never gets it.
     record.init_pid = Some(init_pid);
-    let (handles, held_namespaces) = match teardown::watch_namespaces(init_pid) {
-        NamespaceWatch::Handles(handles) => (Some(handles), None),
-        NamespaceWatch::Held(held) => (None, Some(held)),
+    let (handles, release) = match teardown::watch_namespaces(init_pid) {
+        NamespaceWatch::Handles { handles, mount } => {
+            let release = mount.zip(launched.pidfd.try_clone().ok()).map(|(mount, pidfd)| NamespaceRelease::CloseAfterExit { mount, pidfd });
+            (Some(handles), release)
+        }
+        NamespaceWatch::Held(held) => (None, Some(NamespaceRelease::ScanThenClose(held))),
     };
     let namespaces = teardown::namespace_ids(init_pid);
-    let reports = start_reports(launched.reports, launched.starter, namespaces.clone(), init_pid, held_namespaces);
+    let reports = start_reports(launched.reports, launched.starter, namespaces.clone(), init_pid, release);
 
     Ok(Prepared(Some(Parts {
         sandbox_id: config.sandbox_id,
@@ -423,7 +426,7 @@ impl Parts {
         drop((self.pipes, self.claim_pipe, self.command_pipes));
         let held_namespaces = self.reports.thread.join().ok().flatten();
         let mut timings = Timings::default();
-        let check = NamespaceCheck { ids: &self.namespaces, handles: self.namespace_handles.as_ref(), scan: &self.reports.scan };
+        let check = NamespaceCheck { ids: &self.namespaces, handles: self.namespace_handles.as_ref(), scan: &self.reports.scan, released: &self.reports.released };
         let evidence = tear_down(&self.cgroup, None, check, &self.state_dir, &self.sandbox_id, &mut timings).0;
         if let Some(held) = held_namespaces {
             held.release();
@@ -441,6 +444,8 @@ pub(super) struct NamespaceCheck<'a> {
     pub(super) handles: Option<&'a NamespaceHandles>,
     /// Otherwise, the scan the reports thread sends after init's end report.
     pub(super) scan: &'a mpsc::Receiver<Vec<String>>,
+    /// Closes when the reports thread has closed the mount namespace it held.
+    pub(super) released: &'a mpsc::Receiver<()>,
 }
 
 /// Kills what is left, joins the relays, removes the cgroups and the ledger
@@ -496,7 +501,10 @@ pub(super) fn tear_down(
     }
     evidence.ledger_record_removed = !ledger::exists(state_dir, sandbox_id);
     evidence.namespaces_remaining = match namespaces.handles {
-        Some(handles) => teardown::remaining_namespaces(handles, namespaces.ids),
+        Some(handles) => {
+            let _ = namespaces.released.recv();
+            teardown::remaining_namespaces(handles, namespaces.ids)
+        }
         // The reports thread sends its scan after an end report, and
         // closes the channel without one once it has ended.
         None => match namespaces.scan.recv() {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
@@ -16,6 +16,8 @@ use crate::launch::Starter;
 use crate::spec::InitReport;
 use crate::teardown::{self, HeldNamespaces};
 use crate::transfer::{self, ExportSummary};
+
+use super::{wait_exit, EXIT_AFTER_REPORT};
 
 /// The caller's end of one of the command's output streams.
 struct Output {
@@ -94,6 +96,20 @@ pub(super) struct Reports {
     pub(super) receiver: mpsc::Receiver<InitReport>,
     /// The scan for namespace holders that follows an end report.
     pub(super) scan: mpsc::Receiver<Vec<String>>,
+    /// A channel that disconnects once the held mount namespace is closed.
+    pub(super) released: mpsc::Receiver<()>,
+}
+
+/// The reports thread's work on the supervisor's references to the
+/// session's namespaces, once init has ended.
+pub(super) enum NamespaceRelease {
+    /// After the end report, scan the host for the namespaces' holders,
+    /// then close the references, which kept the namespaces' numbers from
+    /// being reused during the scan.
+    ScanThenClose(HeldNamespaces),
+    /// Close the mount namespace once init has exited. Teardown then checks
+    /// the namespaces' handles.
+    CloseAfterExit { mount: File, pidfd: OwnedFd },
 }
 
 /// The supervisor's ends of a sandbox's stdio and artifact pipes.
@@ -108,14 +124,22 @@ pub(super) struct Pipes {
 ///
 /// Init reports the end after it has killed and reaped every other session
 /// process. So after that report, this thread scans the host for processes
-/// in the session's `namespaces` other than init, while init exits. Then
-/// it releases the `held_namespaces`, which kept their numbers from being
-/// reused during the scan. Without an end report, it returns them for the
-/// teardown's own scan.
-pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMap<String, String>, init_pid: i32, held_namespaces: Option<HeldNamespaces>) -> Reports {
+/// in the session's `namespaces` other than init while init exits, or
+/// closes the mount namespace once init has exited (see
+/// [`NamespaceRelease`]). Without an end report, it returns held
+/// namespaces for the teardown's own scan.
+pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMap<String, String>, init_pid: i32, release: Option<NamespaceRelease>) -> Reports {
     let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
     let (scan_sender, scan_receiver) = mpsc::channel();
+    let (released_sender, released_receiver) = mpsc::channel::<()>();
     let report_thread = thread::spawn(move || {
+        let close_after_exit = |mount: File, pidfd: OwnedFd| {
+            // Init exits right after its end report, or has exited when
+            // its report pipe closed.
+            wait_exit(&pidfd, EXIT_AFTER_REPORT);
+            drop(mount);
+            drop(released_sender);
+        };
         // The starter exits right after the launch. Reaping it here keeps
         // the wait off the launch's path.
         drop(starter);
@@ -125,19 +149,30 @@ pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMa
             let is_end = matches!(report, InitReport::Ended { .. });
             let _ = report_sender.send(report);
             if is_end {
-                if let Some(held_namespaces) = held_namespaces {
-                    let _ = scan_sender.send(teardown::find_namespace_holders(&namespaces, Some(init_pid)));
-                    // Closing the last reference to a mount namespace waits
-                    // for an RCU grace period, and the teardown does not
-                    // wait for it.
-                    drop(held_namespaces);
+                match release {
+                    Some(NamespaceRelease::ScanThenClose(held_namespaces)) => {
+                        let _ = scan_sender.send(teardown::find_namespace_holders(&namespaces, Some(init_pid)));
+                        // Closing the last reference to a mount namespace
+                        // waits for an RCU grace period, and the teardown
+                        // does not wait for it.
+                        drop(held_namespaces);
+                    }
+                    Some(NamespaceRelease::CloseAfterExit { mount, pidfd }) => close_after_exit(mount, pidfd),
+                    None => {}
                 }
                 return None;
             }
         }
-        held_namespaces
+        match release {
+            Some(NamespaceRelease::ScanThenClose(held_namespaces)) => Some(held_namespaces),
+            Some(NamespaceRelease::CloseAfterExit { mount, pidfd }) => {
+                close_after_exit(mount, pidfd);
+                None
+            }
+            None => None,
+        }
     });
-    Reports { thread: report_thread, receiver: report_receiver, scan: scan_receiver }
+    Reports { thread: report_thread, receiver: report_receiver, scan: scan_receiver, released: released_receiver }
 }
 
 /// Starts the relay threads. The stdin thread is detached: it may block on
