@@ -213,25 +213,36 @@ fn chown_tree(top: &Path, dir: &Path) {
     }
 }
 
-/// Runs every setup step in order, stopping at the first failure.
+/// Runs the setup steps that the command's child inherits, in order,
+/// stopping at the first failure: the new root, the session's cgroups and
+/// its cgroup namespace. [`finish_setup`] does the rest while the child
+/// confines itself.
 fn setup(spec: &InitSpec, join: OwnedFd) -> Result<(), SetupError> {
     // 1. Stop mount events from reaching the host, then build the new root.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| SetupError::new("make the mount tree private", e.to_string()))?;
     rootfs::build(spec)?;
 
-    // 2. Hostname and the session's own loopback interface.
-    nix::unistd::sethostname(&spec.hostname).map_err(|e| SetupError::new("set the hostname", e.to_string()))?;
-    network::bring_up_loopback().map_err(|e| SetupError::new("bring up the loopback interface", e.to_string()))?;
-
-    // 3. Nothing below may run outside the session's limits: join the
+    // 2. Nothing below may run outside the session's limits: join the
     //    session cgroup, check that init is in it, then create a cgroup
     //    namespace rooted there.
     join_cgroups(join)?;
     check_cgroup(spec)?;
-    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::new("create the cgroup namespace", e.to_string()))?;
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::new("create the cgroup namespace", e.to_string()))
+}
 
-    // 4. Inputs and the artifact directory, then seal the root read-only.
+/// Runs the setup that can wait until the command's child exists, which
+/// shares init's mount, network and UTS namespaces. It must end before the
+/// child runs any command.
+fn finish_setup(spec: &InitSpec) -> Result<(), SetupError> {
+    // 3. Nothing of the host's tree stays mounted.
+    rootfs::detach_old_root()?;
+
+    // 4. Hostname and the session's own loopback interface.
+    nix::unistd::sethostname(&spec.hostname).map_err(|e| SetupError::new("set the hostname", e.to_string()))?;
+    network::bring_up_loopback().map_err(|e| SetupError::new("bring up the loopback interface", e.to_string()))?;
+
+    // 5. Inputs and the artifact directory, then seal the root read-only.
     copy_inputs(spec)?;
     std::fs::create_dir(ARTIFACTS_DIR).map_err(|e| SetupError::new("create /work/artifacts", e.to_string()))?;
     nix::unistd::chown(ARTIFACTS_DIR, Some(SANDBOX_UID.into()), Some(SANDBOX_GID.into()))
@@ -305,10 +316,16 @@ struct Waiting {
 }
 
 /// Forks the command child, which confines itself and waits for the claim.
-/// For a terminal session, opens the pseudo-terminal first and starts the
+/// Init runs [`finish_setup`] meanwhile, or before the fork when the child
+/// runs a command started before the claim, which waits for nothing. For
+/// a terminal session, opens the pseudo-terminal first and starts the
 /// copies between it and the stdio pipes. `drained` then receives the
 /// signal that the terminal's output has all been copied.
 fn start_command(spec: &InitSpec, drained: &mut Option<std::sync::mpsc::Receiver<()>>) -> Result<Waiting, EndReason> {
+    let finish = || finish_setup(spec).map_err(|error| EndReason::SetupFailed { step: error.step, error: error.error });
+    if spec.prestart.is_some() {
+        finish()?;
+    }
     let pipe = |what: &str| {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EndReason::SetupFailed { step: format!("create the {what} pipe"), error: e.to_string() })
     };
@@ -328,6 +345,11 @@ fn start_command(spec: &InitSpec, drained: &mut Option<std::sync::mpsc::Receiver
         Err(e) => return Err(EndReason::SetupFailed { step: "fork the command".into(), error: e.to_string() }),
     };
     drop((error_write, claim_read));
+    // The child execs nothing before init passes it the claim, which comes
+    // after this. On failure, init's end kills the child.
+    if spec.prestart.is_none() {
+        finish()?;
+    }
     // Only the command keeps the command pipes open, so each side reads
     // end-of-file when the other closes.
     if let Some((read, write)) = spec.command_pipes {

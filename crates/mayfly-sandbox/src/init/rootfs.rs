@@ -295,10 +295,20 @@ pub fn build(spec: &InitSpec) -> Result<(), SetupError> {
         bind_read_only_from(&host_mounts, &through, &bind.source, &target)?;
     }
 
-    // 8. Switch to the new root and detach the old one, so that nothing of the
-    //    host's tree stays reachable.
+    // 8. Switch to the new root. The old root now lies on top of the new
+    //    one at "/", where no path from the new root leads, until
+    //    `detach_old_root`.
     chdir(root).map_err(step("enter the new root"))?;
     pivot_root(".", ".").map_err(step("pivot_root"))?;
+    Ok(())
+}
+
+/// Detaches the old root that [`build`] left on top of the new one, so that
+/// nothing of the host's tree stays mounted in the session. The working
+/// directory must still be the one `build` left: the new root, on which
+/// the old root lies. Detaching waits for an RCU grace period, so init
+/// does it while the command's child confines itself.
+pub fn detach_old_root() -> Result<(), SetupError> {
     umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the old root"))?;
     chdir("/").map_err(step("enter / after pivot_root"))?;
     Ok(())
