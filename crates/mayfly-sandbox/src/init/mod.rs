@@ -214,9 +214,9 @@ fn chown_tree(top: &Path, dir: &Path) {
 }
 
 /// Runs the setup steps that the command's child inherits, in order,
-/// stopping at the first failure: the new root, the session's cgroups and
-/// its cgroup namespace. [`finish_setup`] does the rest while the child
-/// confines itself.
+/// stopping at the first failure: the new root, sealed read-only, the
+/// session's cgroups and its cgroup namespace. [`finish_setup`] does the
+/// rest while the child confines itself.
 fn setup(spec: &InitSpec, join: OwnedFd) -> Result<(), SetupError> {
     // 1. Stop mount events from reaching the host, then build the new root.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
@@ -228,27 +228,30 @@ fn setup(spec: &InitSpec, join: OwnedFd) -> Result<(), SetupError> {
     //    namespace rooted there.
     join_cgroups(join)?;
     check_cgroup(spec)?;
-    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::new("create the cgroup namespace", e.to_string()))
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::new("create the cgroup namespace", e.to_string()))?;
+
+    // 3. Seal the root read-only: init writes only to its other mounts from
+    //    here on. Remounting fails while anything writes to the mount, even
+    //    an access time update, so it comes before the child exists.
+    rootfs::seal_root()
 }
 
 /// Runs the setup that can wait until the command's child exists, which
 /// shares init's mount, network and UTS namespaces. It must end before the
 /// child runs any command.
 fn finish_setup(spec: &InitSpec) -> Result<(), SetupError> {
-    // 3. Nothing of the host's tree stays mounted.
+    // 4. Nothing of the host's tree stays mounted.
     rootfs::detach_old_root()?;
 
-    // 4. Hostname and the session's own loopback interface.
+    // 5. Hostname and the session's own loopback interface.
     nix::unistd::sethostname(&spec.hostname).map_err(|e| SetupError::new("set the hostname", e.to_string()))?;
     network::bring_up_loopback().map_err(|e| SetupError::new("bring up the loopback interface", e.to_string()))?;
 
-    // 5. Inputs and the artifact directory, then seal the root read-only.
+    // 6. Inputs and the artifact directory, on the /work mount.
     copy_inputs(spec)?;
     std::fs::create_dir(ARTIFACTS_DIR).map_err(|e| SetupError::new("create /work/artifacts", e.to_string()))?;
     nix::unistd::chown(ARTIFACTS_DIR, Some(SANDBOX_UID.into()), Some(SANDBOX_GID.into()))
-        .map_err(|e| SetupError::new("create /work/artifacts", e.to_string()))?;
-    rootfs::seal_root()?;
-    Ok(())
+        .map_err(|e| SetupError::new("create /work/artifacts", e.to_string()))
 }
 
 fn signal_name(signal: i32) -> String {
