@@ -104,8 +104,9 @@ pub(super) struct Parts {
     /// Reports already taken from `reports`.
     pub(super) received: Vec<InitReport>,
     pub(super) namespaces: BTreeMap<String, String>,
-    /// Tell teardown whether the namespaces are gone, where the kernel has
-    /// them; otherwise the reports thread holds the namespaces for a scan.
+    /// Handles with which teardown learns that the namespaces are gone, on
+    /// kernels that have them. Without them, the reports thread holds the
+    /// namespaces for a scan.
     pub(super) namespace_handles: Option<NamespaceHandles>,
     pub(super) started: Instant,
     pub(super) started_ns: u64,
@@ -444,7 +445,8 @@ pub(super) struct NamespaceCheck<'a> {
     pub(super) handles: Option<&'a NamespaceHandles>,
     /// Otherwise, the scan the reports thread sends after init's end report.
     pub(super) scan: &'a mpsc::Receiver<Vec<String>>,
-    /// Closes when the reports thread has closed the mount namespace it held.
+    /// A channel that disconnects once the reports thread has closed the
+    /// mount namespace it held.
     pub(super) released: &'a mpsc::Receiver<()>,
 }
 
