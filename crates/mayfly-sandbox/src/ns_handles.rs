@@ -2,8 +2,8 @@
 //! namespace still exists without holding a reference to it.
 //!
 //! Since Linux 6.18, `name_to_handle_at` on a `/proc/PID/ns/KIND` link
-//! returns a handle that carries the namespace's unique 64-bit id, where its
-//! inode number is reused as soon as it is freed. `open_by_handle_at` on
+//! returns a handle that carries the namespace's unique 64-bit id, whereas
+//! its inode number is reused as soon as it is freed. `open_by_handle_at` on
 //! that handle fails with `ESTALE` once no process, open descriptor or bind
 //! mount keeps the namespace (6.18 counts a socket in a network namespace
 //! too). One call per namespace thus replaces a scan of every host process,
@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const MAX_HANDLE_BYTES: usize = 128;
 
 /// `struct file_handle` with room for the largest handle.
+#[derive(Clone, Copy)]
 #[repr(C)]
 struct RawHandle {
     bytes: u32,
@@ -71,8 +72,9 @@ impl NamespaceHandles {
         let handles = NamespaceHandles(handles);
         let first = handles.0.first()?;
         let nsfs = own_namespace().ok()?;
-        // The namespace exists while `pid` runs, so the open fails only
-        // when this process lacks the permission.
+        // While `pid` runs, its namespace exists, so a failed open means
+        // that this process may not open handles. Should `pid` have exited
+        // just now, teardown falls back to the scan, which is also correct.
         open(&nsfs, first).ok()??;
         Some(handles)
     }
@@ -107,7 +109,7 @@ fn own_namespace() -> io::Result<OwnedFd> {
 
 /// Opens the namespace a handle names. `None` when it no longer exists.
 fn open(nsfs: &OwnedFd, handle: &NamespaceHandle) -> io::Result<Option<OwnedFd>> {
-    let mut raw = RawHandle { bytes: handle.handle.bytes, kind: handle.handle.kind, data: handle.handle.data };
+    let mut raw = handle.handle;
     // SAFETY: the handle is one name_to_handle_at filled in. The
     // descriptor returned is owned by the OwnedFd alone.
     let fd = unsafe { libc::open_by_handle_at(nsfs.as_raw_fd(), (&mut raw as *mut RawHandle).cast(), libc::O_RDONLY | libc::O_CLOEXEC) };

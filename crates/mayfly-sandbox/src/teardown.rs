@@ -69,7 +69,8 @@ impl HeldNamespaces {
     }
 }
 
-/// How teardown learns that a session's namespaces are gone.
+/// The references or handles with which teardown learns that a session's
+/// namespaces are gone.
 pub enum NamespaceWatch {
     /// File handles, checked once init has exited (Linux 6.18 and later),
     /// and the mount namespace held open until then. Freeing a mount
@@ -92,7 +93,7 @@ pub fn scan_only(on: bool) {
 }
 
 /// Takes handles to the [`SCANNED_KINDS`] namespaces of a process, or
-/// holds them open where the kernel has no handles for namespaces.
+/// keeps them open where the kernel has no handles for namespaces.
 pub fn watch_namespaces(pid: i32) -> NamespaceWatch {
     let handles = if SCAN_ONLY.load(Ordering::Relaxed) { None } else { NamespaceHandles::take(pid, SCANNED_KINDS) };
     match handles {
@@ -117,7 +118,7 @@ pub fn remaining_namespaces(handles: &NamespaceHandles, ids: &BTreeMap<String, S
             Ok(existing) if existing.is_empty() => return Vec::new(),
             Ok(existing) if started.elapsed() >= NAMESPACE_GRACE => break existing,
             Ok(_) => std::thread::sleep(Duration::from_millis(1)),
-            Err(error) => return vec![format!("could not check whether the session's namespaces are gone: {error}")],
+            Err(error) => return vec![format!("failed to check whether the session's namespaces are gone: {error}")],
         }
     };
     // The descriptors in `existing` keep the namespaces, and so their

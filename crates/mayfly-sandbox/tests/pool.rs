@@ -217,9 +217,9 @@ fn hold_network_of(init_pid: i32) -> std::process::Child {
     holder
 }
 
-/// A host process in a member's network namespace is reported by its pid,
-/// whether teardown checks the namespaces by handle or finds holders with
-/// the scan, after a session's end and after a destroy.
+/// Checks that a host process in a member's network namespace is reported
+/// by its pid, whether teardown checks the namespaces by handle or finds
+/// holders with the scan, after a session's end and after a destroy.
 fn teardown_names_a_foreign_holder() {
     let fixture = Fixture::new("holder");
     for scan_only in [false, true] {
@@ -245,7 +245,8 @@ fn teardown_names_a_foreign_holder() {
     mayfly_sandbox::teardown::scan_only(false);
 }
 
-/// Without a holder, both ways of checking find the namespaces gone.
+/// Checks that, without a holder, the scan finds the namespaces gone after a
+/// claim and after a destroy. The other tests cover the handles.
 fn scan_only_teardown_is_clean() {
     let fixture = Fixture::new("scan");
     mayfly_sandbox::teardown::scan_only(true);

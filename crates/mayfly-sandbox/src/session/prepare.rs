@@ -105,8 +105,8 @@ pub(super) struct Parts {
     pub(super) received: Vec<InitReport>,
     pub(super) namespaces: BTreeMap<String, String>,
     /// Handles with which teardown learns that the namespaces are gone, on
-    /// kernels that have them. Without them, the reports thread holds the
-    /// namespaces for a scan.
+    /// kernels that have them. Without them, the reports thread keeps the
+    /// namespaces open for a scan.
     pub(super) namespace_handles: Option<NamespaceHandles>,
     pub(super) started: Instant,
     pub(super) started_ns: u64,
@@ -436,8 +436,8 @@ impl Parts {
     }
 }
 
-/// What teardown checks the session's namespaces with, once every session
-/// process has exited.
+/// The inputs of teardown's check that the session's namespaces are gone,
+/// once every session process has exited.
 pub(super) struct NamespaceCheck<'a> {
     /// The namespaces' identities, such as `net:[4026532001]`, by kind.
     pub(super) ids: &'a BTreeMap<String, String>,
