@@ -19,5 +19,5 @@ mod record;
 
 pub use chain::{verify_lines, Break, Verified};
 pub use key::{KeyError, SigningKeyFile};
-pub use log::{AuditError, AuditLog, Head, Unsynced};
+pub use log::{AuditError, AuditLog, Flushing, Head, Unsynced};
 pub use record::{hex, Entry, Record, GENESIS};

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use mayfly_audit::{AuditLog, Entry, Unsynced};
+use mayfly_audit::{AuditLog, Entry, Flushing};
 use mayfly_core::limits::cpus_to_millis;
 use mayfly_core::egress::NetworkSettings;
 use mayfly_core::profile::valid_env_name;
@@ -217,9 +217,9 @@ pub fn local(args: RunArgs) -> i32 {
     // Fail closed: a session that cannot be audited does not start. The
     // audit log is opened and the start record written while the kernel
     // creates the sandbox's namespaces, after the ledger record that a reap
-    // would find. The record is flushed while init builds its root, and
-    // the command starts only after that.
-    let mut opened: Option<(Arc<AuditLog>, Unsynced)> = None;
+    // would find. A thread flushes the record while init builds its root,
+    // and the command starts only after the flush.
+    let mut opened: Option<(Arc<AuditLog>, Flushing)> = None;
     let prepared = session::prepare_with(prepare_config, &layout, || {
         opened = Some(open_audit_and_start(&args.state.state_dir, &layout, started_entry.clone())?);
         Ok(())
@@ -235,8 +235,8 @@ pub fn local(args: RunArgs) -> i32 {
     let (prepared, audit_log, started) = match (prepared, opened) {
         (Ok(prepared), Some((audit_log, started))) => (prepared, audit_log, started),
         (Ok(_), None) => unreachable!("prepare_with runs the hook before it succeeds"),
-        // The start record is written but not flushed. The failure's
-        // append flushes both.
+        // The start record may not be on disk yet. The failure's append
+        // flushes both.
         (Err(error), Some((audit_log, _))) => return failed(&audit_log, &error, Vec::new()),
         // The hook failed, and its message gives the reason.
         (Err(SessionError::BeforeStart(message)), None) => {
@@ -257,7 +257,7 @@ pub fn local(args: RunArgs) -> i32 {
     let egress_log = LocalEgressLog { log: Arc::clone(&audit_log), actor: audit::actor(), session_id: session_id.clone() };
     let egress_hook = egress::before_start(&network, Arc::new(egress_log));
     claim_config.before_start = Some(BeforeStart(Box::new(move |context| {
-        started.sync().map_err(|e| format!("the audit log cannot be written, so the command does not start: {e}"))?;
+        started.wait().map_err(|e| format!("the audit log cannot be written, so the command does not start: {e}"))?;
         match egress_hook {
             Some(hook) => (hook.0)(context),
             None => Ok(Box::new(()) as StartGuard),
@@ -295,9 +295,9 @@ pub fn local(args: RunArgs) -> i32 {
 }
 
 /// Opens the audit log, reaps sessions that crashed supervisors left and
-/// records them, then writes `started` without flushing it. Returns the
-/// message for `mayfly run` when any step fails.
-fn open_audit_and_start(state_dir: &std::path::Path, layout: &Layout, started: Entry) -> Result<(Arc<AuditLog>, Unsynced), String> {
+/// records them, then writes `started` and starts its flush to disk on a
+/// thread. Returns the message for `mayfly run` when any step fails.
+fn open_audit_and_start(state_dir: &std::path::Path, layout: &Layout, started: Entry) -> Result<(Arc<AuditLog>, Flushing), String> {
     let audit_log = AuditLog::open(state_dir).map_err(|e| format!("the audit log cannot be opened, so no session starts: {e}"))?;
     let reaped = ledger::reap_records(state_dir, layout);
     for entry in &reaped {
@@ -305,7 +305,7 @@ fn open_audit_and_start(state_dir: &std::path::Path, layout: &Layout, started: E
     }
     audit::record_reaped(&audit_log, &reaped).map_err(|e| format!("the audit log cannot be written, so no session starts: {e}"))?;
     let started = audit_log.append_unsynced(vec![started]).map_err(|e| format!("the audit log cannot be written, so no session starts: {e}"))?;
-    Ok((Arc::new(audit_log), started))
+    Ok((Arc::new(audit_log), started.flush_in_background()))
 }
 
 /// Returns whether standard input is closed or `/dev/null`, from which the
