@@ -59,14 +59,13 @@ fn resolve(command: &str, env: &[(String, String)]) -> Option<PathBuf> {
 fn confine_and_exec(spec: &InitSpec, claim_pipe: std::fs::File, pipe: &mut std::fs::File, terminal: Option<&Path>) -> ChildMessage {
     let fail = |step: &str, error: String| ChildMessage::SetupFailed { step: step.into(), error };
 
-    // 1. Restore default signal handling: init blocks and ignores signals that
-    //    the command must receive normally.
+    // 1. Restore default signal handling: init blocks signals and ignores
+    //    SIGPIPE, which the command must receive normally. Every other
+    //    signal has its default action since init started.
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for signal in Signal::iterator() {
-        if signal != Signal::SIGKILL && signal != Signal::SIGSTOP {
-            // SAFETY: installing SIG_DFL runs no code in a handler.
-            let _ = unsafe { sigaction(signal, &default) };
-        }
+    // SAFETY: installing SIG_DFL runs no code in a handler.
+    if let Err(errno) = unsafe { sigaction(Signal::SIGPIPE, &default) } {
+        return fail("restore SIGPIPE", errno.to_string());
     }
     if let Err(errno) = SigSet::empty().thread_set_mask() {
         return fail("reset the signal mask", errno.to_string());
@@ -110,10 +109,8 @@ fn confine_and_exec(spec: &InitSpec, claim_pipe: std::fs::File, pipe: &mut std::
         return fail("raise oom_score_adj", error.to_string());
     }
 
-    // 5. Drop the bounding and ambient sets while CAP_SETPCAP is still held.
-    if let Err(error) = caps::drop_bounding_set() {
-        return fail("drop the capability bounding set", error.to_string());
-    }
+    // 5. Init emptied the bounding and ambient sets before its release,
+    //    and the check below confirms it.
 
     // 6. Become the unprivileged sandbox user. Leaving uid 0 clears the
     //    permitted and effective sets; clear_sets makes that explicit.

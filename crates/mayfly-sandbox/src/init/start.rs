@@ -144,6 +144,17 @@ fn clone_init(cgroup_directory: Option<RawFd>) -> io::Result<Clone> {
     Ok(Clone { pid: pid as i32, pidfd, release: release_write })
 }
 
+/// Gives every signal but SIGKILL and SIGSTOP its default action, such as
+/// one that the user's shell had ignored.
+fn reset_signal_actions() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator().filter(|s| *s != Signal::SIGKILL && *s != Signal::SIGSTOP) {
+        // SAFETY: installing SIG_DFL runs no code in a handler.
+        let _ = unsafe { sigaction(signal, &default) };
+    }
+}
+
 /// Runs the clone until it becomes init. The clone waits for its release,
 /// which comes after its id maps, reads the session's descriptors and
 /// becomes root of its user namespace. Then it moves the descriptors to
@@ -156,6 +167,14 @@ fn become_init(release: OwnedFd) -> ! {
     // compiles it while it waits for its release. On another architecture
     // this fails, and the command's child reports the failure.
     let _ = crate::seccomp::command_filter();
+    // Two steps for the command's child, done here while nothing waits for
+    // them. The capability bounding and ambient sets limit only what an
+    // exec gains, so init keeps the capabilities it uses; should the drop
+    // fail, the child's check finds the capabilities and fails the session.
+    // Every signal gets its default action, so the child resets only
+    // SIGPIPE, which init ignores again.
+    let _ = crate::caps::drop_bounding_set();
+    reset_signal_actions();
     let mut byte = 0u8;
     // SAFETY: reads one byte into a local from a descriptor this process owns.
     if unsafe { libc::read(release.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) } != 1 {
