@@ -81,14 +81,19 @@ impl Unsynced {
     /// while the disk writes. When no thread can start, the flush waits for
     /// [`Flushing::wait`].
     pub fn flush_in_background(self) -> Flushing {
-        // The thread makes one system call; a small stack is cheaper to map
-        // and unmap than the default of several MiB.
         let file = match self.file.try_clone() {
             Ok(file) => file,
             Err(_) => return Flushing::Later(self),
         };
-        match std::thread::Builder::new().name("audit-flush".into()).stack_size(FLUSH_STACK_BYTES).spawn(move || file.sync_data()) {
-            Ok(thread) => Flushing::Started { thread, path: self.path, records: self.records },
+        // The thread makes one system call, so a small stack will do. It is
+        // not joined: joining a thread that has exited unmaps its stack in
+        // the joining thread, which can interrupt the process's other CPU.
+        let (sender, result) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new().name("audit-flush".into()).stack_size(FLUSH_STACK_BYTES).spawn(move || {
+            let _ = sender.send(file.sync_data());
+        });
+        match spawned {
+            Ok(_) => Flushing::Started { result, path: self.path, records: self.records },
             Err(_) => Flushing::Later(self),
         }
     }
@@ -99,7 +104,7 @@ const FLUSH_STACK_BYTES: usize = 64 * 1024;
 
 /// Records whose flush to disk [`Unsynced::flush_in_background`] started.
 pub enum Flushing {
-    Started { thread: std::thread::JoinHandle<io::Result<()>>, path: PathBuf, records: Vec<Record> },
+    Started { result: std::sync::mpsc::Receiver<io::Result<()>>, path: PathBuf, records: Vec<Record> },
     Later(Unsynced),
 }
 
@@ -108,8 +113,8 @@ impl Flushing {
     pub fn wait(self) -> Result<Vec<Record>, AuditError> {
         match self {
             Flushing::Later(unsynced) => unsynced.sync(),
-            Flushing::Started { thread, path, records } => {
-                let result = thread.join().unwrap_or_else(|_| Err(io::Error::other("the thread that flushed the audit log panicked")));
+            Flushing::Started { result, path, records } => {
+                let result = result.recv().unwrap_or_else(|_| Err(io::Error::other("the thread that flushed the audit log panicked")));
                 result.map_err(|source| AuditError::Write { path, source })?;
                 Ok(records)
             }

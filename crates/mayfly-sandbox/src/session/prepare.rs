@@ -425,7 +425,7 @@ impl Parts {
         // SAFETY: waitpid on the init process this supervisor started.
         unsafe { libc::waitpid(self.init_pid, std::ptr::null_mut(), 0) };
         drop((self.pipes, self.claim_pipe, self.command_pipes));
-        let held_namespaces = self.reports.thread.join().ok().flatten();
+        let held_namespaces = self.reports.held.recv().ok().flatten();
         let mut timings = Timings::default();
         let check = NamespaceCheck { ids: &self.namespaces, handles: self.namespace_handles.as_ref(), scan: &self.reports.scan, released: &self.reports.released };
         let evidence = tear_down(&self.cgroup, None, check, &self.state_dir, &self.sandbox_id, &mut timings).0;
@@ -473,8 +473,8 @@ pub(super) fn tear_down(
     }
     let (mut artifacts, mut artifacts_error, mut stderr_ended_mid_line) = (None, None, false);
     if let Some(relays) = relays {
-        stderr_ended_mid_line = relays.outputs.join().unwrap_or(false);
-        match relays.artifacts.map(|t| t.join()) {
+        stderr_ended_mid_line = relays.outputs.recv().unwrap_or(false);
+        match relays.artifacts.map(|result| result.recv()) {
             None => {}
             Some(Ok(Ok(summary))) => artifacts = Some(summary),
             Some(Ok(Err(error))) => artifacts_error = Some(error.to_string()),

@@ -47,11 +47,25 @@ impl Output {
     }
 }
 
+/// Runs `work` on a detached thread and returns the channel on which its
+/// result comes; the channel disconnects without a result when `work`
+/// panics. Nothing joins the thread: a thread that has exited by the time
+/// of a join or a detach leaves the unmapping of its stack to the joining
+/// thread, and on a virtual machine that unmap can cost tens of
+/// microseconds, which the session's teardown would wait for.
+fn spawn_detached<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
+    let (sender, receiver) = mpsc::sync_channel(1);
+    drop(thread::spawn(move || {
+        let _ = sender.send(work());
+    }));
+    receiver
+}
+
 /// Copies the command's standard output and error on one thread until both
-/// reach end-of-file. Returns whether standard error's last byte was
+/// reach end-of-file. Sends whether standard error's last byte was
 /// something other than a newline.
-fn copy_outputs(stdout: Output, stderr: Output) -> thread::JoinHandle<bool> {
-    thread::spawn(move || {
+fn copy_outputs(stdout: Output, stderr: Output) -> mpsc::Receiver<bool> {
+    spawn_detached(move || {
         let mut outputs = [stdout, stderr];
         let mut buffer = [0u8; 16 * 1024];
         loop {
@@ -81,18 +95,20 @@ fn copy_outputs(stdout: Output, stderr: Output) -> thread::JoinHandle<bool> {
     })
 }
 
-/// The threads that move a running session's data: stdio and the artifact stream.
+/// The results of the threads that move a running session's data: stdio
+/// and the artifact stream.
 pub(super) struct Relays {
-    /// Returns whether standard error ended mid-line.
-    pub(super) outputs: thread::JoinHandle<bool>,
-    pub(super) artifacts: Option<thread::JoinHandle<Result<ExportSummary, transfer::TransferError>>>,
+    /// Whether standard error ended mid-line, once both streams ended.
+    pub(super) outputs: mpsc::Receiver<bool>,
+    pub(super) artifacts: Option<mpsc::Receiver<Result<ExportSummary, transfer::TransferError>>>,
 }
 
 /// The thread that reads init's reports, and the channels it passes them
 /// and its scan on.
 pub(super) struct Reports {
-    /// Returns the held namespaces when init ended without an end report.
-    pub(super) thread: thread::JoinHandle<Option<HeldNamespaces>>,
+    /// The held namespaces when init ended without an end report, sent
+    /// when the thread ends.
+    pub(super) held: mpsc::Receiver<Option<HeldNamespaces>>,
     pub(super) receiver: mpsc::Receiver<InitReport>,
     /// The scan for namespace holders that follows an end report.
     pub(super) scan: mpsc::Receiver<Vec<String>>,
@@ -132,7 +148,7 @@ pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMa
     let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
     let (scan_sender, scan_receiver) = mpsc::channel();
     let (released_sender, released_receiver) = mpsc::channel::<()>();
-    let report_thread = thread::spawn(move || {
+    let held = spawn_detached(move || {
         let close_after_exit = |mount: File, pidfd: OwnedFd| {
             // Init exits right after its end report, or has exited when
             // its report pipe closed.
@@ -172,7 +188,7 @@ pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMa
             None => None,
         }
     });
-    Reports { thread: report_thread, receiver: report_receiver, scan: scan_receiver, released: released_receiver }
+    Reports { held, receiver: report_receiver, scan: scan_receiver, released: released_receiver }
 }
 
 /// Starts the relay threads. The stdin thread is detached: it may block on
@@ -195,7 +211,7 @@ pub(super) fn start_relays(
     }
     let artifacts_pipe = pipes.artifacts;
     let artifacts_thread = artifacts.map(|(dir, limit)| {
-        thread::spawn(move || {
+        spawn_detached(move || {
             let mut pipe = artifacts_pipe;
             let result = transfer::read_artifacts(&mut pipe, &dir, limit);
             // After an error, drain the rest so that init never blocks on a full pipe.
