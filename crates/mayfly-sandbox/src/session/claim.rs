@@ -136,7 +136,7 @@ impl Prepared {
         // the scan only when it needs the result. Without that report,
         // init's exit has closed the pipe, so the thread passes on any
         // reports still unread and returns the held namespaces.
-        let held_namespaces = if reported_end { None } else { reports.held.recv().ok().flatten() };
+        let held_namespaces = if reported_end { None } else { reports.held_namespaces.recv().ok().flatten() };
         let (mut end, landlock, mut enforcer) = end_reason(&reports.receiver, received, supervisor_killed, started_ns, &mut timings);
         if let Some(control) = &config.control {
             control.finished();

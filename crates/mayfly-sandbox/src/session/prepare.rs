@@ -425,7 +425,7 @@ impl Parts {
         // SAFETY: waitpid on the init process this supervisor started.
         unsafe { libc::waitpid(self.init_pid, std::ptr::null_mut(), 0) };
         drop((self.pipes, self.claim_pipe, self.command_pipes));
-        let held_namespaces = self.reports.held.recv().ok().flatten();
+        let held_namespaces = self.reports.held_namespaces.recv().ok().flatten();
         let mut timings = Timings::default();
         let check = NamespaceCheck { ids: &self.namespaces, handles: self.namespace_handles.as_ref(), scan: &self.reports.scan, released: &self.reports.released };
         let evidence = tear_down(&self.cgroup, None, check, &self.state_dir, &self.sandbox_id, &mut timings).0;

@@ -49,10 +49,10 @@ impl Output {
 
 /// Runs `work` on a detached thread and returns the channel on which its
 /// result comes; the channel disconnects without a result when `work`
-/// panics. Nothing joins the thread: a thread that has exited by the time
-/// of a join or a detach leaves the unmapping of its stack to the joining
-/// thread, and on a virtual machine that unmap can cost tens of
-/// microseconds, which the session's teardown would wait for.
+/// panics. Nothing joins the thread. Joining or detaching a thread that
+/// has exited unmaps its stack in the calling thread, which then waits
+/// while the kernel interrupts the process's other CPU; teardown would
+/// wait for that too.
 fn spawn_detached<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
     let (sender, receiver) = mpsc::sync_channel(1);
     drop(thread::spawn(move || {
@@ -108,7 +108,7 @@ pub(super) struct Relays {
 pub(super) struct Reports {
     /// The held namespaces when init ended without an end report, sent
     /// when the thread ends.
-    pub(super) held: mpsc::Receiver<Option<HeldNamespaces>>,
+    pub(super) held_namespaces: mpsc::Receiver<Option<HeldNamespaces>>,
     pub(super) receiver: mpsc::Receiver<InitReport>,
     /// The scan for namespace holders that follows an end report.
     pub(super) scan: mpsc::Receiver<Vec<String>>,
@@ -148,7 +148,7 @@ pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMa
     let (report_sender, report_receiver) = mpsc::channel::<InitReport>();
     let (scan_sender, scan_receiver) = mpsc::channel();
     let (released_sender, released_receiver) = mpsc::channel::<()>();
-    let held = spawn_detached(move || {
+    let held_namespaces = spawn_detached(move || {
         let close_after_exit = |mount: File, pidfd: OwnedFd| {
             // Init exits right after its end report, or has exited when
             // its report pipe closed.
@@ -188,7 +188,7 @@ pub(super) fn start_reports(reports: File, starter: Starter, namespaces: BTreeMa
             None => None,
         }
     });
-    Reports { held, receiver: report_receiver, scan: scan_receiver, released: released_receiver }
+    Reports { held_namespaces, receiver: report_receiver, scan: scan_receiver, released: released_receiver }
 }
 
 /// Starts the relay threads. The stdin thread is detached: it may block on
