@@ -175,6 +175,13 @@ fn become_init(release: OwnedFd) -> ! {
     // SIGPIPE, which init ignores again.
     let _ = crate::caps::drop_bounding_set();
     reset_signal_actions();
+    // A forked starter's clone still holds the supervisor's command line
+    // and environment, which the session could read in /proc/1/cmdline.
+    // SAFETY: this clone has one thread.
+    if !unsafe { crate::launch::forget_command_line_and_environment() } {
+        // SAFETY: ends this clone, which has nothing to clean up.
+        unsafe { libc::_exit(125) }
+    }
     let mut byte = 0u8;
     // SAFETY: reads one byte into a local from a descriptor this process owns.
     if unsafe { libc::read(release.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) } != 1 {

@@ -11,6 +11,7 @@ pub(crate) mod handoff;
 pub(crate) mod starter;
 
 pub(crate) use clone::{clone3_fork, CloneArgs, CLONE_INTO_CGROUP};
+pub(crate) use starter::forget_command_line_and_environment;
 pub use starter::{keep_one_ready, prestart, prestart_forked, Starter, STARTER_SOCKET};
 
 use std::fs::File;

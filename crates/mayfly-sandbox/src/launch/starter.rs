@@ -61,8 +61,9 @@ pub fn prestart() {
 }
 
 /// Forks this process as the starter for its next launch. The starter
-/// overwrites its copy of the command line and environment, takes on a
-/// spawned starter's command line and name, and runs as a spawned one would.
+/// takes on a spawned starter's name and runs as a spawned one would. Init,
+/// its clone, overwrites its copy of the command line and environment
+/// ([`forget_command_line_and_environment`]) before its release.
 ///
 /// # Safety
 /// The process must have one thread, and nothing in its memory may reach a
@@ -221,9 +222,6 @@ impl Starter {
         let pid = libc::fork();
         if pid == 0 {
             move_off_cpu(0, cpu);
-            if !forget_command_line_and_environment() {
-                libc::_exit(125);
-            }
             // The name a spawned starter gets from the init program.
             libc::prctl(libc::PR_SET_NAME, c"mayfly-init".as_ptr());
             let mut scratch = [0; 4];
@@ -354,14 +352,14 @@ extern "C" {
 
 /// Overwrites this process's command line and environment, whose strings
 /// lie together on the stack that a fork copies, gives it the command line
-/// of a spawned starter and empties its environment. Init inherits both,
-/// and the session can read init's command line in /proc/1/cmdline, so
-/// host paths such as those of inputs must not stay there. Returns false when
-/// the strings could not be found.
+/// of a spawned starter and empties its environment. Init runs this before
+/// its release, because the session can read init's command line in
+/// /proc/1/cmdline, and host paths such as those of inputs must not stay
+/// there. Returns false when the strings could not be found.
 ///
 /// # Safety
 /// No other thread may use the command line or the environment.
-unsafe fn forget_command_line_and_environment() -> bool {
+pub(crate) unsafe fn forget_command_line_and_environment() -> bool {
     // Fields 48 to 51 of /proc/self/stat: where the arguments and the
     // environment start and end. Fields resume after the last ')' at field 3.
     let Ok(stat) = crate::procfs::read("/proc/self/stat") else { return false };
@@ -382,7 +380,8 @@ unsafe fn forget_command_line_and_environment() -> bool {
     }
     // The new command line may reach into the old environment's space,
     // which then starts after it. Both ranges are set with PR_SET_MM, which
-    // needs CAP_SYS_RESOURCE; without it /proc shows trailing NULs.
+    // needs CAP_SYS_RESOURCE in the host's user namespace. Init does not
+    // have it, so /proc shows the new command line followed by NULs.
     let length = STARTER_COMMAND_LINE.len().min(env_end - arg_start);
     std::ptr::copy_nonoverlapping(STARTER_COMMAND_LINE.as_ptr(), strings, length);
     let new_end = arg_start + length;
