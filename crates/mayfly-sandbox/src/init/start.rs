@@ -169,14 +169,15 @@ fn become_init(release: OwnedFd) -> ! {
     let _ = crate::seccomp::command_filter();
     // Two steps for the command's child, done here while nothing waits for
     // them. The capability bounding and ambient sets limit only what an
-    // exec gains, so init keeps the capabilities it uses; should the drop
+    // exec gains, so init keeps the capabilities it uses. Should the drop
     // fail, the child's check finds the capabilities and fails the session.
     // Every signal gets its default action, so the child resets only
     // SIGPIPE, which init ignores again.
     let _ = crate::caps::drop_bounding_set();
     reset_signal_actions();
-    // A forked starter's clone still holds the supervisor's command line
-    // and environment, which the session could read in /proc/1/cmdline.
+    // A forked starter's clone still has the supervisor's command line and
+    // environment in its memory, and the session could read the command
+    // line in /proc/1/cmdline.
     // SAFETY: this clone has one thread.
     if !unsafe { crate::launch::forget_command_line_and_environment() } {
         // SAFETY: ends this clone, which has nothing to clean up.
