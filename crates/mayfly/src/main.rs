@@ -12,7 +12,15 @@ fn main() {
         // Help and errors come from `mayfly-full`, whose parser has every command.
         if let Some(args) = mayfly::cli::parse_run(std::env::args_os().skip(1)) {
             mayfly::init_logging();
-            std::process::exit(mayfly::run::local(args));
+            let code = mayfly::run::local(args);
+            // The caller waits for this exit. `std::process::exit` would also
+            // unmap the main thread's signal stack, which in a process with
+            // threads can interrupt the other CPU; standard output, the one
+            // buffered stream, is flushed here instead.
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            // SAFETY: _exit ends the process; the audit log and the report
+            // are written and closed, and nothing else needs a destructor.
+            unsafe { libc::_exit(code) }
         }
     }
     mayfly::exec_full()

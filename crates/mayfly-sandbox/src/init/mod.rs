@@ -549,7 +549,7 @@ fn run(join: OwnedFd) -> ! {
         Err(error) => {
             let end = EndReason::SetupFailed { step: error.step, error: error.error };
             report(&mut reports, &InitReport::Ended { end, artifacts_truncated: false, reported_ns: monotonic_now_ns() });
-            std::process::exit(0);
+            exit_now();
         }
     };
     let mut drained = None;
@@ -593,7 +593,16 @@ fn run(join: OwnedFd) -> ! {
         artifacts_truncated = transfer::write_artifacts(Path::new(ARTIFACTS_DIR), limit, &mut out).unwrap_or(false);
     }
     report(&mut reports, &InitReport::Ended { end, artifacts_truncated, reported_ns: monotonic_now_ns() });
-    std::process::exit(0);
+    exit_now()
+}
+
+/// Ends init at once. The supervisor waits for this exit before it tears
+/// the session down, and `std::process::exit` would first unmap the
+/// signal stack, which can interrupt the other CPU to flush its TLB.
+/// Init writes its reports unbuffered, so nothing is left to flush.
+fn exit_now() -> ! {
+    // SAFETY: _exit ends the process; no Rust object needs its destructor.
+    unsafe { libc::_exit(0) }
 }
 
 #[cfg(test)]
