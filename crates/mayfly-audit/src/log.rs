@@ -659,7 +659,8 @@ mod tests {
         // Writers go on while the thread flushes.
         log.append(vec![Entry::new("session.ended", "cli").session("s-6")], true).unwrap();
         let records = flushing.wait().unwrap();
-        assert_eq!((records.len(), records[0].seq), (1, 10));
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].seq, 10);
         assert_eq!(log.verify().unwrap().records, 12);
     }
 

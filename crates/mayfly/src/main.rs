@@ -15,8 +15,8 @@ fn main() {
             let code = mayfly::run::local(args);
             // The caller waits for this exit. `std::process::exit` would also
             // unmap the main thread's signal stack, which in a process with
-            // threads can interrupt the other CPU; standard output, the one
-            // buffered stream, is flushed here instead.
+            // threads can interrupt the other CPU. So standard output, the
+            // one buffered stream, is flushed here, and `_exit` ends at once.
             let _ = std::io::Write::flush(&mut std::io::stdout());
             // SAFETY: _exit ends the process; the audit log and the report
             // are written and closed, and nothing else needs a destructor.

@@ -47,12 +47,11 @@ impl Output {
     }
 }
 
-/// Runs `work` on a detached thread and returns the channel on which its
-/// result comes; the channel disconnects without a result when `work`
-/// panics. Nothing joins the thread. Joining or detaching a thread that
-/// has exited unmaps its stack in the calling thread, which then waits
-/// while the kernel interrupts the process's other CPU; teardown would
-/// wait for that too.
+/// Runs `work` on a thread that nothing joins, and returns the channel on
+/// which its result comes. The channel disconnects without a result when
+/// `work` panics. Joining or detaching a thread that has exited unmaps its
+/// stack in the calling thread, which then waits while the kernel
+/// interrupts the process's other CPU, and teardown would wait with it.
 fn spawn_detached<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
     let (sender, receiver) = mpsc::sync_channel(1);
     drop(thread::spawn(move || {
